@@ -1,0 +1,70 @@
+"""The ``liqheat`` command: one dispatcher, each sub-command imported only when it runs.
+
+Batch commands live in the engine; the faces (``serve``, ``tui``) register themselves through the
+``liqheat.commands`` entry points in pyproject.toml, so the engine never imports them by name.
+A command is a module with ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from importlib.metadata import entry_points
+
+# name -> module, imported lazily (ccxt and textual are slow to import)
+ENGINE_COMMANDS: dict[str, str] = {
+    "export": "engine.commands.export",
+    "backtest": "engine.commands.backtest",
+    "record": "engine.commands.record",
+    "import": "engine.commands.import_",
+    "snapshot": "engine.commands.snapshot",
+}
+
+
+def _commands() -> dict[str, str]:
+    found = dict(ENGINE_COMMANDS)
+    for ep in entry_points(group="liqheat.commands"):
+        found[ep.name] = ep.value.split(":")[0]
+    return found
+
+
+def _load(module: str):  # type: ignore[no-untyped-def]
+    return importlib.import_module(module)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = _commands()
+    parser = argparse.ArgumentParser(
+        prog="liqheat",
+        description="Estimated liquidation levels for crypto perpetual futures (an estimate, not a fact).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Only the chosen command's module is imported; the others are listed by name.
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    modules = {}
+    for name, module in sorted(commands.items()):
+        if name == chosen:
+            try:
+                mod = _load(module)
+            except ImportError as exc:
+                print(f"liqheat: command {name!r} is not available: {exc}", file=sys.stderr)
+                return 2
+            modules[name] = mod
+            p = sub.add_parser(name, help=getattr(mod, "HELP", ""), description=getattr(mod, "HELP", ""))
+            mod.add_arguments(p)
+        else:
+            sub.add_parser(name, help=f"(run 'liqheat {name} -h')")
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,255 @@
+"""The batch estimate: every cohort of a history, when each one is liquidated, and the views over time.
+
+Value of a cohort born in bar b, seen after bar j closed (j >= b): usd * exp(F[tier, j] - F[tier, b]),
+where F = cumulative log survival from OI drops - decay rate * time. Both are separable in b and j, which
+is what lets a heatmap column be built for all cohorts at once instead of walking bar by bar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bars import Bars, typical_price
+from .cohorts import Cohorts, LevelGrid, SeedCarry, build_cohorts, seed_exposure
+from .ladder import ModelParams
+from .lifetime import FirstTouch
+from .margin import LONG, SHORT
+from .views import Heatmap, LiquidationMap, ViewError, Zone, bin_levels, bin_of, find_zones, price_edges
+
+WICK, BODY = 0, 1  # which part of a bar clears a piece (body only matters with partial wick clearing)
+
+
+@dataclass(frozen=True)
+class Realised:
+    """Estimated liquidations per bar (USD): what the model says was force-closed in that bar."""
+
+    time: np.ndarray
+    long_usd: np.ndarray
+    short_usd: np.ndarray
+
+
+@dataclass(frozen=True)
+class LevelBook:
+    """Outstanding notional per level-book price level, side and tier, at one moment."""
+
+    grid: LevelGrid
+    kmin: int
+    usd: np.ndarray  # (2, T, K)
+    price: float  # last close
+    time: int  # when (UNIX seconds, close of the last bar included)
+    tiers: tuple[str, ...]
+
+    def prices(self) -> np.ndarray:
+        return self.grid.price(np.arange(self.kmin, self.kmin + self.usd.shape[2]))
+
+    def binned(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(long, short) USD per (bin, tier)."""
+        nb, t = len(edges) - 1, self.usd.shape[1]
+        if self.usd.shape[2] == 0:
+            return np.zeros((nb, t)), np.zeros((nb, t))
+        k = self.usd.shape[2]
+        prices = np.broadcast_to(self.prices(), (2, t, k))
+        side = np.broadcast_to(np.arange(2)[:, None, None], (2, t, k))
+        tier = np.broadcast_to(np.arange(t)[None, :, None], (2, t, k))
+        nz = self.usd > 0
+        return bin_levels(prices[nz], self.usd[nz], side[nz], tier[nz], edges, t)
+
+    def liquidation_map(
+        self, edges: np.ndarray | None = None, bins: int = 200, span: float = 0.25, log: bool = False
+    ) -> LiquidationMap:
+        if edges is None:
+            if not (0.0 < span < 0.95):
+                raise ViewError("map span must be between 0 and 0.95 of the price")
+            edges = price_edges(self.price * (1 - span), self.price * (1 + span), bins, log)
+        longs, shorts = self.binned(edges)
+        return LiquidationMap(self.price, edges, longs, shorts, self.tiers)
+
+    def zones(self, daily_volume_usd: float | None = None, bins: int = 200, span: float = 0.25) -> list[Zone]:
+        return find_zones(self.liquidation_map(bins=bins, span=span), daily_volume_usd)
+
+    def total(self) -> tuple[float, float]:
+        return float(self.usd[LONG].sum()), float(self.usd[SHORT].sum())
+
+
+def reach_arrays(bars: Bars, grid: LevelGrid, wick_clear: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per piece kind, (long reach, short reach negated): bar j clears long level k if long_reach[j] <= k
+    and short level k if short_reach[j] <= -k."""
+    kinds = [(grid.touched_long(bars.low), -grid.touched_short(bars.high))]
+    if wick_clear < 1.0:
+        body_lo = np.minimum(bars.open, bars.close)
+        body_hi = np.maximum(bars.open, bars.close)
+        kinds.append((grid.touched_long(body_lo), -grid.touched_short(body_hi)))
+    return kinds
+
+
+def piece_shares(wick_clear: float) -> tuple[float, ...]:
+    """A cohort splits into a piece cleared by any touch (wick) and, with partial wick clearing, a piece
+    cleared only when a candle body reaches the level."""
+    return (wick_clear,) if wick_clear >= 1.0 else (wick_clear, 1.0 - wick_clear)
+
+
+def log_factor(bars: Bars, params: ModelParams, log_shrink: np.ndarray) -> np.ndarray:
+    """F[tier, j]: cumulative log survival up to and including bar j (time measured from the first close)."""
+    rates = params.decay_rates()
+    t = (bars.close_time - bars.close_time[0]).astype(np.float64)
+    return np.cumsum(log_shrink)[None, :] - rates[:, None] * t[None, :]
+
+
+def daily_volume_usd(bars: Bars, days: float = 30.0) -> float | None:
+    """Average traded USD per day over the last ``days`` (None without volume)."""
+    if bars.volume is None or len(bars) == 0:
+        return None
+    start = bars.close_time[-1] - days * 86_400
+    sel = bars.time >= start
+    span_days = max((bars.close_time[-1] - bars.time[sel][0]) / 86_400, 1e-9)
+    return float(np.nansum(bars.volume[sel] * typical_price(bars)[sel]) / span_days)
+
+
+class Estimate:
+    """Batch estimate over a whole history. Build with :func:`estimate`."""
+
+    def __init__(self, bars: Bars, params: ModelParams) -> None:
+        self.bars = bars
+        self.params = params
+        self.grid = LevelGrid.for_resolution(params.resolution)
+        self.tiers = params.ladder.labels
+        carry = SeedCarry()
+        seeds = seed_exposure(bars, params, carry)
+        self.seed_mode = carry.mode()
+        self.seed_carry = carry
+        base = build_cohorts(bars, params, seeds, self.grid)
+        self.F = log_factor(bars, params, seeds.log_shrink)
+        shares = piece_shares(params.wick_clear)
+        reaches = reach_arrays(bars, self.grid, params.wick_clear)
+        pieces: list[Cohorts] = []
+        deaths: list[np.ndarray] = []
+        for share, (long_reach, short_reach) in zip(shares, reaches, strict=True):
+            death = np.empty(len(base), dtype=np.int64)
+            for side, reach in ((LONG, long_reach), (SHORT, short_reach)):
+                m = base.side == side
+                q = base.level[m] if side == LONG else -base.level[m]
+                death[m] = FirstTouch(reach).first(base.birth[m] + 1, q)
+            pieces.append(Cohorts(base.birth, base.side, base.tier, base.level, base.usd * share))
+            deaths.append(death)
+        if len(pieces) == 1:
+            self.cohorts, self.death = pieces[0], deaths[0]
+        else:
+            self.cohorts = Cohorts(*(np.concatenate([getattr(p, f) for p in pieces]) for f in ("birth", "side", "tier", "level", "usd")))
+            self.death = np.concatenate(deaths)
+
+    # ---- views ------------------------------------------------------------------------------------
+    @property
+    def realised(self) -> Realised:
+        n = len(self.bars)
+        c, d = self.cohorts, self.death
+        dead = d < n
+        dd, b, tier = d[dead], c.birth[dead], c.tier[dead]
+        value = c.usd[dead] * np.exp(self.F[tier, dd - 1] - self.F[tier, b])
+        side = c.side[dead]
+        long_usd = np.bincount(dd[side == LONG], weights=value[side == LONG], minlength=n)
+        short_usd = np.bincount(dd[side == SHORT], weights=value[side == SHORT], minlength=n)
+        return Realised(self.bars.time.copy(), long_usd, short_usd)
+
+    def book(self, n: int | None = None) -> LevelBook:
+        """The level book after the first ``n`` bars closed (default: all)."""
+        nbars = len(self.bars)
+        n = nbars if n is None else int(n)
+        t = len(self.tiers)
+        if n <= 0:
+            return LevelBook(self.grid, 0, np.zeros((2, t, 0)), float(self.bars.open[0]), int(self.bars.time[0]), self.tiers)
+        c = self.cohorts
+        alive = (c.birth < n) & (self.death >= n)
+        lv = c.level[alive]
+        kmin = int(lv.min()) if len(lv) else 0
+        k = int(lv.max()) - kmin + 1 if len(lv) else 0
+        value = c.usd[alive] * np.exp(self.F[c.tier[alive], n - 1] - self.F[c.tier[alive], c.birth[alive]])
+        flat = (c.side[alive].astype(np.int64) * t + c.tier[alive]) * k + (lv - kmin)
+        usd = np.bincount(flat, weights=value, minlength=2 * t * k).reshape(2, t, k)
+        return LevelBook(self.grid, kmin, usd, float(self.bars.close[n - 1]), int(self.bars.close_time[n - 1]), self.tiers)
+
+    def liquidation_map(self, bins: int = 200, span: float = 0.25, log: bool = False) -> LiquidationMap:
+        return self.book().liquidation_map(bins=bins, span=span, log=log)
+
+    def zones(self, bins: int = 200, span: float = 0.25) -> list[Zone]:
+        return self.book().zones(daily_volume_usd(self.bars), bins=bins, span=span)
+
+    def column_times(self, step: int, columns: int | None = None) -> np.ndarray:
+        """Column times every ``step`` seconds (aligned to UTC multiples of the step), ending at the last
+        close; at most ``columns`` of the newest."""
+        first = int(self.bars.close_time[0])
+        last = int(self.bars.close_time[-1])
+        start = -(-first // step) * step
+        times = np.arange(start, last + 1, step, dtype=np.int64)
+        if len(times) == 0 or times[-1] != last:
+            times = np.r_[times, last]
+        if columns is not None:
+            times = times[-columns:]
+        return times
+
+    def heatmap(
+        self,
+        times: np.ndarray | None = None,
+        edges: np.ndarray | None = None,
+        step: int | None = None,
+        columns: int | None = None,
+        bins: int = 200,
+        log: bool = False,
+    ) -> Heatmap:
+        """Outstanding notional at each column time, binned on ``edges`` (default: the traded price range
+        widened by 10% each side)."""
+        if times is None:
+            times = self.column_times(step or self.bars.timeframe, columns)
+        times = np.asarray(times, dtype=np.int64)
+        if len(times) > 1 and np.any(np.diff(times) < 0):
+            raise ViewError("column times must be ascending")
+        if edges is None:
+            edges = price_edges(float(self.bars.low.min()) * 0.9, float(self.bars.high.max()) * 1.1, bins, log)
+        ncol, nb, t = len(times), len(edges) - 1, len(self.tiers)
+        if ncol == 0:
+            empty = np.zeros((0, nb, t))
+            return Heatmap(times, edges, empty, empty.copy(), self.tiers)
+        closed = np.searchsorted(self.bars.close_time, times, side="right")  # bars closed by each column
+        c = self.cohorts
+        # display bin of each level, through a lookup table over the levels in use
+        kmin, kmax = int(c.level.min()), int(c.level.max())
+        lut = bin_of(edges, self.grid.price(np.arange(kmin, kmax + 1)))
+        disp = lut[c.level - kmin]
+        inside = disp >= 0
+        cb = np.searchsorted(closed, c.birth, side="right")  # first column that sees the birth
+        cd = np.searchsorted(closed, self.death, side="right")  # first column that sees the death
+        live = inside & (cb < cd)
+        cb, cd, disp = cb[live], cd[live], disp[live]
+        b, tier, side, usd = c.birth[live], c.tier[live], c.side[live], c.usd[live]
+        fb = self.F[tier, b]
+        size = ncol * 2 * nb * t
+
+        born_val = usd * np.exp(self.F[tier, closed[cb] - 1] - fb)
+        births = np.bincount(((cb * 2 + side) * nb + disp) * t + tier, weights=born_val, minlength=size)
+        births = births.reshape(ncol, 2, nb, t)
+        gone = cd < ncol
+        cdg = cd[gone]
+        gone_val = usd[gone] * np.exp(self.F[tier[gone], closed[cdg] - 1] - fb[gone])
+        deaths = np.bincount(
+            ((cdg * 2 + side[gone]) * nb + disp[gone]) * t + tier[gone], weights=gone_val, minlength=size
+        )
+        net = births - deaths.reshape(ncol, 2, nb, t)
+        # Walk the columns: carry the book forward with each tier's survival factor between columns.
+        grid = np.empty_like(net)
+        state = np.zeros((2, nb, t))
+        prev_closed = 0
+        for col in range(ncol):
+            n = closed[col]
+            if prev_closed > 0 and n > prev_closed:
+                state *= np.exp(self.F[:, n - 1] - self.F[:, prev_closed - 1])[None, None, :]
+            state += net[col]
+            grid[col] = state
+            prev_closed = max(prev_closed, n)
+        np.maximum(grid, 0.0, out=grid)
+        grid[grid < 1e-6] = 0.0  # cancellation dust from adding and removing the same cohort
+        return Heatmap(times, edges, grid[:, LONG], grid[:, SHORT], self.tiers)
+
+
+def estimate(bars: Bars, params: ModelParams | None = None) -> Estimate:
+    return Estimate(bars, params or ModelParams())
