@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from engine.model import Bars
 
 
-class Health(str, Enum):
+class Health(StrEnum):
     LIVE = "live"  # data flowing from a real venue
     DELAYED = "delayed"  # flowing, but behind (slow polls, rate limits)
     RECONNECTING = "reconnecting"  # connection lost, retrying

@@ -166,7 +166,7 @@ class Bars:
         return Bars(**kw)  # type: ignore[arg-type]
 
     def with_columns(self, **cols: np.ndarray | None) -> Bars:
-        return replace(self, **cols)
+        return replace(self, **cols)  # type: ignore[arg-type]
 
     # ---- resampling ---------------------------------------------------------------------------------
     def resample(self, timeframe: int | str) -> Bars:

@@ -11,7 +11,7 @@ import numpy as np
 
 from .bars import Bars
 from .cohorts import LevelGrid, SeedCarry, build_cohorts, seed_exposure
-from .estimate import LevelBook, Realised, piece_shares, reach_arrays
+from .estimate import Estimate, LevelBook, Realised, piece_shares, reach_arrays
 from .ladder import ModelParams
 from .margin import LONG, SHORT
 
@@ -28,13 +28,40 @@ class IncrementalEngine:
         self.rates = params.decay_rates()
         self.carry = SeedCarry()
         self.kmin = 0
-        self.state = np.zeros((len(self.shares), 2, len(self.tiers), 0))
+        self.state: np.ndarray = np.zeros((len(self.shares), 2, len(self.tiers), 0))
         self.last_close: float | None = None
         self.last_close_time: int | None = None
         self.bars_seen = 0
         self._times: list[np.ndarray] = []
         self._long: list[np.ndarray] = []
         self._short: list[np.ndarray] = []
+
+    @classmethod
+    def from_estimate(cls, est: Estimate) -> IncrementalEngine:
+        """Start from a batch estimate's final book, as if every bar had been appended one by one
+        (the live service loads history this way in one vectorised pass)."""
+        eng = cls(est.params, est.bars.timeframe)
+        n = len(est.bars)
+        c = est.cohorts
+        pieces = len(eng.shares)
+        per_piece = len(c) // pieces
+        alive = (c.birth < n) & (est.death >= n)
+        if alive.any():
+            lv = c.level[alive]
+            eng.kmin = int(lv.min()) - _GROW
+            k = int(lv.max()) + _GROW - eng.kmin + 1
+            piece = np.arange(len(c)) // max(per_piece, 1)
+            t = len(eng.tiers)
+            value = c.usd[alive] * np.exp(est.F[c.tier[alive], n - 1] - est.F[c.tier[alive], c.birth[alive]])
+            flat = ((piece[alive] * 2 + c.side[alive]) * t + c.tier[alive]) * k + (lv - eng.kmin)
+            eng.state = np.bincount(flat, weights=value, minlength=pieces * 2 * t * k).reshape(pieces, 2, t, k)
+        eng.carry = SeedCarry(**vars(est.seed_carry))
+        eng.bars_seen = n
+        eng.last_close = float(est.bars.close[-1])
+        eng.last_close_time = int(est.bars.close_time[-1])
+        r = est.realised
+        eng._times, eng._long, eng._short = [r.time], [r.long_usd], [r.short_usd]
+        return eng
 
     # ---- feeding ----------------------------------------------------------------------------------
     def append(self, bars: Bars) -> Realised:

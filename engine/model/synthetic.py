@@ -70,5 +70,5 @@ def synthetic_bars(
         low=low,
         close=close,
         volume=volume,
-        **cols,
+        **cols,  # type: ignore[arg-type]
     )

@@ -1,0 +1,568 @@
+"""Live state per market: history + the incremental engine + subscribers.
+
+One ``MarketService`` per (exchange, symbol) keeps closed base bars (history from the feed, then live),
+the forming bar, the incremental level book, the actual liquidation events the feed reported, and the
+data-health state. It publishes events to subscribers; the server and the TUI use only this module and
+never touch a feed or ccxt themselves. See docs/SERVICE_API.md.
+
+View methods are synchronous numpy work guarded by a lock, so faces may call them from an executor
+thread while the event loop keeps ingesting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.feeds.base import (
+    BarUpdate,
+    Feed,
+    FeedError,
+    Health,
+    HealthChange,
+    Liquidation,
+    Market,
+    UnknownSymbol,
+)
+from engine.model import (
+    Bars,
+    Estimate,
+    Heatmap,
+    IncrementalEngine,
+    LevelBook,
+    LiquidationMap,
+    ModelParams,
+    Realised,
+    Zone,
+    daily_volume_usd,
+    estimate,
+    price_edges,
+    timeframe_seconds,
+)
+from engine.model.views import ViewError
+
+log = logging.getLogger("liqheat.service")
+
+FEEDS = ("demo", "binanceusdm", "bybit", "okx", "file:PATH")
+
+
+def open_feed(spec: str, **options: Any) -> Feed:
+    """Build a feed from its command-line name. Imports lazily: ccxt is slow to import and the demo
+    market should not pay for it."""
+    if spec == "demo":
+        from engine.feeds.demo import DemoFeed
+
+        return DemoFeed(**{k: v for k, v in options.items() if k in ("seed", "speed", "symbols", "history_days", "now")})
+    if spec in ("binanceusdm", "binance", "bybit", "okx"):
+        from engine.feeds.exchange import ExchangeFeed
+
+        return ExchangeFeed("binanceusdm" if spec == "binance" else spec)
+    if spec.startswith("file:"):
+        path = spec[len("file:") :]
+        if not path:
+            raise FeedError("file feed needs a path: file:PATH")
+        from engine.feeds.files import FileFeed
+
+        return FileFeed(path, **{k: v for k, v in options.items() if k in ("speed",)})
+    raise FeedError(f"unknown feed {spec!r}; use one of {', '.join(FEEDS)}")
+
+
+@dataclass(frozen=True)
+class ServiceEvent:
+    kind: str  # bar | realised | book | zones | health | liquidation
+    data: dict[str, Any]
+    seq: int
+
+
+class Subscription:
+    """A bounded queue of events for one consumer. A slow consumer loses the oldest events (counted in
+    ``dropped``) instead of stalling the feed; it sees the gap in ``seq`` and should resync."""
+
+    def __init__(self, service: MarketService, maxsize: int) -> None:
+        self._service = service
+        self._queue: asyncio.Queue[ServiceEvent | None] = asyncio.Queue(maxsize)
+        self.dropped = 0
+        self.closed = False
+
+    def _put(self, event: ServiceEvent) -> None:
+        if self.closed:
+            return
+        while True:
+            try:
+                self._queue.put_nowait(event)
+                return
+            except asyncio.QueueFull:
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    self._queue.get_nowait()
+                    self.dropped += 1
+
+    def __aiter__(self) -> AsyncIterator[ServiceEvent]:
+        return self
+
+    async def __anext__(self) -> ServiceEvent:
+        event = await self._queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._service._subs.discard(self)
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
+
+
+def _bar_dict(bar: Bars, closed: bool) -> dict[str, Any]:
+    return {
+        "time": int(bar.time[0]),
+        "open": float(bar.open[0]),
+        "high": float(bar.high[0]),
+        "low": float(bar.low[0]),
+        "close": float(bar.close[0]),
+        "volume": None if bar.volume is None else float(bar.volume[0]),
+        "closed": closed,
+    }
+
+
+class MarketService:
+    def __init__(
+        self,
+        feed: Feed,
+        market: Market,
+        params: ModelParams,
+        history_days: float = 30.0,
+        stale_after: float = 90.0,
+    ) -> None:
+        self.feed = feed
+        self.market = market
+        self.params = params
+        self.history_days = history_days
+        self.stale_after = stale_after
+        self.base_timeframe = feed.timeframe
+        self.health = Health.DEMO if feed.exchange == "demo" else Health.LIVE
+        self.health_reason = "loading history"
+        self.last_update = time.time()
+        self._lock = threading.RLock()
+        self._bars: Bars | None = None
+        self._forming: Bars | None = None
+        self._engine: IncrementalEngine | None = None
+        self._estimate: Estimate | None = None
+        self._live_book: LevelBook | None = None
+        self._version = 0  # bumps on every closed bar
+        self._live_version = 0  # bumps on every forming update too
+        self._cache: dict[tuple[Any, ...], Any] = {}
+        self._subs: set[Subscription] = set()
+        self._seq = 0
+        self._liquidations: deque[Liquidation] = deque(maxlen=20_000)
+        self._zones_key: tuple[Any, ...] = ()
+        self.loaded = asyncio.Event()
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+    async def load(self) -> None:
+        """History from the feed, then one batch estimate seeds the incremental engine."""
+        since = int(time.time() - self.history_days * 86_400) if self.history_days > 0 else None
+        bars = await self._history(since)
+        if len(bars) == 0:
+            raise FeedError(f"{self.market.key}: the feed returned no history")
+        loop = asyncio.get_running_loop()
+        est = await loop.run_in_executor(None, estimate, bars, self.params)
+        with self._lock:
+            self._bars = bars
+            self._estimate = est
+            self._engine = IncrementalEngine.from_estimate(est)
+            self._version += 1
+            self._live_version += 1
+        self.health_reason = ""
+        self.last_update = time.time()
+        self.loaded.set()
+
+    async def _history(self, since: int | None) -> Bars:
+        bars = await self.feed.history(self.market.symbol, since=since)
+        # Replayed files run on their own clock: if nothing is recent, take what they have.
+        if len(bars) == 0 and since is not None:
+            bars = await self.feed.history(self.market.symbol)
+        return bars
+
+    async def run(self) -> None:
+        """Consume the feed's live stream until cancelled."""
+        await self.loaded.wait()
+        async for event in self.feed.stream(self.market.symbol):
+            self.ingest(event)
+
+    def ingest(self, event: BarUpdate | Liquidation | HealthChange) -> None:
+        self.last_update = time.time()
+        if isinstance(event, BarUpdate):
+            self._on_bar(event)
+        elif isinstance(event, Liquidation):
+            self._liquidations.append(event)
+            self._publish(
+                "liquidation",
+                {"time_ms": event.time_ms, "side": event.side, "price": event.price, "base": event.base, "usd": event.usd},
+            )
+        elif isinstance(event, HealthChange):
+            self._set_health(event.state, event.reason)
+
+    def _set_health(self, state: Health, reason: str = "") -> None:
+        if state != self.health or reason != self.health_reason:
+            self.health, self.health_reason = state, reason
+            self._publish("health", self.health_info())
+
+    def check_stale(self) -> None:
+        """Called periodically: a live feed that has said nothing for too long is stale."""
+        if self.health in (Health.LIVE, Health.DELAYED) and time.time() - self.last_update > self.stale_after:
+            self._set_health(Health.STALE, f"no data for {time.time() - self.last_update:.0f}s")
+
+    def _on_bar(self, update: BarUpdate) -> None:
+        bar = update.bar
+        with self._lock:
+            assert self._bars is not None and self._engine is not None
+            last_closed = int(self._bars.time[-1])
+            t = int(bar.time[0])
+            if t <= last_closed:
+                return  # a replay of a bar we already closed
+            if update.closed:
+                self._bars = self._bars.concat(bar)
+                self._engine.append(bar)
+                self._forming = None
+                self._version += 1
+                self._trim()
+                r = self._engine.realised
+                realised = {"time": t, "long_usd": float(r.long_usd[-1]), "short_usd": float(r.short_usd[-1])}
+            else:
+                self._forming = bar
+                realised = None
+            self._live_version += 1
+            self._live_book = None
+            if len(self._cache) > 256:
+                self._cache.clear()
+        if self.health in (Health.STALE, Health.RECONNECTING):
+            self._set_health(Health.LIVE, "")
+        self._publish("bar", _bar_dict(bar, update.closed))
+        if realised is not None:
+            self._publish("realised", realised)
+        self._publish("book", {"time": t, "price": float(bar.close[0])})
+        if update.closed:
+            self._maybe_publish_zones()
+
+    def _trim(self) -> None:
+        """Keep memory bounded on long runs: drop bars older than the history window (+10%)."""
+        assert self._bars is not None
+        keep = int(self.history_days * 86_400 / self.base_timeframe)
+        if keep > 0 and len(self._bars) > keep * 1.1:
+            self._bars = self._bars.slice(len(self._bars) - keep)
+
+    def _maybe_publish_zones(self) -> None:
+        zones = self.zones()
+        key = tuple((z.side, round(z.price_low, 2), round(z.price_high, 2), z.grade) for z in zones)
+        if key != self._zones_key:
+            self._zones_key = key
+            self._publish("zones", {"zones": [z.to_dict() for z in zones]})
+
+    # ---- subscribers --------------------------------------------------------------------------------
+    def subscribe(self, maxsize: int = 256) -> Subscription:
+        sub = Subscription(self, maxsize)
+        self._subs.add(sub)
+        return sub
+
+    def _publish(self, kind: str, data: dict[str, Any]) -> None:
+        self._seq += 1
+        event = ServiceEvent(kind, data, self._seq)
+        for sub in list(self._subs):
+            sub._put(event)
+
+    # ---- plain facts --------------------------------------------------------------------------------
+    @property
+    def bars(self) -> Bars:
+        if self._bars is None:
+            raise FeedError(f"{self.market.key}: still loading")
+        return self._bars
+
+    @property
+    def last_price(self) -> float:
+        if self._forming is not None:
+            return float(self._forming.close[0])
+        return float(self.bars.close[-1])
+
+    @property
+    def seed_mode(self) -> str:
+        return self._engine.seed_mode if self._engine else "unknown"
+
+    def oi_usd(self) -> float | None:
+        oi = self.bars.oi_usd
+        if oi is None:
+            return None
+        finite = oi[np.isfinite(oi)]
+        return float(finite[-1]) if len(finite) else None
+
+    def daily_volume_usd(self) -> float | None:
+        return daily_volume_usd(self.bars)
+
+    def funding(self, interval_hours: float = 8.0) -> dict[str, Any]:
+        fr = self.bars.funding_rate
+        rate = None
+        if fr is not None and np.isfinite(fr).any():
+            rate = float(fr[np.isfinite(fr)][-1])
+        now = int(self.bars.close_time[-1]) if self._forming is None else int(self._forming.time[0])
+        step = int(interval_hours * 3600)
+        return {"rate": rate, "next_time": (now // step + 1) * step, "interval_hours": interval_hours}
+
+    def health_info(self) -> dict[str, Any]:
+        age = time.time() - self.last_update
+        return {"state": self.health.value, "reason": self.health_reason, "last_update": self.last_update, "age_s": round(age, 3)}
+
+    def model_info(self) -> dict[str, Any]:
+        info = self.params.describe()
+        info.update(
+            {
+                "estimate": True,
+                "seed_mode": self.seed_mode,
+                "health": self.health_info(),
+                "market": self.market.key,
+                "base_timeframe": self.base_timeframe,
+            }
+        )
+        return info
+
+    def liquidations(self, since_ms: int | None = None, limit: int = 1000) -> list[Liquidation]:
+        events = [e for e in self._liquidations if since_ms is None or e.time_ms >= since_ms]
+        return events[-limit:] if limit > 0 else []
+
+    # ---- views --------------------------------------------------------------------------------------
+    def candles(
+        self, timeframe: str | int = "5m", since: int | None = None, until: int | None = None, limit: int | None = None
+    ) -> Bars:
+        tf = timeframe_seconds(timeframe)
+        with self._lock:
+            bars = self.bars
+            if self._forming is not None:
+                bars = bars.concat(self._forming)
+        out = bars.resample(tf)
+        return _window(out, since, until, limit)
+
+    def live_book(self) -> LevelBook:
+        with self._lock:
+            if self._live_book is None:
+                assert self._engine is not None
+                self._live_book = self._engine.preview(self._forming) if self._forming is not None else self._engine.book()
+            return self._live_book
+
+    def _current_estimate(self, cover_until: int) -> Estimate:
+        """The batch estimate, recomputed only when a column it must provide lies beyond it."""
+        with self._lock:
+            est = self._estimate
+            bars = self.bars
+        if est is None or int(est.bars.close_time[-1]) < cover_until <= int(bars.close_time[-1]):
+            est = estimate(bars, self.params)
+            with self._lock:
+                self._estimate = est
+        return est
+
+    def heatmap(
+        self,
+        timeframe: str | int = "5m",
+        tier: int | None = None,
+        bins: int = 200,
+        price_low: float | None = None,
+        price_high: float | None = None,
+        log: bool = False,
+        since: int | None = None,
+        until: int | None = None,
+        columns: int | None = None,
+    ) -> Heatmap:
+        """One column per candle of ``timeframe``: the book at the candle's close (the forming candle's
+        column is the live book). ``times`` are the column times (candle close)."""
+        tf = timeframe_seconds(timeframe)
+        if tf < self.base_timeframe or tf % self.base_timeframe:
+            raise ViewError(f"timeframe must be a multiple of the {self.base_timeframe}s base bars")
+        if tier is not None and not (0 <= tier < len(self.params.ladder.leverage)):
+            raise ViewError(f"tier must be between 0 and {len(self.params.ladder.leverage) - 1}")
+        key = ("hm", tf, tier, bins, price_low, price_high, log, since, until, columns, self._live_version)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        candles = self.candles(tf, since, until, columns)
+        if len(candles) == 0:
+            raise ViewError("no candles in that range")
+        lo = price_low if price_low is not None else _nice_floor(float(candles.low.min()) / 1.12)
+        hi = price_high if price_high is not None else _nice_ceil(float(candles.high.max()) * 1.12)
+        edges = price_edges(lo, hi, bins, log)
+        closes = candles.time + tf
+        with self._lock:
+            last_closed = int(self.bars.close_time[-1])
+        closed_cols = closes[closes <= last_closed]
+        # Closed columns never change (no look-ahead): cache them until a new candle closes.
+        ckey = ("hm-closed", tf, bins, lo, hi, log, len(closed_cols), int(closed_cols[-1]) if len(closed_cols) else 0)
+        closed = self._cache.get(ckey)
+        if closed is None:
+            est = self._current_estimate(int(closed_cols[-1]) if len(closed_cols) else 0)
+            closed = est.heatmap(times=closed_cols, edges=edges) if len(closed_cols) else None
+            self._cache[ckey] = closed
+        t = len(self.params.ladder.leverage)
+        longs = [closed.long_usd] if closed is not None else [np.zeros((0, bins, t))]
+        shorts = [closed.short_usd] if closed is not None else [np.zeros((0, bins, t))]
+        if len(closes) > len(closed_cols):
+            # the candle still forming: the live book (includes the forming base bar if any)
+            lb, sb = self.live_book().binned(edges)
+            longs.append(lb[None])
+            shorts.append(sb[None])
+        long_usd, short_usd = np.concatenate(longs), np.concatenate(shorts)
+        tiers = self.params.ladder.labels
+        if tier is not None:
+            long_usd, short_usd, tiers = long_usd[:, :, tier : tier + 1], short_usd[:, :, tier : tier + 1], (tiers[tier],)
+        out = Heatmap(closes, edges, long_usd, short_usd, tiers)
+        self._cache[key] = out
+        return out
+
+    def liquidation_map(self, bins: int = 200, span: float = 0.25, log: bool = False) -> LiquidationMap:
+        return self.live_book().liquidation_map(bins=bins, span=span, log=log)
+
+    def zones(self, bins: int = 200, span: float = 0.25) -> list[Zone]:
+        key = ("zones", bins, span, self._live_version)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self.live_book().zones(self.daily_volume_usd(), bins=bins, span=span)
+            self._cache[key] = cached
+        return list(cached)
+
+    def realised(self, timeframe: str | int = "5m", since: int | None = None, until: int | None = None) -> Realised:
+        """Estimated liquidations summed per candle of ``timeframe``."""
+        tf = timeframe_seconds(timeframe)
+        with self._lock:
+            assert self._engine is not None
+            r = self._engine.realised
+        bucket = r.time // tf * tf
+        if tf == 604_800:
+            off = 4 * 86_400
+            bucket = (r.time + off) // tf * tf - off
+        starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if len(bucket) else np.zeros(0, dtype=np.int64)
+        if len(starts) == 0:
+            return Realised(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
+        out = Realised(bucket[starts], np.add.reduceat(r.long_usd, starts), np.add.reduceat(r.short_usd, starts))
+        sel = np.ones(len(out.time), dtype=bool)
+        if since is not None:
+            sel &= out.time >= since
+        if until is not None:
+            sel &= out.time < until
+        return Realised(out.time[sel], out.long_usd[sel], out.short_usd[sel])
+
+
+_NICE = 0.02  # default heatmap ranges snap to 2% steps so a moving price does not change the bins
+
+
+def _nice_floor(price: float) -> float:
+    return float(np.exp(np.floor(np.log(price) / _NICE) * _NICE))
+
+
+def _nice_ceil(price: float) -> float:
+    return float(np.exp(np.ceil(np.log(price) / _NICE) * _NICE))
+
+
+def _window(bars: Bars, since: int | None, until: int | None, limit: int | None) -> Bars:
+    lo = 0 if since is None else int(np.searchsorted(bars.time, since, side="left"))
+    hi = len(bars) if until is None else int(np.searchsorted(bars.time, until, side="left"))
+    if limit is not None:
+        if limit <= 0:
+            raise ViewError("limit must be positive")
+        lo = max(lo, hi - limit)
+    return bars.slice(lo, hi)
+
+
+class Hub:
+    """All markets of one feed: loads them, streams them, hands out services by name."""
+
+    def __init__(
+        self,
+        feed: Feed,
+        symbols: list[str] | tuple[str, ...] | None = None,
+        params: ModelParams | None = None,
+        history_days: float = 30.0,
+        max_default_symbols: int = 3,
+    ) -> None:
+        self.feed = feed
+        self.symbols = tuple(symbols) if symbols else None
+        self.params = params or ModelParams()
+        self.history_days = history_days
+        self.max_default_symbols = max_default_symbols
+        self.services: dict[str, MarketService] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        markets = await self.feed.markets()
+        by_name = {m.symbol: m for m in markets}
+        if self.symbols:
+            chosen = []
+            for name in self.symbols:
+                m = by_name.get(name) or _match(markets, name)
+                if m is None:
+                    raise UnknownSymbol(f"unknown symbol {name!r} on {self.feed.exchange}; try {', '.join(sorted(by_name)[:8])}")
+                chosen.append(m)
+        else:
+            chosen = markets[: self.max_default_symbols]
+        exchange = {"demo": "binance", "binanceusdm": "binance"}.get(self.feed.exchange, self.feed.exchange)
+        for m in chosen:
+            params = dataclasses.replace(self.params, coin=m.coin, exchange=exchange if exchange in ("binance", "bybit", "okx") else "binance")
+            self.services[m.key] = MarketService(self.feed, m, params, self.history_days)
+        await asyncio.gather(*(s.load() for s in self.services.values()))
+        for s in self.services.values():
+            self._tasks.append(asyncio.create_task(self._run(s), name=f"stream {s.market.key}"))
+        self._tasks.append(asyncio.create_task(self._watchdog(), name="staleness watchdog"))
+
+    async def _run(self, svc: MarketService) -> None:
+        """Keep a market streaming: a feed error is shown as health, and the stream is retried."""
+        delay = 1.0
+        while True:
+            try:
+                await svc.run()
+                delay = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a feed fault must never take the process down
+                log.warning("%s: stream failed: %s", svc.market.key, exc)
+                svc._set_health(Health.RECONNECTING, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            for s in self.services.values():
+                s.check_stale()
+
+    def markets(self) -> list[Market]:
+        return [s.market for s in self.services.values()]
+
+    def get(self, name: str) -> MarketService:
+        if name in self.services:
+            return self.services[name]
+        for s in self.services.values():
+            if name in (s.market.symbol, s.market.coin, s.market.symbol.split(":")[0]):
+                return s
+        raise UnknownSymbol(f"unknown symbol {name!r}; this server has {', '.join(self.services) or 'none'}")
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        await self.feed.close()
+
+
+def _match(markets: list[Market], name: str) -> Market | None:
+    n = name.upper()
+    for m in markets:
+        if n in (m.coin.upper(), m.symbol.upper(), m.symbol.split(":")[0].upper(), m.key.upper()):
+            return m
+    return None

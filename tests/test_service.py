@@ -1,0 +1,162 @@
+"""The live service against a scripted feed: history loads, live bars flow to subscribers, views agree
+with a batch estimate over the same bars, faults show up as health instead of killing the stream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from engine.feeds.base import BarUpdate, FeedError, Health, HealthChange, Liquidation, Market, UnknownSymbol
+from engine.model import ModelParams, estimate
+from engine.model.synthetic import synthetic_bars
+from engine.service import Hub, open_feed
+
+N_HISTORY = 3000
+N_LIVE = 40
+
+
+class ScriptedFeed:
+    """A Feed that replays synthetic bars: history first, then each live bar as two forming updates and
+    a close. ``fail_after`` makes the stream raise once, like a dropped exchange socket."""
+
+    exchange = "scripted"
+    timeframe = 60
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.all = synthetic_bars(N_HISTORY + N_LIVE, seed=11)
+        self.fail_after = fail_after
+        self.released = asyncio.Event()
+        self.streams = 0
+        self.closed = False
+
+    async def markets(self) -> list[Market]:
+        return [Market("scripted", "BTC/USDT:USDT", "BTC"), Market("scripted", "ETH/USDT:USDT", "ETH")]
+
+    async def history(self, symbol: str, since: int | None = None, until: int | None = None):
+        return self.all.slice(0, N_HISTORY)
+
+    async def stream(self, symbol: str):
+        self.streams += 1
+        await self.released.wait()
+        yield HealthChange(Health.LIVE, "")
+        for j in range(N_HISTORY, N_HISTORY + N_LIVE):
+            if self.fail_after is not None and j == N_HISTORY + self.fail_after and self.streams == 1:
+                raise ConnectionError("socket dropped")
+            bar = self.all.slice(j, j + 1)
+            half = bar.with_columns(close=bar.open, high=np.maximum(bar.open, bar.open), low=np.minimum(bar.open, bar.open))
+            yield BarUpdate(half, closed=False)
+            yield BarUpdate(bar, closed=False)
+            yield BarUpdate(bar, closed=True)
+            if j == N_HISTORY + 5:
+                yield Liquidation(int(bar.time[0]) * 1000, "scripted", symbol, "long", float(bar.low[0]), 1.0, float(bar.low[0]))
+            await asyncio.sleep(0)
+        await asyncio.Event().wait()  # a live stream never ends
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def _drain_until(sub, kind: str, count: int, timeout: float = 10.0):
+    seen = []
+    async with asyncio.timeout(timeout):
+        async for ev in sub:
+            seen.append(ev)
+            if sum(e.kind == kind for e in seen) >= count:
+                return seen
+    return seen
+
+
+async def test_live_bars_reach_subscribers_and_match_batch():
+    feed = ScriptedFeed()
+    hub = Hub(feed, symbols=["BTC"], history_days=0)
+    await hub.start()
+    try:
+        svc = hub.get("BTC/USDT:USDT")
+        assert hub.get("BTC") is svc and hub.get("scripted:BTC/USDT:USDT") is svc
+        sub = svc.subscribe(maxsize=10_000)
+        feed.released.set()
+        events = await _drain_until(sub, "realised", N_LIVE)
+        seqs = [e.seq for e in events]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        kinds = {e.kind for e in events}
+        assert {"bar", "realised", "book", "liquidation"} <= kinds
+        assert svc.health == Health.LIVE
+        # the live book equals a batch estimate over the same closed bars
+        batch = estimate(feed.all, svc.params).book()
+        live = svc.live_book()
+        assert live.total() == pytest.approx(batch.total(), rel=1e-9)
+        # realised per 1m bar equals the batch's
+        r = svc.realised("1m")
+        assert np.allclose(r.long_usd, estimate(feed.all, svc.params).realised.long_usd, rtol=1e-9, atol=1e-6)
+        # the heatmap's last column is the live book, earlier columns are history
+        hm = svc.heatmap("15m", bins=80)
+        long_now, short_now = hm.total()
+        lb, sb = live.binned(hm.edges)
+        assert np.allclose(long_now[-1], lb.sum(axis=1)) and np.allclose(short_now[-1], sb.sum(axis=1))
+        assert len(hm.times) == len(svc.candles("15m"))
+        assert svc.liquidations()[0].side == "long"
+        info = svc.model_info()
+        assert info["estimate"] is True and info["seed_mode"] in ("oi", "hybrid", "volume")
+    finally:
+        await hub.stop()
+    assert feed.closed
+
+
+async def test_a_dropped_stream_shows_reconnecting_then_recovers():
+    feed = ScriptedFeed(fail_after=3)
+    hub = Hub(feed, symbols=["BTC"], history_days=0)
+    await hub.start()
+    try:
+        svc = hub.get("BTC")
+        sub = svc.subscribe(maxsize=10_000)
+        feed.released.set()
+        events = await _drain_until(sub, "health", 2, timeout=15)
+        states = [e.data["state"] for e in events if e.kind == "health"]
+        assert "reconnecting" in states
+        assert states[-1] == "live"  # the stream came back
+        assert feed.streams >= 2
+    finally:
+        await hub.stop()
+
+
+async def test_slow_subscriber_loses_oldest_events_but_never_blocks():
+    feed = ScriptedFeed()
+    hub = Hub(feed, symbols=["BTC"], history_days=0)
+    await hub.start()
+    try:
+        svc = hub.get("BTC")
+        slow = svc.subscribe(maxsize=4)
+        fast = svc.subscribe(maxsize=10_000)
+        feed.released.set()
+        await _drain_until(fast, "realised", N_LIVE)
+        assert slow.dropped > 0
+        first = await asyncio.wait_for(slow.__anext__(), 1)
+        assert first.seq > 4  # the oldest were dropped, the newest kept
+        slow.close()
+        assert slow not in svc._subs
+    finally:
+        await hub.stop()
+
+
+async def test_unknown_symbols_and_feeds_are_one_line_errors():
+    feed = ScriptedFeed()
+    with pytest.raises(UnknownSymbol, match="unknown symbol 'DOGE"):
+        await Hub(feed, symbols=["DOGE/USDT:USDT"]).start()
+    hub = Hub(feed, symbols=["ETH"], history_days=0)
+    await hub.start()
+    try:
+        with pytest.raises(UnknownSymbol):
+            hub.get("XRP")
+    finally:
+        await hub.stop()
+    with pytest.raises(FeedError, match="unknown feed"):
+        open_feed("kraken")
+    with pytest.raises(FeedError, match="needs a path"):
+        open_feed("file:")
+
+
+def test_default_params_name_the_margin_table_per_coin():
+    p = ModelParams(coin="ETH")
+    assert "ETH" in p.describe()["margin_table"]
