@@ -14,10 +14,13 @@ Default constants (``BINANCE_BTCUSDT_2024_08_08``) come from the real Binance US
 the book was rebuilt from its 1000-level REST snapshot plus every ``depth@0ms`` diff
 (engine/depth_capture.py), sampled every 10 s (35 books); at offsets 0.02/0.05/0.1/0.15/0.2% the median
 cumulative USD per side was taken, bids and asks averaged (one 6-minute capture has one-off walls on one
-side), and log(depth) regressed on log(offset) (:func:`calibrate_depth_curve`). Result: ≈ $9.2M within
-0.1% of mid, exponent ≈ 1.53. The capture covers only ±0.24% of mid, so beyond that the curve is an
-extrapolation (≈ $105M within 0.5%, ≈ $300M within 1%). tests/analytics/test_cascade_model.py re-derives
-these constants from the capture.
+side — asks had a ~$25M wall at +0.15%), and log(depth) regressed on log(offset)
+(:func:`calibrate_depth_curve`). Result: $11.1M within 0.1% of mid, exponent 1.58 ($44.6M within
+0.24%). Selling $10M at market then moves price 0.093%, $100M 0.40%, $1B 1.7%. The capture covers only
+±0.24% of mid, so beyond that the curve is an extrapolation ($143M within 0.5%, $427M within 1%) — one
+venue, one night in 2024: scale it (``DepthModel.scaled``) for other venues, coins or years, or fit a live
+book with :func:`depth_from_book`. tests/analytics/test_cascade_model.py re-derives the constants from
+the capture.
 
 Invariant: a cascade never moves price against its direction (down cascades only lower it).
 """
@@ -94,7 +97,8 @@ def cumulative_depth(levels: np.ndarray, mid: float, side: str, offsets: np.ndar
     usd = price * qty
     order = np.argsort(dist)
     cum = np.r_[0.0, np.cumsum(usd[order])]
-    return cum[np.searchsorted(dist[order], np.asarray(offsets), side="right")]
+    # a level exactly at an offset counts as within it (a hair of slack for float rounding)
+    return cum[np.searchsorted(dist[order], np.asarray(offsets) * (1 + 1e-9) + 1e-15, side="right")]
 
 
 def fit_power_law(offsets: np.ndarray, usd: np.ndarray, ref_fraction: float = REF_FRACTION) -> tuple[float, float]:
@@ -144,8 +148,8 @@ def depth_from_book(bids: np.ndarray, asks: np.ndarray, offsets: np.ndarray = CA
 # Recorded result of calibrate_depth_curve on the shared Binance capture (see the module docstring);
 # tests/analytics/test_cascade_model.py recomputes it from the file and checks these numbers.
 BINANCE_BTCUSDT_2024_08_08 = DepthCurve(
-    usd_at_ref=9_200_000.0,
-    beta=1.53,
+    usd_at_ref=11_150_000.0,
+    beta=1.583,
     source="Binance USDⓈ-M BTCUSDT book 2024-08-08 23:54-24:00 UTC, median of 35 samples",
 )
 DEFAULT_DEPTH = DepthModel(BINANCE_BTCUSDT_2024_08_08, BINANCE_BTCUSDT_2024_08_08)
@@ -238,25 +242,25 @@ def simulate_cascade(
     usd = np.asarray(usd, dtype=np.float64)
     if prices.shape != usd.shape:
         raise CascadeError("prices and usd must have the same length")
-    # Levels on the cascade's side of the start price, ordered along its path.
-    keep = (usd > 0) & np.isfinite(prices) & (sign * (prices - start_price) <= 0)
-    p, u = prices[keep], usd[keep]
-    order = np.argsort(-sign * p)  # down: highest price first
-    p, u = p[order], u[order]
-    dist = sign * (p - start_price)  # <= 0, decreasing along the path
+    # Levels on the cascade's side of the start price, ordered by distance along its path.
+    along = sign * (prices - start_price)  # >= 0 for levels the cascade can reach
+    keep = (usd > 0) & np.isfinite(prices) & (along >= 0)
+    dist, u = along[keep], usd[keep]
+    order = np.argsort(dist, kind="stable")
+    dist, u = dist[order], u[order]
     cum = np.cumsum(u)
     limit = start_price * (1.0 + sign * max_move)
 
     def reached(price: float) -> int:
         """How many levels a move from the start to ``price`` liquidates."""
-        return int(np.searchsorted(-dist, -sign * (price - start_price) + 1e-12, side="right"))
+        return int(np.searchsorted(dist, sign * (price - start_price) + 1e-12 * start_price, side="right"))
 
     n_hit = reached(trigger)
-    steps = [CascadeStep(start_price, trigger, float(cum[n_hit - 1]) if n_hit else 0.0, trigger=True)]
+    steps = [CascadeStep(start_price, trigger, total_after(cum, n_hit), trigger=True)]
     trigger_usd = steps[0].usd
     price = trigger
     while True:
-        total = float(cum[n_hit - 1]) if n_hit else 0.0
+        total = total_after(cum, n_hit)
         target = trigger * (1.0 + sign * float(depth.move_for(total * impact_share)))
         if sign * (target - limit) > 0:
             target = limit
@@ -265,11 +269,11 @@ def simulate_cascade(
         n_new = reached(target)
         steps.append(CascadeStep(price, target, total_after(cum, n_new) - total))
         price = target
-        if n_new == n_hit or target == limit:
-            break
+        grew = n_new > n_hit
         n_hit = n_new
-    total = float(cum[n_hit - 1]) if n_hit else 0.0
-    # trailing wave that reached nothing new still moved price (the impact of what was already sold)
+        if not grew or target == limit:  # the last wave reached no new level: price stops here
+            break
+    total = total_after(cum, n_hit)
     end = price
     hit_zones: tuple[Zone, ...] = ()
     if zones:
@@ -334,10 +338,15 @@ def cascade_risk(
     """
     price = lmap.price
     longs, shorts = lmap.long_usd.sum(axis=1), lmap.short_usd.sum(axis=1)
-    centers = lmap.centers
+    # A bin is reached when price reaches its near edge (upper edge for longs, lower for shorts): the
+    # first positions in it are liquidated there, and a trigger at a zone's edge then starts inside it.
+    upper, lower = lmap.edges[1:], lmap.edges[:-1]
     zones = zones or []
     out = []
-    for direction, side, prof, curve in (("down", "long", longs, depth.bid), ("up", "short", shorts, depth.ask)):
+    for direction, side, prof, curve, level in (
+        ("down", "long", longs, depth.bid, upper),
+        ("up", "short", shorts, depth.ask, lower),
+    ):
         if trigger == "nearest":
             t = nearest_cluster_price(zones, price, side, min_grade)
         elif trigger == "none":
@@ -345,5 +354,5 @@ def cascade_risk(
         else:
             shock = float(trigger) / 100.0
             t = price * (1.0 - shock if direction == "down" else 1.0 + shock)
-        out.append(simulate_cascade(centers, prof, price, direction, curve, t, impact_share, zones))
+        out.append(simulate_cascade(level, prof, price, direction, curve, t, impact_share, zones))
     return CascadeSummary(out[0], out[1], depth)

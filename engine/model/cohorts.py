@@ -15,7 +15,7 @@ import numpy as np
 
 from .bars import Bars, BarsError
 from .ladder import ModelParams
-from .margin import LONG, SHORT, liquidation_price
+from .margin import LONG, SHORT
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,14 @@ def seed_exposure(bars: Bars, params: ModelParams, carry: SeedCarry) -> Seeds:
         log_shrink = np.zeros(n)
 
     if turnover is None:
-        if not known.any() and params.seed_mode != "oi":
-            raise BarsError("bars need a volume column or an oi_usd column to seed exposure")
+        # Decided by the columns, not by the values: a first bar whose OI change is not known yet must
+        # seed nothing (as it does inside a longer batch), not fail when fed on its own.
+        if oi is None:
+            raise BarsError(
+                "seed mode 'volume' needs a volume column"
+                if params.seed_mode == "volume"
+                else "bars need a volume column or an oi_usd column to seed exposure"
+            )
         seed = new_oi
         proxy_used = np.zeros(n, dtype=bool)
     else:
@@ -143,7 +149,10 @@ def _candle_direction(bars: Bars) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Cohorts:
-    """Flat arrays, one entry per cohort. ``birth`` indexes the bar it was opened in (global index)."""
+    """Flat arrays, one entry per cohort: all longs, then all shorts (nothing else about the order is
+    promised). ``birth`` indexes the bar it was opened in (global index). Entry anchors of one bar that
+    snap to the same level are one cohort: they share a birth, a level and so a death, and keeping them
+    apart would only cost time."""
 
     birth: np.ndarray  # int64
     side: np.ndarray  # int8: 0 long, 1 short
@@ -156,28 +165,80 @@ class Cohorts:
 
 
 def build_cohorts(bars: Bars, params: ModelParams, seeds: Seeds, grid: LevelGrid, first_index: int = 0) -> Cohorts:
-    """All cohorts opened by ``bars`` (vectorised over bars x sides x tiers x anchors)."""
-    n = len(bars)
-    lev = np.asarray(params.ladder.leverage)
-    w_tier = np.asarray(params.ladder.weights)
-    mmr = params.mmr()
-    anchors = np.asarray(params.entry_anchors)
-    w_anchor = np.asarray(params.entry_weights, dtype=np.float64)
+    """All cohorts opened by ``bars`` (vectorised over bars x sides x tiers x anchors).
+
+    Every published isolated formula is proportional to the entry (``ModelParams.liquidation_factors``),
+    so a level is rint((log(entry) + log(factor)) / step): one logarithm per (bar, anchor), not per
+    cohort. Positions that can never be liquidated (a 1x long) are not liquidation levels and are left out.
+    """
+    w_tier = np.asarray(params.ladder.weights, dtype=np.float64)
+    factors = params.liquidation_factors()  # (2, T)
+    tier_ok = np.isfinite(factors) & (factors > 0) & (w_tier[None, :] > 0)
+    log_f = np.log(np.where(tier_ok, factors, 1.0))
+    # anchors ascending, so levels along the anchor axis are sorted and equal ones sit side by side
+    order = np.argsort(np.asarray(params.entry_anchors, dtype=np.float64), kind="stable")
+    anchors = np.asarray(params.entry_anchors, dtype=np.float64)[order]
+    w_anchor = np.asarray(params.entry_weights, dtype=np.float64)[order]
     w_anchor = w_anchor / w_anchor.sum()
-    t, e = len(lev), len(anchors)
 
-    entry = bars.low[:, None] + anchors[None, :] * (bars.high - bars.low)[:, None]  # (n, E)
-    levels = np.empty((n, 2, t, e), dtype=np.int64)
-    for side in (LONG, SHORT):
-        liq = liquidation_price(entry[:, None, :], lev[None, :, None], mmr[None, :, None], side, params.contract)
-        levels[:, side] = grid.level(np.where(np.isfinite(liq) & (liq > 0), liq, 1e-300))
-    side_usd = np.stack([seeds.long_usd, seeds.short_usd], axis=1)  # (n, 2)
-    usd = side_usd[:, :, None, None] * w_tier[None, None, :, None] * w_anchor[None, None, None, :]
+    parts = []
+    for side, side_usd in ((LONG, seeds.long_usd), (SHORT, seeds.short_usd)):
+        opened = np.flatnonzero(side_usd > 0)  # bars that opened anything on this side
+        if not tier_ok[side].any():
+            opened = opened[:0]
+        # in chunks of bars, so the (tier, anchor, bar) temporaries stay small
+        for lo in range(0, max(len(opened), 1), _ROWS):
+            rows = opened[lo : lo + _ROWS]
+            parts.append(
+                _side_cohorts(bars, rows, side_usd, side, log_f[side], tier_ok[side], anchors, w_anchor, w_tier, grid)
+            )
+    if first_index:
+        parts = [(p[0] + first_index, *p[1:]) for p in parts]
+    return Cohorts(*(np.concatenate([p[i] for p in parts]) for i in range(5)))  # type: ignore[arg-type]
 
+
+_ROWS = 1 << 16  # bars per chunk when building cohorts
+
+
+def _side_cohorts(
+    bars: Bars,
+    rows: np.ndarray,
+    side_usd: np.ndarray,
+    side: int,
+    log_f: np.ndarray,
+    tier_ok: np.ndarray,
+    anchors: np.ndarray,
+    w_anchor: np.ndarray,
+    w_tier: np.ndarray,
+    grid: LevelGrid,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One side's cohorts opened by the bars ``rows``."""
+    t, e = len(w_tier), len(anchors)
+    # Layout (tier, anchor, bar): the long axis innermost keeps every numpy loop long and contiguous.
+    low = bars.low[rows]
+    log_entry = np.log(low[None, :] + anchors[:, None] * (bars.high[rows] - low)[None, :])  # (E, R)
+    x = log_entry[None, :, :] + log_f[:, None, None]  # (T, E, R)
+    x *= 1.0 / grid.step
+    np.rint(x, out=x)
+    levels = x.astype(np.int64)
+    del x
+    usd = side_usd[rows][None, None, :] * (w_tier[:, None, None] * w_anchor[None, :, None])  # (T, E, R)
+    # Anchors that snap to the same level are one cohort: levels rise with the anchor, so equal ones
+    # are neighbours; each run's total goes to its first anchor and the others drop out.
+    carry = np.zeros((t, len(rows)))
+    for a in range(e - 1, 0, -1):
+        same = levels[:, a] == levels[:, a - 1]
+        total = usd[:, a] + carry
+        carry = np.where(same, total, 0.0)
+        usd[:, a] = np.where(same, 0.0, total)
+    usd[:, 0] += carry
+    usd[~tier_ok] = 0.0
     keep = usd > 0
-    if params.contract == "inverse":
-        keep &= levels > grid.level(np.array([1e-300]))[0]
-    birth = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None, None, None] + first_index, usd.shape)
-    side_ix = np.broadcast_to(np.arange(2, dtype=np.int8)[None, :, None, None], usd.shape)
-    tier_ix = np.broadcast_to(np.arange(t, dtype=np.int8)[None, None, :, None], usd.shape)
-    return Cohorts(birth[keep], side_ix[keep], tier_ix[keep], levels[keep], usd[keep])
+    shape = usd.shape
+    return (
+        np.broadcast_to(rows[None, None, :], shape)[keep],
+        np.full(int(np.count_nonzero(keep)), side, dtype=np.int8),
+        np.broadcast_to(np.arange(t, dtype=np.int8)[:, None, None], shape)[keep],
+        levels[keep],
+        usd[keep],
+    )

@@ -44,13 +44,12 @@ class IncrementalEngine:
         n = len(est.bars)
         c = est.cohorts
         pieces = len(eng.shares)
-        per_piece = len(c) // pieces
         alive = (c.birth < n) & (est.death >= n)
         if alive.any():
             lv = c.level[alive]
             eng.kmin = int(lv.min()) - _GROW
             k = int(lv.max()) + _GROW - eng.kmin + 1
-            piece = np.arange(len(c)) // max(per_piece, 1)
+            piece = est.piece.astype(np.int64)
             t = len(eng.tiers)
             value = c.usd[alive] * np.exp(est.F[c.tier[alive], n - 1] - est.F[c.tier[alive], c.birth[alive]])
             flat = ((piece[alive] * 2 + c.side[alive]) * t + c.tier[alive]) * k + (lv - eng.kmin)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .margin import tier_table
+from .margin import LONG, MM_BASIS, SHORT, Bracket, canonical_exchange, liquidation_factor, tier_table
 
 
 class LadderError(ValueError):
@@ -149,9 +149,24 @@ class ModelParams:
             raise LadderError("volume_proxy_fraction and typical_position_usd must be positive")
 
     # ---- derived, per tier ----
-    def mmr(self) -> np.ndarray:
+    def brackets(self) -> tuple[Bracket, ...]:
+        """The margin bracket each tier's typical position sits in."""
         table = tier_table(self.exchange, self.coin)
-        return np.array([table.mmr(lev, self.typical_position_usd) for lev in self.ladder.leverage])
+        return tuple(table.bracket_for(lev, self.typical_position_usd) for lev in self.ladder.leverage)
+
+    def mmr(self) -> np.ndarray:
+        return np.array([b.mmr for b in self.brackets()])
+
+    def liquidation_factors(self) -> np.ndarray:
+        """(2, T): liquidation price / entry per side and tier, by the exchange's published isolated
+        formula with each tier's bracket (maintenance rate and amount at the typical position size)."""
+        br = self.brackets()
+        lev = np.asarray(self.ladder.leverage, dtype=np.float64)
+        mmr = np.array([b.mmr for b in br])
+        cum_rate = np.array([b.cum for b in br]) / self.typical_position_usd
+        return np.stack(
+            [liquidation_factor(lev, mmr, side, self.contract, self.exchange, cum_rate) for side in (LONG, SHORT)]
+        )
 
     def decay_rates(self) -> np.ndarray:
         """Per-tier decay rate per second (0 when decay is off)."""
@@ -173,6 +188,8 @@ class ModelParams:
                 )
             ],
             "margin_table": f"{table.exchange} {table.symbol} {table.effective}",
+            "liquidation_formula": f"{canonical_exchange(self.exchange)} isolated, {self.contract}, maintenance margin on the "
+            + ("entry value" if MM_BASIS[canonical_exchange(self.exchange)] == "entry" else "value at the liquidation price"),
             "contract": self.contract,
             "entry_anchors": list(self.entry_anchors),
             "entry_weights": list(self.entry_weights),

@@ -52,6 +52,90 @@ def binance_liquidation_price(
     return (wallet + cum - s * size * entry) / (size * mmr - s * size)
 
 
+def bybit_liquidation_price(
+    entry: float, size: float, leverage: float, mmr: float, deduction: float, side: str, extra_margin: float = 0.0
+) -> float:
+    """Bybit's published isolated formula for USDT contracts (help centre, "Liquidation Price (USDT
+    Contract)"): LP = E -/+ [(IM - MM) / Q] -/+ extra / Q, with IM = Q*E/lev and MM = Q*E*mmr - deduction,
+    i.e. the maintenance margin is taken on the position value *at entry*."""
+    im = size * entry / leverage
+    mm = size * entry * mmr - deduction
+    s = 1.0 if side == "long" else -1.0
+    return entry - s * (im - mm) / size - s * extra_margin / size
+
+
+def okx_liquidation_price(
+    margin: float, contracts: float, ct_val: float, entry: float, mmr: float, side: str, fee_rate: float = 0.0
+) -> float:
+    """OKX isolated USDT-margined swap: liquidation when (margin + PnL) = qty * mark * (mmr + fee), qty =
+    contracts * ct_val (OKX help centre, "Isolated margin mode": margin ratio). Solved for the mark price:
+    long (q*E - M) / (q * (1 - mmr - fee)), short (M + q*E) / (q * (1 + mmr + fee))."""
+    q = contracts * ct_val
+    if side == "long":
+        return (q * entry - margin) / (q * (1.0 - mmr - fee_rate))
+    return (margin + q * entry) / (q * (1.0 + mmr + fee_rate))
+
+
+def inverse_liquidation_price(
+    size_usd: float, entry: float, leverage: float, mmr: float, deduction_coin: float, side: str
+) -> float:
+    """Coin-margined (inverse) isolated, Bybit's published form (help centre, "Liquidation Price
+    Calculation under Isolated Mode", inverse contracts; Binance COIN-M's formula reduces to the same):
+    long S*(1 + mmr) / (S/E + S/E/lev + deduction), short S*(1 - mmr) / (S/E - S/E/lev - deduction),
+    with S the position size in USD (contracts x contract value) and the deduction in coin."""
+    value = size_usd / entry
+    if side == "long":
+        return size_usd * (1.0 + mmr) / (value + value / leverage + deduction_coin)
+    return size_usd * (1.0 - mmr) / (value - value / leverage - deduction_coin)
+
+
+# Whose published formula turns (leverage, mmr, maintenance amount) into a liquidation price.
+#   "mark":  maintenance margin on the position's value at the liquidation price (Binance, OKX)
+#   "entry": maintenance margin on the position's value at entry (Bybit, USDT contracts)
+# Binance and Bybit subtract a maintenance amount ("cum" / "MM deduction") in the higher brackets; OKX's
+# isolated tiers have none. Inverse contracts: the same formula on all three (coin-margined margin and PnL).
+MM_BASIS = {"binance": "mark", "okx": "mark", "bybit": "entry"}
+USES_MAINTENANCE_AMOUNT = {"binance": True, "okx": False, "bybit": True}
+
+
+def liquidation_factor(
+    leverage: np.ndarray | float,
+    mmr: np.ndarray | float,
+    side: str | int,
+    contract: str = "linear",
+    exchange: str = "binance",
+    cum_rate: np.ndarray | float = 0.0,
+) -> np.ndarray:
+    """Liquidation price / entry price by ``exchange``'s published isolated formula (fees ignored).
+
+    ``cum_rate`` is the bracket's maintenance amount as a fraction of the position's entry notional
+    (Binance "cum", Bybit "MM deduction"); it moves the price away from the entry. Every formula here
+    is proportional to the entry, which is what lets the model compute levels as log(entry) + log(factor).
+    Not liquidatable (a 1x long, a 1x inverse short): 0 or +inf.
+    """
+    inv_lev = 1.0 / np.asarray(leverage, dtype=np.float64)
+    m = np.asarray(mmr, dtype=np.float64)
+    s = side if isinstance(side, int) else SIDES.index(side)
+    ex = canonical_exchange(exchange)
+    c = np.asarray(cum_rate, dtype=np.float64) * (1.0 if USES_MAINTENANCE_AMOUNT[ex] else 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if contract == "linear":
+            if MM_BASIS[ex] == "entry":
+                f = 1.0 - inv_lev + m - c if s == LONG else 1.0 + inv_lev - m + c
+            else:
+                f = (1.0 - inv_lev - c) / (1.0 - m) if s == LONG else (1.0 + inv_lev + c) / (1.0 + m)
+        elif contract == "inverse":
+            if s == LONG:
+                f = (1.0 + m) / (1.0 + inv_lev + c)
+            else:
+                den = 1.0 - inv_lev - c
+                f = np.where(den > 0, (1.0 - m) / np.where(den > 0, den, 1.0), np.inf)
+        else:
+            raise ValueError(f"unknown contract type {contract!r}; use linear or inverse")
+    f = np.asarray(f, dtype=np.float64)
+    return np.where(np.isfinite(f) & (f > 0), f, np.where(s == LONG, 0.0, np.inf))
+
+
 @dataclass(frozen=True)
 class Bracket:
     notional_cap: float  # upper bound of position notional (USD) for this bracket
@@ -202,12 +286,16 @@ TIER_TABLES: tuple[TierTable, ...] = (
 EXCHANGES = ("binance", "bybit", "okx")
 
 
+def canonical_exchange(exchange: str) -> str:
+    """'binanceusdm' -> 'binance'; venues without their own tables (demo, files) use Binance's."""
+    ex = exchange.lower().replace("usdm", "")
+    return ex if ex in EXCHANGES else "binance"
+
+
 def tier_table(exchange: str, coin: str, on: str | None = None) -> TierTable:
     """The table in force for ``exchange``/``coin`` on ISO date ``on`` (default: the newest).
     Coins without their own table use the exchange's BTC table (the most common brackets)."""
-    ex = exchange.lower().replace("usdm", "")
-    if ex not in EXCHANGES:
-        ex = "binance"
+    ex = canonical_exchange(exchange)
     c = coin.upper()
     candidates = [t for t in TIER_TABLES if t.exchange == ex and t.symbol == c]
     if not candidates:

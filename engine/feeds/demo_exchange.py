@@ -1,0 +1,500 @@
+"""One simulated perpetual-futures market: traders open leveraged positions, pay funding, close by choice
+and are liquidated when price reaches their liquidation price; forced orders push the price further, so
+liquidations cascade. Bars, open interest, funding, taker volumes and liquidation events all come out of
+this one process.
+
+Speed: the exchange steps one minute at a time in plain Python scalars (a few microseconds per minute).
+Numpy work happens only where it pays: drawing a day of flow at once (demo_flow.py), and in the minutes
+where price reaches a liquidation level, which are resolved tick by tick against the cohort book
+(demo_traders.py). New positions are added to the book in batches, just before anything reads it.
+
+Reproducibility: the random draws are keyed by day, the minute loop is the same code in a bulk backfill
+and when ticking live, and every batched step (adding cohorts, deriving open interest) gives the same
+numbers whatever the batch size. So a market ticked live minute by minute is identical to the same
+minutes generated in bulk.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.model import Bars
+from engine.model.cohorts import LevelGrid
+
+from .demo_flow import ENTRIES, MINUTES_PER_DAY, SPECULATIVE_TURNOVER, TICKS, DayFlow, FlowCarry, day_flow
+from .demo_markets import SimulatedSymbol, TraderMix
+from .demo_traders import LONG, SHORT, GroundTruth, PositionBook
+
+GRID_STEP = LevelGrid.for_resolution(0.0005).step  # the book's price grid: 0.05%, like the engine's
+EPS = 1e-9
+
+# Price impact of forced orders: a share stays (information: someone had to sell), the rest is
+# liquidity that refills over a few minutes (the wick after a cascade).
+PERMANENT_IMPACT = 0.6
+RELAX = 1.0 - 0.5 ** (1.0 / 8.0)  # transient impact half-life: 8 minutes
+MAX_SWEEP_MOVE = 0.08  # the exchange pauses a sweep after an 8% forced move (next tick carries on)
+REVERSION = 1.0 / (20 * MINUTES_PER_DAY)  # the price drifts back towards its catalogue level over weeks
+
+# Momentum, funding and the long/short mood of new traders.
+MOMENTUM_WEIGHT = 1.0 / 60.0  # EMA of 1-minute returns over about an hour
+FUNDING_MINUTES = 480  # settles every 8 hours, at 00:00, 08:00 and 16:00 UTC
+INTEREST = 0.0001  # Binance's interest component per interval
+FUNDING_CLAMP = 0.0005  # rate = premium + clamp(interest - premium, +-0.05%)
+FUNDING_CAP = 0.0075
+PREMIUM_IMBALANCE = 0.002  # a book 10% net long trades ~0.02% above the index
+PREMIUM_MOMENTUM = 0.0006
+PREMIUM_NOISE = 0.0002
+SHARE_MOMENTUM = 0.12  # traders chase: after a rally, more new positions are longs
+SHARE_FUNDING = 100.0  # ... unless funding makes longs expensive
+SHARE_NOISE = 0.06
+FUNDING_CLOSE = 25.0  # share of the paying side that closes at a settlement, per unit of rate
+MIN_EVENT_USD = 50.0  # smaller forced closes still count, but are not reported one by one
+
+
+@dataclass
+class _Records:
+    """What the minute loop writes for one day (block-local minute index), read by the batched steps."""
+
+    open: list[float] = field(default_factory=list)  # log prices
+    high: list[float] = field(default_factory=list)
+    low: list[float] = field(default_factory=list)
+    close: list[float] = field(default_factory=list)
+    base: list[float] = field(default_factory=list)  # the minute's base log price (after relaxation)
+    share: list[float] = field(default_factory=list)  # long share of new positions
+    rate: list[float] = field(default_factory=list)  # funding rate in force
+    impacts: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # (tick, log move) of sweeps
+    entry_adjust: dict[int, np.ndarray] = field(default_factory=dict)  # entries moved by sweeps
+    liq_stored: dict[int, np.ndarray] = field(default_factory=dict)  # (2, T) stored units force-closed
+    liq_base: dict[int, list[float]] = field(default_factory=dict)  # [long, short] base coin force-closed
+
+
+class _BarLog:
+    """Settled 1m bars, appended in order, in growable numpy columns."""
+
+    COLUMNS = ("time", "open", "high", "low", "close", "volume", "taker_buy_volume", "taker_sell_volume", "oi_usd", "funding_rate")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.cols = {c: np.zeros(4096, dtype=np.int64 if c == "time" else np.float64) for c in self.COLUMNS}
+
+    def append(self, **cols: np.ndarray) -> None:
+        m = len(cols["time"])
+        if self.n + m > len(self.cols["time"]):
+            cap = max(2 * len(self.cols["time"]), self.n + m)
+            for c, arr in self.cols.items():
+                grown = np.zeros(cap, dtype=arr.dtype)
+                grown[: self.n] = arr[: self.n]
+                self.cols[c] = grown
+        for c in self.COLUMNS:
+            self.cols[c][self.n : self.n + m] = cols[c]
+        self.n += m
+
+    def bars(self, a: int, b: int) -> Bars:
+        a, b = max(a, 0), min(b, self.n)
+        b = max(a, b)
+        return Bars(timeframe=60, **{c: self.cols[c][a:b].copy() for c in self.COLUMNS})
+
+
+def _sum_last(a: np.ndarray) -> np.ndarray:
+    """Sum over the last axis in a fixed order (the same result whatever the other dimensions)."""
+    out = a[..., 0].copy()
+    for e in range(1, a.shape[-1]):
+        out += a[..., e]
+    return out
+
+
+def _decimals(tick: float) -> int:
+    return max(0, -math.floor(math.log10(tick) + 1e-9))
+
+
+class SimulatedExchange:
+    """One symbol. Minutes are absolute (UNIX seconds // 60); ``start`` must be a UTC midnight."""
+
+    def __init__(self, spec: SimulatedSymbol, sym_id: int, seed: int, start: int) -> None:
+        if start % 86_400:
+            raise ValueError("the simulation starts at a UTC midnight")
+        self.spec = spec
+        self.sym_id = sym_id
+        self.seed = seed
+        self.mix = TraderMix.for_coin(spec.coin)
+        self.start_minute = start // 60
+        self.minute = self.start_minute  # next minute to simulate
+        self._hour_done = self.start_minute
+        self.inv_step = 1.0 / GRID_STEP
+        self.decimals = _decimals(spec.tick)
+        sigma_base = spec.daily_vol / math.sqrt(MINUTES_PER_DAY)
+        self.momentum_scale = 1.0 / (sigma_base * math.sqrt(MOMENTUM_WEIGHT / (2.0 - MOMENTUM_WEIGHT)))
+        self.close_fraction = 1.0 - np.exp(-self.mix.close_rate * 60.0)  # (T,) closed by choice per minute
+
+        # market state (log prices)
+        self.anchor = math.log(spec.price)
+        self.x = self.anchor  # last close
+        self.trans = 0.0  # transient impact still in the price
+        self.shift = 0.0  # funding's cumulative move of every liquidation price
+        self.ema = 0.0
+        self.premium_sum, self.premium_n = 0.0, 0
+        self.rate = INTEREST
+        self.imbalance = 0.0
+
+        # traders
+        center = int(round(self.anchor * self.inv_step))
+        self.book = PositionBook(GRID_STEP, center, int(1.2 * self.inv_step), self.mix.close_rate, float(start))
+        self._open_prior_positions(start)
+        span_long = self.book.occupied(LONG)
+        span_short = self.book.occupied(SHORT)
+        self.hi_long = span_long[1] if span_long else -(10**9)  # highest occupied long level (or above)
+        self.lo_short = span_short[0] if span_short else 10**9  # lowest occupied short level (or below)
+        self.tot_stored = self.book.stored_totals()  # (2, T) after the last derived minute
+        self.tot_real = self.tot_stored.copy()
+        self._refresh_imbalance()
+
+        # the current day's flow and records; the previous day's kept for the live reveal
+        self.carry = FlowCarry.initial(seed, sym_id, start // 86_400)
+        self._load_day(start // 86_400)
+        self.prev: tuple[DayFlow, _Records] | None = None
+
+        self.log = _BarLog()
+        self.liq_time: list[int] = []  # ms
+        self.liq_side: list[int] = []
+        self.liq_price: list[float] = []
+        self.liq_base: list[float] = []
+        self.liq_usd: list[float] = []
+
+    # ---- setup --------------------------------------------------------------------------------------
+    def _open_prior_positions(self, start: int) -> None:
+        """Positions opened before the simulation starts, as if the market had been trading for weeks:
+        each tier's steady-state stock, entered around the start price (wider for older positions),
+        minus those whose liquidation price the start price has already passed."""
+        rng = np.random.default_rng([self.seed, 5, self.sym_id, start // 86_400])
+        per_side_per_day = SPECULATIVE_TURNOVER * self.spec.oi_usd / 2.0
+        hours = np.log(2.0) / self.mix.close_rate / 3600.0
+        n = 400
+        for tier in range(len(self.mix.leverage)):
+            life_days = float(hours[tier]) / 24.0 / math.log(2.0)
+            stock_usd = per_side_per_day * float(self.mix.share[tier]) * life_days
+            for side in (LONG, SHORT):
+                age = np.minimum(rng.exponential(life_days, n), 30.0)
+                entry = self.anchor + self.spec.daily_vol * np.sqrt(age) * rng.standard_normal(n)
+                lev = np.clip(self.mix.leverage[tier] * np.exp(0.08 * rng.standard_normal((n, 1))), 1.5, 125.0)
+                lev_all = np.repeat(lev, len(self.mix.leverage), axis=1)
+                long_off, short_off = self.mix.liquidation_offsets(lev_all)
+                liq = entry + (long_off if side == LONG else short_off)[:, tier]
+                alive = liq < self.anchor if side == LONG else liq > self.anchor
+                level = np.floor((liq[alive] - self.shift) * self.inv_step + 0.5).astype(np.int64)
+                base = stock_usd / n / np.exp(entry[alive])
+                k = len(level)
+                self.book.add(np.full(k, side), np.full(k, tier), level, base)
+
+    def _load_day(self, day: int) -> None:
+        self.flow = day_flow(self.spec, self.mix, self.seed, self.sym_id, day, self.carry)
+        self.rec = _Records()
+        self.flushed = 0  # block-local minutes whose new positions are in the book
+        self.derived = 0  # block-local minutes whose bars are settled
+        T = len(self.mix.leverage)
+        self.births_stored = np.zeros((MINUTES_PER_DAY, 2, T))
+        self.opens_base = np.zeros((MINUTES_PER_DAY, 2))
+        f = self.flow
+        # plain lists: the minute loop reads one value at a time, which numpy does slowly
+        self._low = f.low.tolist()
+        self._high = f.high.tolist()
+        self._close = f.close.tolist()
+        self._top_long = f.top_long.tolist()
+        self._bottom_short = f.bottom_short.tolist()
+        self._share_noise = f.share_noise.tolist()
+        self._premium_noise = f.premium_noise.tolist()
+
+    # ---- running ------------------------------------------------------------------------------------
+    def advance(self, to_minute: int) -> None:
+        """Simulate every minute before ``to_minute``."""
+        while self.minute < to_minute:
+            m = self.minute
+            if m % 60 == 0 and m != self._hour_done:
+                self._on_the_hour(m)
+                self._hour_done = m
+            self._run(m, min(to_minute, (m // 60 + 1) * 60))
+
+    def _on_the_hour(self, m: int) -> None:
+        self.settle()
+        if m % MINUTES_PER_DAY == 0:
+            self._next_day(m)
+        if m % FUNDING_MINUTES == 0:
+            self._settle_funding()
+        self._refresh_imbalance()
+
+    def _next_day(self, m: int) -> None:
+        factor = self.book.rebase(m * 60.0)
+        self.tot_stored = self.tot_stored * factor
+        self.prev = (self.flow, self.rec)
+        self._load_day(m // MINUTES_PER_DAY)
+
+    def _settle_funding(self) -> None:
+        """Payers hand margin to receivers: both sides' liquidation prices move with the rate (up when
+        longs pay), approximately by rate * price; some of the paying side gives up and closes."""
+        self.shift += self.rate
+        payer = LONG if self.rate > 0 else SHORT
+        self.book.close_share(payer, min(0.25, FUNDING_CLOSE * abs(self.rate)))
+        self.premium_sum, self.premium_n = 0.0, 0
+
+    def _refresh_imbalance(self) -> None:
+        longs, shorts = float(self.tot_real[LONG].sum()), float(self.tot_real[SHORT].sum())
+        self.imbalance = (longs - shorts) / (longs + shorts) if longs + shorts > 0 else 0.0
+
+    def _run(self, m0: int, m1: int) -> None:
+        """The minute loop, for minutes inside one hour. Scalars only, unless price reaches the book."""
+        day0 = self.flow.day * MINUTES_PER_DAY
+        low, high, close_move = self._low, self._high, self._close
+        top_long, bottom_short = self._top_long, self._bottom_short
+        share_noise, premium_noise = self._share_noise, self._premium_noise
+        rec = self.rec
+        inv = self.inv_step
+        anchor = self.anchor
+        x, ema, rate = self.x, self.ema, self.rate
+        premium_sum, premium_n, imbalance = self.premium_sum, self.premium_n, self.imbalance
+        for i in range(m0 - day0, m1 - day0):
+            relax = self.trans * RELAX
+            self.trans -= relax
+            xb = x - relax + REVERSION * (anchor - x)
+            lo = xb + low[i]
+            hi = xb + high[i]
+            shift = self.shift
+            if math.ceil((lo - shift) * inv - EPS) <= self.hi_long or math.floor((hi - shift) * inv + EPS) >= self.lo_short:
+                close, lo, hi, top, bottom = self._forced_minute(i, xb)
+            else:
+                close = xb + close_move[i]
+                top = xb + top_long[i]
+                bottom = xb + bottom_short[i]
+            # the minute's new positions will sit down to / up to these levels (bounds, not exact)
+            k = math.floor((top - shift) * inv) + 1
+            if k > self.hi_long:
+                self.hi_long = k
+            k = math.ceil((bottom - shift) * inv) - 1
+            if k < self.lo_short:
+                self.lo_short = k
+
+            ema += MOMENTUM_WEIGHT * ((close - x) - ema)
+            trend = math.tanh(0.5 * ema * self.momentum_scale)
+            premium_sum += PREMIUM_IMBALANCE * imbalance + PREMIUM_MOMENTUM * trend + PREMIUM_NOISE * premium_noise[i]
+            premium_n += 1
+            avg = premium_sum / premium_n
+            rate = avg + min(max(INTEREST - avg, -FUNDING_CLAMP), FUNDING_CLAMP)
+            rate = min(max(rate, -FUNDING_CAP), FUNDING_CAP)
+            share = 0.5 + SHARE_MOMENTUM * trend - SHARE_FUNDING * (rate - INTEREST) + SHARE_NOISE * share_noise[i]
+            share = min(max(share, 0.15), 0.85)
+
+            rec.open.append(x)
+            rec.high.append(hi if hi > x else x)
+            rec.low.append(lo if lo < x else x)
+            rec.close.append(close)
+            rec.base.append(xb)
+            rec.share.append(share)
+            rec.rate.append(rate)
+            x = close
+        self.x, self.ema, self.rate = x, ema, rate
+        self.premium_sum, self.premium_n = premium_sum, premium_n
+        self.minute = m1
+
+    # ---- the liquidation engine ---------------------------------------------------------------------
+    def _forced_minute(self, i: int, xb: float) -> tuple[float, float, float, float, float]:
+        """A minute whose path reaches the book: walk its ticks, sweep every level price reaches, and
+        let each sweep's forced orders move the price (which can reach more levels: a cascade)."""
+        self._flush(i)
+        f = self.flow
+        path = xb + f.path[i]
+        t0 = (f.day * MINUTES_PER_DAY + i) * 60
+        depth = float(f.depth[i])
+        impacts: list[tuple[int, float]] = []
+        j = 0
+        while j < TICKS:
+            lvl = (path[j:] - self.shift) * self.inv_step
+            hit = (np.ceil(lvl - EPS) <= self.hi_long) | (np.floor(lvl + EPS) >= self.lo_short)
+            if not hit.any():
+                break
+            j += int(hit.argmax())
+            move = self._sweep(LONG, float(path[j]), t0, j, depth, i)
+            move += self._sweep(SHORT, float(path[j]) + move, t0, j, depth, i)
+            if move != 0.0:
+                path[j:] += move
+                impacts.append((j, move))
+                self.trans += (1.0 - PERMANENT_IMPACT) * move
+            j += 1
+        if impacts:
+            self.rec.impacts[i] = impacts
+            entries = path[f.entry_tick[i]]
+            adjust = entries - (xb + f.entry_move[i])
+            if np.any(adjust != 0.0):
+                self.rec.entry_adjust[i] = adjust
+        else:
+            entries = xb + f.entry_move[i]
+        top = float(entries.max() + f.long_offset[i].max())
+        bottom = float(entries.min() + f.short_offset[i].min())
+        return float(path[-1]), float(path.min()), float(path.max()), top, bottom
+
+    def _sweep(self, side: int, p: float, t0: int, tick: int, depth: float, i: int) -> float:
+        """Liquidate every ``side`` level the price ``p`` has reached; forced orders move the price by
+        their USD over the book depth, which may reach further levels. Returns the log move."""
+        move = 0.0
+        sweeps = 0
+        t = float(t0 + tick)
+        while abs(move) < MAX_SWEEP_MOVE:
+            lvl = (p + move - self.shift) * self.inv_step
+            if side == LONG:
+                k = math.ceil(lvl - EPS)
+                if k > self.hi_long:
+                    break
+                taken = self.book.take(LONG, k, self.hi_long, t, self.shift)
+                self.hi_long = k - 1
+            else:
+                k = math.floor(lvl + EPS)
+                if k < self.lo_short:
+                    break
+                taken = self.book.take(SHORT, self.lo_short, k, t, self.shift)
+                self.lo_short = k + 1
+            if taken.base <= 0.0:
+                continue
+            stored = self.rec.liq_stored.setdefault(i, np.zeros((2, len(self.mix.leverage))))
+            stored[side] += taken.stored
+            self.rec.liq_base.setdefault(i, [0.0, 0.0])[side] += taken.base
+            if taken.usd >= MIN_EVENT_USD:
+                self.liq_time.append(t0 * 1000 + tick * 1000 + min(10 * sweeps, 990))
+                self.liq_side.append(side)
+                self.liq_price.append(round(taken.usd / taken.base, self.decimals))
+                self.liq_base.append(taken.base)
+                self.liq_usd.append(taken.usd)
+                sweeps += 1
+            # forced sells of longs push down, forced buys of shorts push up
+            move += (-taken.usd if side == LONG else taken.usd) / depth
+        return move
+
+    # ---- batched steps: new positions into the book, then settled bars ------------------------------
+    def _flush(self, upto: int) -> None:
+        """Put the new positions of block minutes [flushed, upto) into the book."""
+        a = self.flushed
+        if upto <= a:
+            return
+        f, rec, mix = self.flow, self.rec, self.mix
+        xb = np.array(rec.base[a:upto])
+        share = np.array(rec.share[a:upto])
+        entry = xb[:, None] + f.entry_move[a:upto]  # (n, E) log entry prices
+        for i, adjust in rec.entry_adjust.items():
+            if a <= i < upto:
+                entry[i - a] += adjust
+        base_e = f.open_usd[a:upto, None] / ENTRIES / np.exp(entry)  # base coin opened at each entry
+        sides = np.stack([share, 1.0 - share], axis=1)  # (n, 2)
+        base = base_e[:, None, None, :] * sides[:, :, None, None] * mix.share[None, None, :, None]
+        booked = entry - self.shift
+        levels = np.stack(
+            [
+                np.floor((booked[:, None, :] + f.long_offset[a:upto, :, None]) * self.inv_step + 0.5),
+                np.floor((booked[:, None, :] + f.short_offset[a:upto, :, None]) * self.inv_step + 0.5),
+            ],
+            axis=1,
+        ).astype(np.int64)  # (n, 2, T, E)
+        t_end = ((f.day * MINUTES_PER_DAY + np.arange(a, upto) + 1) * 60).astype(np.float64)
+        stored = base * np.exp(-self.book.log_survival_at(t_end))[..., None]
+        shape = stored.shape
+        side_ix = np.broadcast_to(np.arange(2)[None, :, None, None], shape)
+        tier_ix = np.broadcast_to(np.arange(shape[2])[None, None, :, None], shape)
+        self.book.add(side_ix.ravel(), tier_ix.ravel(), levels.ravel(), stored.ravel())
+        self.births_stored[a:upto] = _sum_last(stored)
+        opened = _sum_last(base_e)
+        self.opens_base[a:upto, LONG] = opened * share
+        self.opens_base[a:upto, SHORT] = opened * (1.0 - share)
+        self.flushed = upto
+
+    def settle(self) -> None:
+        """Bring the book and the settled bars up to the last simulated minute."""
+        self._derive(self.minute - self.flow.day * MINUTES_PER_DAY)
+
+    def _derive(self, upto: int) -> None:
+        """Settle the bars of block minutes [derived, upto): open interest from the positions outstanding,
+        volumes from what traders opened, closed and were forced out of, plus background turnover."""
+        self._flush(upto)
+        a = self.derived
+        if upto <= a:
+            return
+        f, rec = self.flow, self.rec
+        n, T = upto - a, len(self.mix.leverage)
+        liq_stored = np.zeros((n, 2, T))
+        liq_base = np.zeros((n, 2))
+        for i, v in rec.liq_stored.items():
+            if a <= i < upto:
+                liq_stored[i - a] = v
+                liq_base[i - a] = rec.liq_base[i]
+        delta = self.births_stored[a:upto] - liq_stored
+        stored = np.cumsum(np.concatenate([self.tot_stored[None], delta]), axis=0)[1:]
+        t_end = ((f.day * MINUTES_PER_DAY + np.arange(a, upto) + 1) * 60).astype(np.float64)
+        tot = stored * np.exp(self.book.log_survival_at(t_end))  # (n, 2, T) base coin outstanding
+        before = np.concatenate([self.tot_real[None], tot[:-1]])
+        closed = (before * self.close_fraction[None, None, :]).sum(axis=2)  # (n, 2) closed by choice
+        self.tot_stored, self.tot_real = stored[-1].copy(), tot[-1].copy()
+
+        log_open, log_close = np.array(rec.open[a:upto]), np.array(rec.close[a:upto])
+        close_px = np.exp(log_close)
+        speculators = 0.5 * (tot[:, LONG].sum(axis=1) + tot[:, SHORT].sum(axis=1))
+        oi_usd = (f.hedged_base[a:upto] + speculators) * close_px
+        churn = f.churn_usd[a:upto] / close_px
+        # background takers lean with the minute's move (buyers lift offers in an up-minute)
+        lean = np.tanh((log_close - log_open) / f.sigma[a:upto])
+        buy_share = np.clip(0.5 + 0.3 * lean + 0.04 * f.churn_tilt[a:upto], 0.05, 0.95)
+        opens = self.opens_base[a:upto]
+        # taker buys: new longs, shorts closing, shorts liquidated; taker sells the mirror image
+        buy = churn * buy_share + opens[:, LONG] + closed[:, SHORT] + liq_base[:, SHORT]
+        sell = churn * (1.0 - buy_share) + opens[:, SHORT] + closed[:, LONG] + liq_base[:, LONG]
+        self.log.append(
+            time=(f.day * MINUTES_PER_DAY + np.arange(a, upto)) * 60,
+            open=self._round(np.exp(log_open)),
+            high=self._round(np.exp(np.array(rec.high[a:upto]))),
+            low=self._round(np.exp(np.array(rec.low[a:upto]))),
+            close=self._round(close_px),
+            volume=buy + sell,
+            taker_buy_volume=buy,
+            taker_sell_volume=sell,
+            oi_usd=oi_usd,
+            funding_rate=np.array(rec.rate[a:upto]),
+        )
+        self.derived = upto
+
+    def _round(self, price: np.ndarray) -> np.ndarray:
+        return np.round(np.round(price / self.spec.tick) * self.spec.tick, self.decimals)
+
+    # ---- reading ------------------------------------------------------------------------------------
+    @property
+    def settled_until(self) -> int:
+        """UNIX seconds up to which bars are settled (exclusive)."""
+        return (self.start_minute + self.log.n) * 60
+
+    def bars(self, since: int, until: int) -> Bars:
+        """Settled bars whose open time is in [since, until)."""
+        first = self.start_minute * 60
+        a = -(-(since - first) // 60)
+        b = -(-(until - first) // 60)
+        return self.log.bars(a, b)
+
+    def minute_path(self, minute: int) -> np.ndarray:
+        """The 60 log prices (one per second) of a simulated minute of today or yesterday."""
+        day = minute // MINUTES_PER_DAY
+        if day == self.flow.day:
+            f, rec = self.flow, self.rec
+        elif self.prev is not None and day == self.prev[0].day:
+            f, rec = self.prev
+        else:
+            raise ValueError("only today's and yesterday's minutes keep their ticks")
+        i = minute - day * MINUTES_PER_DAY
+        path = rec.base[i] + f.path[i]
+        for j, move in rec.impacts.get(i, []):
+            path[j:] += move
+        return path
+
+    def liquidation_index(self, time_ms: int) -> int:
+        """Index of the first liquidation at or after ``time_ms``."""
+        return bisect.bisect_left(self.liq_time, time_ms)
+
+    def ground_truth(self) -> GroundTruth:
+        self.settle()
+        return self.book.truth(
+            self.spec.symbol, self.minute * 60, math.exp(self.x), self.shift, self.mix.labels, self.mix.leverage
+        )

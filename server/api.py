@@ -1,0 +1,297 @@
+"""REST API ``/api/v1``: read-only views of each market (described in ``/api/v1/openapi.json``).
+
+Every parameter is validated (bad → 400 ``{"error": ...}``, unknown symbol → 404); answers are cached per
+market until the market changes, and the numpy work runs in the view pool.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from engine.model import timeframe_seconds
+from engine.service import MarketService
+
+from . import __version__
+from .config import API_TIMEFRAMES
+from .encoding import candles_payload, finite_or_none, map_payload, realised_payload
+from .markets import compact_ticker, dumps, udf_name
+from .params import BadRequest, Query, parse_tier
+from .state import CONFIG, MARKETS, STARTED_AT
+from .views import ViewSpec, bucket_start, heatmap_view
+
+routes = web.RouteTableDef()
+
+MAX_CANDLES = 20_000
+MAX_BINS = 1000
+MAX_COLUMNS = 2000
+MAX_CELLS = 1_200_000
+MAX_TIME = 4_102_444_800  # 2100-01-01: later times are typos
+
+
+def json_response(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+async def _cached(request: web.Request, svc: MarketService, key: tuple[Any, ...], build: Callable[[], Any]) -> web.Response:
+    markets = request.app[MARKETS]
+    text = await markets.cached(svc, key, lambda: dumps(build()))
+    return json_response(text)
+
+
+def _symbol(request: web.Request, q: Query) -> MarketService:
+    return request.app[MARKETS].resolve(q.required("symbol"))
+
+
+def _time_range(q: Query) -> tuple[int | None, int | None]:
+    since = q.integer("from", None, 0, MAX_TIME)
+    until = q.integer("to", None, 0, MAX_TIME)
+    if since is not None and until is not None and until <= since:
+        raise BadRequest(f"to ({until}) must be after from ({since})")
+    return since, until
+
+
+def market_info(svc: MarketService) -> dict[str, Any]:
+    m = svc.market
+    return {
+        "key": m.key,
+        "exchange": m.exchange,
+        "symbol": m.symbol,
+        "coin": m.coin,
+        "ticker": udf_name(m),
+        "name": compact_ticker(m),
+        "linear": m.linear,
+        "tick": m.tick,
+        "price": finite_or_none(svc.last_price),
+        "tiers": list(svc.params.ladder.labels),
+        "health": svc.health_info(),
+    }
+
+
+@routes.get("/api/v1/health")
+async def health(request: web.Request) -> web.Response:
+    Query(request.query).done()
+    services = request.app[MARKETS].services()
+    states = [svc.health_info() for svc in services]
+    ok = bool(services) and all(s["state"] in ("live", "demo", "replay", "delayed") for s in states)
+    body = {
+        "status": "ok" if ok else "degraded",
+        "version": __version__,
+        "uptime_s": round(time.time() - request.app[STARTED_AT], 3),
+        "markets": [{"key": svc.market.key, **h} for svc, h in zip(services, states, strict=True)],
+    }
+    return json_response(dumps(body))
+
+
+@routes.get("/api/v1/symbols")
+async def symbols(request: web.Request) -> web.Response:
+    Query(request.query).done()
+    services = request.app[MARKETS].services()
+    body = {
+        "symbols": [market_info(svc) for svc in services],
+        "exchanges": sorted({svc.market.exchange for svc in services}),
+        "timeframes": list(API_TIMEFRAMES),
+    }
+    return json_response(dumps(body))
+
+
+@routes.get("/api/v1/market")
+async def market(request: web.Request) -> web.Response:
+    q = Query(request.query)
+    svc = _symbol(request, q)
+    q.done()
+
+    def build() -> dict[str, Any]:
+        out = market_info(svc)
+        out.update(
+            {
+                "oi_usd": finite_or_none(svc.oi_usd()),
+                "daily_volume_usd": finite_or_none(svc.daily_volume_usd()),
+                "funding": svc.funding(),
+                "seed_mode": svc.seed_mode,
+                "estimate": True,
+            }
+        )
+        return out
+
+    return await _cached(request, svc, ("market",), build)
+
+
+@routes.get("/api/v1/candles")
+async def candles(request: web.Request) -> web.Response:
+    q = Query(request.query)
+    svc = _symbol(request, q)
+    tf = q.timeframe("5m", API_TIMEFRAMES)
+    since, until = _time_range(q)
+    limit = q.integer("limit", 1000, 1, MAX_CANDLES)
+    q.done()
+
+    def build() -> dict[str, Any]:
+        bars = svc.candles(tf, since=since, until=until, limit=limit)
+        return {"symbol": svc.market.key, "timeframe": tf, **candles_payload(bars)}
+
+    return await _cached(request, svc, ("candles", tf, since, until, limit), build)
+
+
+def view_spec(svc: MarketService, q: Query, default_bins: int, default_columns: int) -> ViewSpec:
+    """The heatmap-shaping parameters shared by the REST heatmap and the WebSocket subscribe."""
+    tf = q.timeframe("5m", API_TIMEFRAMES)
+    tier = parse_tier(q.text("tier", "all"), svc.params.ladder.labels)
+    bins = q.integer("bins", default_bins, 10, MAX_BINS)
+    columns = q.integer("columns", default_columns, 1, MAX_COLUMNS)
+    assert bins is not None and columns is not None
+    if bins * columns > MAX_CELLS:
+        raise BadRequest(f"columns x bins must be at most {MAX_CELLS}, got {columns} x {bins}")
+    lo = q.number("price_low", None, 0.0, 1e12, open_low=True)
+    hi = q.number("price_high", None, 0.0, 1e12, open_low=True)
+    if (lo is None) != (hi is None):
+        raise BadRequest("give both price_low and price_high, or neither")
+    if lo is not None and hi is not None and hi <= lo:
+        raise BadRequest(f"price_high ({hi:g}) must be above price_low ({lo:g})")
+    log = q.boolean("log", False)
+    return ViewSpec(svc.market.key, tf, tier, bins, columns, lo, hi, log)
+
+
+@routes.get("/api/v1/heatmap")
+async def heatmap(request: web.Request) -> web.Response:
+    q = Query(request.query)
+    svc = _symbol(request, q)
+    cfg = request.app[CONFIG]
+    spec = view_spec(svc, q, cfg.default_bins, cfg.default_columns)
+    since, until = _time_range(q)
+    encoding = q.choice("encoding", "sqrt-u8", ("sqrt-u8", "json"))
+    q.done()
+    return await _cached(request, svc, ("heatmap", spec, since, until, encoding),
+                         lambda: heatmap_view(svc, spec, since, until, encoding))
+
+
+@routes.get("/api/v1/heatmap/cell")
+async def heatmap_cell(request: web.Request) -> web.Response:
+    """USD by leverage tier in one price band of one column (the chart's hover tooltip)."""
+    q = Query(request.query)
+    svc = _symbol(request, q)
+    tf = q.timeframe("5m", API_TIMEFRAMES)
+    t = q.integer("time", None, 0, MAX_TIME)
+    if t is None:
+        raise BadRequest("missing parameter 'time'")
+    lo = q.number("price_low", None, 0.0, 1e12, open_low=True)
+    hi = q.number("price_high", None, 0.0, 1e12, open_low=True)
+    if lo is None or hi is None:
+        raise BadRequest("missing parameter 'price_low' or 'price_high'")
+    if hi <= lo:
+        raise BadRequest(f"price_high ({hi:g}) must be above price_low ({lo:g})")
+    q.done()
+    step = timeframe_seconds(tf)
+    start = bucket_start(t, tf)
+
+    def build() -> dict[str, Any]:
+        hm = svc.heatmap(tf, tier=None, bins=1, price_low=lo, price_high=hi, since=start, until=start + 1)
+        if len(hm.times) == 0:
+            raise BadRequest(f"no candle opens at {t} on {tf}")
+        longs, shorts = hm.long_usd[-1, 0], hm.short_usd[-1, 0]
+        return {
+            "symbol": svc.market.key,
+            "timeframe": tf,
+            "time": int(hm.times[-1]) - step,
+            "price_low": lo,
+            "price_high": hi,
+            "tiers": list(hm.tiers),
+            "long_usd": np.round(longs, 2).tolist(),
+            "short_usd": np.round(shorts, 2).tolist(),
+            "long_total": round(float(longs.sum()), 2),
+            "short_total": round(float(shorts.sum()), 2),
+            "estimate": True,
+        }
+
+    return await _cached(request, svc, ("cell", tf, start, lo, hi), build)
+
+
+@routes.get("/api/v1/map")
+async def liquidation_map(request: web.Request) -> web.Response:
+    q = Query(request.query)
+    svc = _symbol(request, q)
+    bins = q.integer("bins", 200, 10, MAX_BINS)
+    span = q.number("span", 0.25, 0.0, 0.9, open_low=True)
+    log = q.boolean("log", False)
+    q.done()
+    assert bins is not None and span is not None
+
+    def build() -> dict[str, Any]:
+        out = map_payload(svc.liquidation_map(bins=bins, span=span, log=log))
+        out.update({"symbol": svc.market.key, "span": span, "estimate": True})
+        return out
+
+    return await _cached(request, svc, ("map", bins, span, log), build)
+
+
+@routes.get("/api/v1/zones")
+async def zones(request: web.Request) -> web.Response:
+    q = Query(request.query)
+    svc = _symbol(request, q)
+    bins = q.integer("bins", 200, 10, MAX_BINS)
+    span = q.number("span", 0.25, 0.0, 0.9, open_low=True)
+    q.done()
+    assert bins is not None and span is not None
+
+    def build() -> dict[str, Any]:
+        return {
+            "symbol": svc.market.key,
+            "price": svc.last_price,
+            "daily_volume_usd": finite_or_none(svc.daily_volume_usd()),
+            "zones": [z.to_dict() for z in svc.zones(bins=bins, span=span)],
+            "estimate": True,
+        }
+
+    return await _cached(request, svc, ("zones", bins, span), build)
+
+
+@routes.get("/api/v1/realised")
+async def realised(request: web.Request) -> web.Response:
+    """Estimated liquidations per candle (what the model says was force-closed)."""
+    q = Query(request.query)
+    svc = _symbol(request, q)
+    tf = q.timeframe("5m", API_TIMEFRAMES)
+    since, until = _time_range(q)
+    limit = q.integer("limit", 1000, 1, MAX_CANDLES)
+    q.done()
+    assert limit is not None
+
+    def build() -> dict[str, Any]:
+        r = realised_payload(svc.realised(tf, since=since, until=until))
+        for k in ("t", "long_usd", "short_usd"):
+            r[k] = r[k][-limit:]
+        return {"symbol": svc.market.key, "timeframe": tf, **r}
+
+    return await _cached(request, svc, ("realised", tf, since, until, limit), build)
+
+
+@routes.get("/api/v1/liquidations")
+async def liquidations(request: web.Request) -> web.Response:
+    """Liquidation events the feed reported (real on an exchange, simulated on the demo market)."""
+    q = Query(request.query)
+    svc = _symbol(request, q)
+    since_ms = q.integer("since_ms", None, 0, MAX_TIME * 1000)
+    limit = q.integer("limit", 500, 1, 5000)
+    q.done()
+    assert limit is not None
+    events = svc.liquidations(since_ms=since_ms, limit=limit)
+    body = {
+        "symbol": svc.market.key,
+        "source": "simulated" if svc.market.exchange == "demo" else svc.market.exchange,
+        "events": [
+            {"time_ms": e.time_ms, "side": e.side, "price": e.price, "base": e.base, "usd": e.usd} for e in events
+        ],
+    }
+    return json_response(dumps(body))
+
+
+@routes.get("/api/v1/model")
+async def model(request: web.Request) -> web.Response:
+    q = Query(request.query)
+    svc = _symbol(request, q)
+    q.done()
+    return json_response(dumps(svc.model_info()))

@@ -1,0 +1,101 @@
+"""``liqheat serve``: the chart page, REST API, WebSocket and UDF datafeed (simulated market by default)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from aiohttp import web
+
+from engine.feeds.base import FeedError
+from engine.model import LadderError, parse_ladder
+
+from . import assets
+from .app import FeedSpec, create_app
+from .config import ServerConfig
+
+HELP = "serve the live liquidation heatmap in the browser (+ REST/WebSocket/UDF API); demo market by default"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--feed", action="append", metavar="FEED",
+                        help="demo (default) | binanceusdm | bybit | okx | file:PATH; repeat to serve several")
+    parser.add_argument("--symbols", nargs="+", metavar="SYMBOL",
+                        help="markets to serve, e.g. BTC ETH or BTC/USDT:USDT (default: the feed's main ones)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--speed", type=float, default=None,
+                        help="demo/replay speed, x real time (e.g. 60 = one simulated minute per second)")
+    parser.add_argument("--ladder", default=None, metavar="NAME|JSON",
+                        help="leverage ladder: default, high, swing, coinglass, or JSON like '{\"10\":0.5,\"25\":0.5}'")
+    parser.add_argument("--history-days", type=float, default=30.0, help="history to load per market (default 30)")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="another page origin allowed to open the WebSocket (e.g. https://my.site); '*' = any")
+    parser.add_argument("--seed", type=int, default=None, help="demo market random seed")
+    parser.add_argument("--verbose", action="store_true", help="log requests")
+
+
+def _spec(args: argparse.Namespace) -> FeedSpec:
+    if args.ladder:
+        parse_ladder(args.ladder)  # fail before starting anything
+    if args.speed is not None and not (0 < args.speed <= 100_000):
+        raise LadderError("--speed must be above 0 and at most 100000")
+    return FeedSpec(
+        feeds=tuple(args.feed or ["demo"]),
+        symbols=tuple(args.symbols) if args.symbols else None,
+        speed=args.speed,
+        ladder=args.ladder,
+        history_days=args.history_days,
+        seed=args.seed,
+    )
+
+
+async def serve(spec: FeedSpec, config: ServerConfig, verbose: bool = False) -> int:
+    app = create_app(spec, config)
+    runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if verbose else None,
+                           handle_signals=True)
+    await runner.setup()  # starts the markets (cleanup_ctx): history loads here
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    port = config.port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    host = config.host if config.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104 - printing only
+    print(f"liqheat: serving {', '.join(spec.feeds)} at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        spec = _spec(args)
+    except (LadderError, ValueError) as exc:
+        print(f"liqheat serve: {exc}", file=sys.stderr)
+        return 2
+    if not assets.installed():
+        try:
+            assets.ensure()
+        except assets.AssetError as exc:
+            print(f"liqheat serve: the chart library is missing and could not be installed: {exc}\n"
+                  "  run `python -m server.assets` once with network access; the API works without it.", file=sys.stderr)
+    config = ServerConfig(host=args.host, port=args.port, allow_origins=tuple(args.allow_origin))
+    try:
+        return asyncio.run(serve(spec, config, args.verbose))
+    except FeedError as exc:
+        print(f"liqheat serve: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"liqheat serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+command = sys.modules[__name__]  # the entry point `server.cli:command` names this module

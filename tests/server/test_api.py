@@ -1,0 +1,220 @@
+"""The REST API against the real engine service: what a client reads must be the engine's numbers, every
+bad parameter is a one-line 400, an unknown symbol a 404, and nothing answers 500."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import numpy as np
+import pytest
+
+from server.encoding import decode_sqrt_u8
+
+BTC = "test:BTC/USDT:USDT"
+
+
+def decode(payload: dict, side: str) -> np.ndarray:
+    shape = (len(payload["times"]), len(payload["edges"]) - 1)
+    return decode_sqrt_u8(base64.b64decode(payload[side]), payload["max_usd"], shape)
+
+
+async def get_json(client, path: str, status: int = 200) -> dict:
+    r = await client.get(path)
+    assert r.status == status, (path, r.status, await r.text())
+    assert r.content_type == "application/json"
+    return await r.json()
+
+
+async def test_symbols_lists_every_market_with_its_tiers(client):
+    body = await get_json(client, "/api/v1/symbols")
+    keys = [s["key"] for s in body["symbols"]]
+    assert keys == [BTC, "test:ETH/USDT:USDT"]
+    btc = body["symbols"][0]
+    assert btc["tiers"] == ["5x", "10x", "25x", "50x", "100x"]
+    assert btc["ticker"] == "TEST:BTCUSDT" and btc["price"] > 0
+    assert "5m" in body["timeframes"] and "1w" in body["timeframes"]
+
+
+async def test_any_spelling_of_a_symbol_finds_the_market(client):
+    for name in ("BTC", "BTC/USDT:USDT", BTC, "TEST:BTCUSDT", "btcusdt"):
+        body = await get_json(client, f"/api/v1/market?symbol={name}")
+        assert body["key"] == BTC, name
+
+
+async def test_candles_aggregate_one_minute_bars(client, hub):
+    body = await get_json(client, "/api/v1/candles?symbol=BTC&timeframe=15m&limit=10")
+    assert len(body["t"]) == 10 and np.all(np.diff(body["t"]) == 900)
+    base = hub.get("BTC").bars
+    t0 = body["t"][0]
+    sel = (base.time >= t0) & (base.time < t0 + 900)
+    assert body["h"][0] == pytest.approx(base.high[sel].max())
+    assert body["l"][0] == pytest.approx(base.low[sel].min())
+    assert body["o"][0] == pytest.approx(base.open[sel][0]) and body["c"][0] == pytest.approx(base.close[sel][-1])
+
+
+async def test_candles_time_window(client):
+    full = await get_json(client, "/api/v1/candles?symbol=BTC&timeframe=1h&limit=20000")
+    t = full["t"]
+    part = await get_json(client, f"/api/v1/candles?symbol=BTC&timeframe=1h&from={t[3]}&to={t[7]}")
+    assert part["t"] == t[3:7]
+
+
+async def test_heatmap_carries_the_engines_usd_at_candle_open_times(client, hub):
+    svc = hub.get("BTC")
+    body = await get_json(client, "/api/v1/heatmap?symbol=BTC&timeframe=5m&bins=120&columns=50")
+    hm = svc.heatmap("5m", bins=120, columns=50)
+    longs, shorts = hm.total()
+    assert body["encoding"] == "sqrt-u8" and body["estimate"] is True
+    assert body["times"] == (hm.times - 300).tolist()
+    candles = await get_json(client, "/api/v1/candles?symbol=BTC&timeframe=5m&limit=50")
+    assert body["times"] == candles["t"]  # one column per candle, keyed by the candle's open time
+    assert body["max_usd"] == pytest.approx(max(longs.max(), shorts.max()))
+    got_long, got_short = decode(body, "long"), decode(body, "short")
+    # one byte per cell on a square-root scale: error at most about one level of 255
+    tol = body["max_usd"] * 2.5 / 255
+    assert np.max(np.abs(got_long - longs)) <= tol and np.max(np.abs(got_short - shorts)) <= tol
+    assert (got_long > 0).sum() == (longs > 0).sum()  # a small non-zero cell never disappears
+
+
+async def test_heatmap_json_encoding_and_tiers(client):
+    q = "symbol=BTC&timeframe=15m&bins=40&columns=30&price_low=50000&price_high=80000"
+    allt = await get_json(client, f"/api/v1/heatmap?{q}&encoding=json")
+    assert len(allt["long"]) == 30 and len(allt["long"][0]) == 40
+    assert allt["edges"][0] == pytest.approx(50000) and allt["edges"][-1] == pytest.approx(80000)
+    total = np.array(allt["long"]) + np.array(allt["short"])
+    by_tier = np.zeros_like(total)
+    for tier in allt["tiers"]:
+        one = await get_json(client, f"/api/v1/heatmap?{q}&encoding=json&tier={tier}")
+        assert one["tier"] == tier
+        by_tier += np.array(one["long"]) + np.array(one["short"])
+    np.testing.assert_allclose(by_tier, total, rtol=1e-6, atol=0.05)
+    by_index = await get_json(client, f"/api/v1/heatmap?{q}&encoding=json&tier=2")
+    assert by_index["tier"] == "25x"
+
+
+async def test_heatmap_cell_tier_mix_adds_up_to_the_cell(client):
+    hm = await get_json(client, "/api/v1/heatmap?symbol=BTC&timeframe=1h&bins=30&columns=10&encoding=json")
+    longs = np.array(hm["long"])
+    c, b = np.unravel_index(np.argmax(longs), longs.shape)
+    lo, hi = hm["edges"][b], hm["edges"][b + 1]
+    cell = await get_json(
+        client, f"/api/v1/heatmap/cell?symbol=BTC&timeframe=1h&time={hm['times'][c]}&price_low={lo}&price_high={hi}"
+    )
+    assert cell["time"] == hm["times"][c]
+    assert sum(cell["long_usd"]) == pytest.approx(longs[c, b], rel=1e-6)
+    assert len(cell["long_usd"]) == len(cell["tiers"]) == 5
+
+
+async def test_map_zones_realised_model(client, hub):
+    lmap = await get_json(client, "/api/v1/map?symbol=BTC&bins=100&span=0.2")
+    assert len(lmap["edges"]) == 101 and len(lmap["long_tiers"]) == 5
+    price = lmap["price"]
+    centers = (np.array(lmap["edges"][1:]) + np.array(lmap["edges"][:-1])) / 2
+    lb = np.array(lmap["long_below"])
+    assert np.all(lb[centers > price] == 0)  # longs are liquidated below the price only
+    assert np.all(np.diff(lb[centers <= price]) <= 1e-6)  # running outward (downwards) it only grows
+    zones = await get_json(client, "/api/v1/zones?symbol=BTC")
+    assert zones["zones"], "a synthetic market with rising OI has clusters"
+    for z in zones["zones"]:
+        assert z["grade"] in ("low", "elevated", "high")
+        assert (z["side"] == "long") == (z["price_high"] <= price * 1.0001 or z["distance_pct"] <= 0)
+    realised = await get_json(client, "/api/v1/realised?symbol=BTC&timeframe=1h")
+    assert len(realised["t"]) == len(realised["long_usd"]) and realised["estimate"] is True
+    model = await get_json(client, "/api/v1/model?symbol=BTC")
+    assert model["estimate"] is True and [t["leverage"] for t in model["tiers"]] == [5, 10, 25, 50, 100]
+
+
+async def test_feed_liquidations_are_listed(client, feed, hub, wait_for):
+    feed.push_liquidation(usd=123_456.0)
+    await wait_for(lambda: len(hub.get("BTC").liquidations()) == 1)
+    body = await get_json(client, "/api/v1/liquidations?symbol=BTC")
+    assert [e["usd"] for e in body["events"]] == [pytest.approx(123_456.0)]
+    assert body["events"][0]["side"] == "long"
+
+
+async def test_views_refresh_when_a_bar_closes(client, feed, hub, wait_for):
+    """Views are cached, but a new bar invalidates them: the next heatmap has the new candle."""
+    q = "/api/v1/heatmap?symbol=BTC&timeframe=1m&bins=50&columns=5"
+    before = await get_json(client, q)
+    again = await get_json(client, q)
+    assert again == before
+    bar = feed.push_close()
+    await wait_for(lambda: int(hub.get("BTC").bars.time[-1]) == int(bar.time[0]))
+
+    async def has_new() -> bool:
+        body = await get_json(client, q)
+        return body["times"][-1] > before["times"][-1]
+
+    for _ in range(200):
+        if await has_new():
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the heatmap never showed the new bar")
+
+
+BAD = [
+    ("/api/v1/heatmap", 400, "missing parameter 'symbol'"),
+    ("/api/v1/heatmap?symbol=BTC&timeframe=7m", 400, "timeframe must be one of"),
+    ("/api/v1/heatmap?symbol=BTC&bins=5", 400, "bins must be between 10 and 1000"),
+    ("/api/v1/heatmap?symbol=BTC&bins=abc", 400, "bins must be an integer"),
+    ("/api/v1/heatmap?symbol=BTC&columns=2000&bins=1000", 400, "columns x bins must be at most"),
+    ("/api/v1/heatmap?symbol=BTC&tier=33x", 400, "unknown tier"),
+    ("/api/v1/heatmap?symbol=BTC&tier=9", 400, "tier index must be between 0 and 4"),
+    ("/api/v1/heatmap?symbol=BTC&price_low=100", 400, "give both price_low and price_high"),
+    ("/api/v1/heatmap?symbol=BTC&price_low=100&price_high=50", 400, "must be above price_low"),
+    ("/api/v1/heatmap?symbol=BTC&price_low=-1&price_high=50", 400, "price_low must be above 0"),
+    ("/api/v1/heatmap?symbol=BTC&price_low=nan&price_high=50", 400, "price_low must be above 0"),
+    ("/api/v1/heatmap?symbol=BTC&log=maybe", 400, "log must be true or false"),
+    ("/api/v1/heatmap?symbol=BTC&encoding=png", 400, "encoding must be one of"),
+    ("/api/v1/heatmap?symbol=BTC&from=100&to=50", 400, "must be after from"),
+    ("/api/v1/heatmap?symbol=BTC&from=10&to=20", 400, "no candles in that range"),
+    ("/api/v1/heatmap?symbol=BTC&bogus=1", 400, "unknown parameter 'bogus'"),
+    ("/api/v1/heatmap?symbol=BTC&bins=20&bins=30", 400, "given more than once"),
+    ("/api/v1/heatmap?symbol=XYZ", 404, "unknown symbol 'XYZ'"),
+    ("/api/v1/candles?symbol=BTC&limit=0", 400, "limit must be between 1 and 20000"),
+    ("/api/v1/candles?symbol=", 400, "missing parameter 'symbol'"),
+    ("/api/v1/map?symbol=BTC&span=0", 400, "span must be above 0"),
+    ("/api/v1/map?symbol=BTC&span=2", 400, "span must be above 0 and at most 0.9"),
+    ("/api/v1/zones?symbol=NOPE", 404, "unknown symbol"),
+    ("/api/v1/heatmap/cell?symbol=BTC&time=0&price_low=1&price_high=2", 400, "no candles in that range"),
+    ("/api/v1/heatmap/cell?symbol=BTC&price_low=1&price_high=2", 400, "missing parameter 'time'"),
+    ("/api/v1/liquidations?symbol=BTC&limit=99999", 400, "limit must be between 1 and 5000"),
+    ("/api/v1/model?symbol=ETH&x=1", 400, "unknown parameter 'x'"),
+    ("/api/v1/nothing-here", 404, "Not Found"),
+]
+
+
+@pytest.mark.parametrize(("path", "status", "fragment"), BAD)
+async def test_bad_requests_get_one_line_json_errors(client, path, status, fragment):
+    body = await get_json(client, path, status)
+    assert set(body) == {"error"}
+    assert fragment in body["error"] and "\n" not in body["error"]
+
+
+async def test_reads_are_open_to_other_pages(client):
+    r = await client.get("/api/v1/symbols", headers={"Origin": "https://elsewhere.example"})
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    r = await client.options("/api/v1/heatmap", headers={"Origin": "https://x.example", "Access-Control-Request-Method": "GET"})
+    assert r.status == 204 and "GET" in r.headers["Access-Control-Allow-Methods"]
+    r = await client.get("/static/liqheat-overlay.js")
+    assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == "*"
+    assert "export function attachLiquidationHeatmap" in await r.text()
+
+
+async def test_health_and_openapi(client):
+    health = await get_json(client, "/api/v1/health")
+    assert health["status"] == "ok" and {m["key"] for m in health["markets"]} == {BTC, "test:ETH/USDT:USDT"}
+    doc = await get_json(client, "/api/v1/openapi.json")
+    assert doc["openapi"].startswith("3.")
+    assert {"/api/v1/heatmap", "/api/v1/candles", "/api/v1/map", "/api/v1/zones"} <= set(doc["paths"])
+
+
+async def test_pages_are_served(client):
+    for path, marker in (("/", "liqheat-overlay"), ("/example", "attachLiquidationHeatmap")):
+        r = await client.get(path)
+        assert r.status == 200
+        html = await r.text()
+        assert "lightweight-charts.standalone.production.js" in html
+        assert marker in html or marker in (await (await client.get("/static/app.js")).text())

@@ -1,0 +1,299 @@
+"""The WebSocket protocol (server/PROTOCOL.md) end to end: snapshot, deltas in sequence, live events,
+resync on request and on overflow, Origin checks, and a slow client that never holds up the others."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import aiohttp
+import numpy as np
+import pytest
+
+from engine.feeds.base import Health, HealthChange
+from server.encoding import decode_sqrt_u8
+from server.live import Connection
+
+SUB = {"op": "subscribe", "id": "main", "symbol": "BTC", "timeframe": "5m", "bins": 60, "columns": 40}
+
+
+async def recv(ws, timeout: float = 5.0) -> dict:
+    while True:
+        msg = await ws.receive(timeout=timeout)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        m = json.loads(msg.data)
+        if m["type"] != "heartbeat":
+            return m
+
+
+async def recv_until(ws, pred, timeout: float = 5.0) -> list[dict]:
+    seen = []
+    async with asyncio.timeout(timeout):
+        while True:
+            m = await recv(ws, timeout)
+            seen.append(m)
+            if pred(m):
+                return seen
+
+
+async def subscribed(client, sub=SUB, **headers):
+    ws = await client.ws_connect("/api/v1/ws", headers=headers or None)
+    hello = await recv(ws)
+    assert hello["type"] == "hello" and hello["protocol"] == 1
+    await ws.send_json(sub)
+    ack = await recv(ws)
+    assert ack["type"] == "subscribed", ack
+    snap = await recv(ws)
+    assert snap["type"] == "snapshot", snap
+    return ws, snap
+
+
+async def test_snapshot_has_the_whole_view(client, hub):
+    ws, snap = await subscribed(client)
+    assert snap["sub"] == "main" and snap["seq"] == 0 and snap["reason"] == "subscribe"
+    assert snap["symbol"] == "test:BTC/USDT:USDT" and snap["timeframe"] == "5m" and snap["tier"] == "all"
+    c, h = snap["candles"], snap["heatmap"]
+    assert len(c["t"]) == 40 and h["times"] == c["t"]
+    assert len(h["edges"]) == 61 and h["encoding"] == "sqrt-u8"
+    grid = decode_sqrt_u8(base64.b64decode(h["long"]), h["max_usd"], (40, 60))
+    assert grid.max() > 0
+    assert snap["map"]["price"] == pytest.approx(hub.get("BTC").last_price)
+    assert snap["model"]["estimate"] is True and snap["health"]["state"] == "live"
+    assert isinstance(snap["zones"], list) and "t" in snap["realised"]
+    await ws.close()
+
+
+async def test_deltas_follow_in_sequence_and_match_rest(client, feed):
+    ws, snap = await subscribed(client)
+    last_candle = snap["candles"]["t"][-1]
+    feed.push_forming()
+    bar = feed.push_close()
+    feed.push_liquidation(usd=77_000.0)
+    msgs = await recv_until(ws, lambda m: m["type"] == "liquidation")
+    deltas = [m for m in msgs if "seq" in m]
+    assert [m["seq"] for m in deltas] == list(range(1, len(deltas) + 1))
+    kinds = {m["type"] for m in deltas}
+    assert {"bar", "column", "map", "realised", "liquidation"} <= kinds
+    bars = [m for m in deltas if m["type"] == "bar"]
+    assert all(b["time"] >= last_candle for b in bars)
+    newest = bars[-1]
+    rest = await (await client.get("/api/v1/candles?symbol=BTC&timeframe=5m&limit=1")).json()
+    assert newest["time"] == rest["t"][-1] and newest["close"] == pytest.approx(rest["c"][-1])
+    assert newest["close"] == pytest.approx(float(bar.close[0]))
+    col = [m for m in deltas if m["type"] == "column"][-1]
+    assert col["time"] == newest["time"]  # the live column belongs to the forming candle
+    liq = deltas[-1]
+    assert liq["usd"] == pytest.approx(77_000.0) and liq["side"] == "long"
+    await ws.close()
+
+
+async def test_health_changes_reach_subscribers(client, feed):
+    ws, _ = await subscribed(client)
+    feed.queues["BTC/USDT:USDT"].put_nowait(HealthChange(Health.RECONNECTING, "socket dropped"))
+    msgs = await recv_until(ws, lambda m: m["type"] == "health")
+    assert msgs[-1]["state"] == "reconnecting" and msgs[-1]["reason"] == "socket dropped"
+    await ws.close()
+
+
+async def test_client_resync_gets_a_fresh_snapshot_continuing_the_sequence(client, feed):
+    ws, _ = await subscribed(client)
+    feed.push_close()
+    msgs = await recv_until(ws, lambda m: m["type"] == "column")
+    last = max(m["seq"] for m in msgs if "seq" in m)
+    await ws.send_json({"op": "resync", "sub": "main"})
+    msgs = await recv_until(ws, lambda m: m["type"] == "snapshot")
+    snap = msgs[-1]
+    assert snap["reason"] == "resync" and snap["seq"] >= last
+    feed.push_close()
+    after = await recv_until(ws, lambda m: m["type"] == "column")
+    seqs = [m["seq"] for m in after if "seq" in m]
+    assert seqs == list(range(snap["seq"] + 1, snap["seq"] + 1 + len(seqs)))
+    await ws.close()
+
+
+async def test_two_subscriptions_and_unsubscribe(client, feed):
+    ws, _ = await subscribed(client)
+    await ws.send_json({"op": "subscribe", "id": "eth", "symbol": "ETH", "timeframe": "1h", "tier": "25x", "bins": 30})
+    msgs = await recv_until(ws, lambda m: m["type"] == "snapshot" and m["sub"] == "eth")
+    snap = msgs[-1]
+    assert snap["tier"] == "25x" and snap["heatmap"]["tiers"] == ["25x"]
+    await ws.send_json({"op": "unsubscribe", "sub": "main"})
+    await recv_until(ws, lambda m: m["type"] == "unsubscribed")
+    feed.push_close("ETH/USDT:USDT")
+    feed.push_close("BTC/USDT:USDT")
+    msgs = await recv_until(ws, lambda m: m["type"] == "column" and m["sub"] == "eth")
+    assert all(m.get("sub") != "main" for m in msgs)
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "fragment"),
+    [
+        ({"op": "dance"}, "unknown op"),
+        ({"op": "subscribe", "symbol": "XYZ"}, "unknown symbol"),
+        ({"op": "subscribe", "symbol": "BTC", "timeframe": "3m"}, "timeframe must be one of"),
+        ({"op": "subscribe", "symbol": "BTC", "tier": "7x"}, "unknown tier"),
+        ({"op": "subscribe", "symbol": "BTC", "bins": 100000}, "bins must be between"),
+        ({"op": "subscribe", "symbol": "BTC", "colour": "red"}, "unknown field 'colour'"),
+        ({"op": "subscribe", "symbol": "BTC", "id": "has space"}, "id must be"),
+        ({"op": "resync", "sub": "nope"}, "no subscription 'nope'"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
+async def test_bad_messages_get_errors_and_the_socket_stays_open(client, message, fragment):
+    ws = await client.ws_connect("/api/v1/ws")
+    await recv(ws)
+    await ws.send_json(message)
+    err = await recv(ws)
+    assert err["type"] == "error" and fragment in err["error"], err
+    await ws.send_json({"op": "ping", "n": 7})
+    pong = await recv(ws)
+    assert pong == {"type": "pong", "n": 7}
+    await ws.close()
+
+
+async def test_not_json_is_an_error(client):
+    ws = await client.ws_connect("/api/v1/ws")
+    await recv(ws)
+    await ws.send_str("{nope")
+    err = await recv(ws)
+    assert err["type"] == "error" and "not JSON" in err["error"]
+    await ws.close()
+
+
+async def test_heartbeats_arrive(client):
+    ws = await client.ws_connect("/api/v1/ws")
+    await recv(ws)
+    msg = await ws.receive(timeout=5)
+    assert json.loads(msg.data)["type"] == "heartbeat"
+    await ws.close()
+
+
+async def test_foreign_origin_is_refused(client):
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await client.ws_connect("/api/v1/ws", headers={"Origin": "https://evil.example"})
+    assert err.value.status == 403
+    r = await client.get("/api/v1/ws", headers={"Origin": "https://evil.example", "Upgrade": "websocket",
+                                               "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                                               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert r.status == 403 and "not allowed" in (await r.json())["error"]
+
+
+async def test_same_host_origin_and_listed_origins_are_accepted(aiohttp_client, hub):
+    from server.app import create_app
+    from server.config import ServerConfig
+
+    client = await aiohttp_client(create_app(hub, ServerConfig(allow_origins=("https://charts.example",))))
+    own = f"http://{client.host}:{client.port}"
+    for origin in (own, "https://charts.example"):
+        ws, snap = await subscribed(client, Origin=origin)
+        assert snap["type"] == "snapshot"
+        await ws.close()
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await client.ws_connect("/api/v1/ws", headers={"Origin": "https://other.example"})
+
+
+async def test_a_slow_client_does_not_stall_a_fast_one(client, feed):
+    """One client stops reading; the other still gets every delta promptly, in sequence."""
+    big = {**SUB, "bins": 1000, "columns": 1000}
+    slow, _ = await subscribed(client, big)
+    fast, snap = await subscribed(client)
+    last = snap["seq"]
+    for _ in range(30):
+        feed.push_forming()
+        feed.push_close()
+        msgs = await recv_until(fast, lambda m: m["type"] == "column", timeout=5.0)
+        for m in msgs:
+            if "seq" in m:
+                assert m["seq"] == last + 1
+                last = m["seq"]
+    # the slow client, reading at last, sees a consistent stream: in order, or told to resync
+    expect = None
+    async with asyncio.timeout(10):
+        while True:
+            m = await recv(slow)
+            if m["type"] == "resync":
+                expect = None
+                continue
+            if m["type"] == "snapshot":
+                expect = m["seq"] + 1
+                continue
+            if "seq" in m:
+                if expect is not None:
+                    assert m["seq"] == expect
+                    expect += 1
+                if m["type"] == "column" and m["time"] >= snap["candles"]["t"][-1] + 300 * 5:
+                    break
+    await slow.close()
+    await fast.close()
+
+
+class StalledSocket:
+    """A WebSocket stub whose client stopped reading: sends block until released."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self.release = asyncio.Event()
+
+    async def send_str(self, text: str) -> None:
+        await self.release.wait()
+        self.sent.append(json.loads(text))
+
+
+async def test_overflow_drops_deltas_then_resyncs(hub):
+    from server.config import ServerConfig
+    from server.live import MarketChannel, Subscriber
+    from server.markets import Markets
+    from server.views import ViewSpec
+
+    markets = Markets([hub])
+    try:
+        channel = MarketChannel(hub.get("BTC"), markets, ServerConfig())
+        ws = StalledSocket()
+        conn = Connection(ws, queue_size=8)  # type: ignore[arg-type]
+        writer = asyncio.create_task(conn.writer())
+        view = channel.view_for(ViewSpec("test:BTC/USDT:USDT", "5m", None, 20, 10))
+        sub = Subscriber("s", conn, channel, view)
+        channel.add(sub)
+        done = asyncio.Event()
+        channel.request_snapshot(sub, "subscribe")
+        await asyncio.wait_for(_until(lambda: sub.state == "live"), 5)
+        for i in range(50):
+            conn.offer(sub, "bar", json.dumps({"time": i}))
+        assert sub.state == "resync" and sub.dropped > 0
+        assert conn.pending() <= 8 + 1  # the bound holds (the snapshot itself is not a delta)
+        ws.release.set()
+        await asyncio.wait_for(_until(lambda: any(m["type"] == "snapshot" and m["reason"] == "overflow" for m in ws.sent)), 5)
+        types = [m["type"] for m in ws.sent]
+        first_resync = types.index("resync")
+        assert "snapshot" in types[first_resync:]
+        resync = ws.sent[first_resync]
+        assert resync["sub"] == "s" and resync["dropped"] == sub.dropped
+        seqs = [m["seq"] for m in ws.sent if "seq" in m]
+        assert seqs == sorted(seqs)  # never goes back
+        overflow_snap = next(m for m in ws.sent if m["type"] == "snapshot" and m["reason"] == "overflow")
+        assert overflow_snap["seq"] == sub.seq or sub.seq > overflow_snap["seq"]
+        conn.offer(sub, "bar", json.dumps({"time": 999}))
+        await asyncio.wait_for(_until(lambda: ws.sent[-1].get("time") == 999), 5)
+        assert ws.sent[-1]["seq"] == overflow_snap["seq"] + 1
+        done.set()
+        conn.closed = True
+        writer.cancel()
+    finally:
+        markets.close()
+
+
+async def _until(pred) -> None:
+    while not pred():  # noqa: ASYNC110 - polling plain state on purpose
+        await asyncio.sleep(0.005)
+
+
+def test_protocol_doc_names_every_message_type():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "server" / "PROTOCOL.md").read_text()
+    for kind in ("hello", "subscribed", "snapshot", "bar", "column", "map", "zones", "realised", "liquidation",
+                 "alert", "health", "resync", "heartbeat", "unsubscribed", "pong", "error"):
+        assert f"`{kind}`" in doc or f'"{kind}"' in doc, kind
+    assert np.__name__  # numpy import used by the decode helpers above

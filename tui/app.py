@@ -1,0 +1,658 @@
+"""The dashboard: header, zone map with its live column and axes, liquidation-map profile, legend, zones
+table, feed liquidations, alerts, footer. ``make_app()`` builds it for the CLI and the tests alike.
+
+Update loop. Service events only mark what is stale; a timer (4 Hz by default) fetches a ``Pulse`` (live
+book on the map's bins, the price) and repaints the live column, the axis marker and the profile rows
+that changed. The wide history is fetched and repainted only when a candle of the chosen timeframe closes,
+the price leaves the window, or the user changes the view — so an idle SSH session carries little.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from rich.text import Text
+from textual import constants, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer
+from textual.worker import Worker, WorkerState
+
+from .palette import ColorMode, mode_for, palette
+from .panels import AlertsLine, LiquidationsList, MarketHeader, TextPanel, ZonesTable
+from .panels import Legend as LegendPanel
+from .profile import Profile
+from .screens import HelpScreen, PickerScreen, RiskScreen
+from .source import Backdrop, Facts, Pulse, Source, View
+from .viewport import (
+    ZOOM_STEP,
+    cell_codes,
+    clamp_zoom,
+    colour_scale,
+    fmt_usd,
+    levels,
+    nice_ceiling,
+    price_bins,
+    time_axis,
+)
+from .zonemap import LiveColumn, PriceAxis, RealisedStrip, ZoneMap
+
+TIMEFRAMES = ("5m", "15m", "1h", "4h", "1d", "1w")
+TF_SECONDS = {"5m": 300, "15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400, "1w": 604_800}
+COLORS = ("auto", "truecolor", "256", "16", "none")
+_RICH_SYSTEM = {"truecolor": "truecolor", "256": "256", "16": "standard"}
+
+TF_GROUP = Binding.Group("timeframe", compact=True)
+ZOOM_GROUP = Binding.Group("zoom", compact=True)
+PAN_GROUP = Binding.Group("pan", compact=True)
+TIER_GROUP = Binding.Group("tier", compact=True)
+
+
+class LiqheatApp(App[int]):
+    CSS_PATH = "liqheat.tcss"
+    TITLE = "liqheat"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+    ENABLE_COMMAND_PALETTE = True
+
+    BINDINGS = [
+        *[
+            Binding(str(i + 1), f"timeframe('{tf}')", tf, group=TF_GROUP, tooltip=f"{tf} candles")
+            for i, tf in enumerate(TIMEFRAMES)
+        ],
+        Binding("l", "next_tier", "tier", group=TIER_GROUP),
+        Binding("L", "prev_tier", "tier", group=TIER_GROUP, show=False),
+        Binding("a,0", "tier_all", "all tiers", show=False),
+        Binding("s", "pick_symbol", "symbol"),
+        Binding("e", "pick_exchange", "exchange", show=False),
+        Binding("plus,equals_sign", "zoom(1)", "zoom", group=ZOOM_GROUP, key_display="+"),
+        Binding("minus", "zoom(-1)", "zoom", group=ZOOM_GROUP, key_display="-"),
+        Binding("up,k", "pan(1)", "pan", group=PAN_GROUP, key_display="↑", show=False),
+        Binding("down,j", "pan(-1)", "pan", group=PAN_GROUP, key_display="↓", show=False),
+        Binding("c", "recentre", "centre", show=False),
+        Binding("p,space", "pause", "pause"),
+        Binding("r", "risk", "risk", show=False),
+        Binding("question_mark,f1", "help", "help", key_display="?"),
+        Binding("q", "quit", "quit"),
+    ]
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        open_source: Callable[[str], Source] | None = None,
+        colors: str = "auto",
+        refresh_hz: float = 4.0,
+        clock: Callable[[], float] = time.time,
+        timeframe: str = "5m",
+        paused: bool = False,
+    ) -> None:
+        if colors not in COLORS:
+            raise ValueError(f"colors must be one of {', '.join(COLORS)}")
+        # Textual reads the colour system and NO_COLOR when the App is built: set them for that moment.
+        saved_system, saved_nc = constants.COLOR_SYSTEM, os.environ.get("NO_COLOR")
+        try:
+            if colors in _RICH_SYSTEM:
+                constants.COLOR_SYSTEM = _RICH_SYSTEM[colors]  # type: ignore[misc]
+                os.environ.pop("NO_COLOR", None)
+            elif colors == "none":
+                os.environ["NO_COLOR"] = "1"
+            super().__init__(ansi_color=True if colors == "16" else None)
+        finally:
+            constants.COLOR_SYSTEM = saved_system  # type: ignore[misc]
+            if saved_nc is None:
+                os.environ.pop("NO_COLOR", None)
+            else:
+                os.environ["NO_COLOR"] = saved_nc
+        self.color_choice = colors
+        self.source: Source | None = None
+        self._pending_source: Source | None = source
+        self.open_source = open_source
+        self.refresh_hz = refresh_hz
+        self.clock = clock
+        self.timeframe = timeframe
+        self.tier: int | None = None
+        self.paused = paused
+        self.zoom = 1.0
+        self.pan = 0.0
+        self.backdrop: Backdrop | None = None
+        self.pulse: Pulse | None = None
+        self.facts: Facts | None = None
+        self.zones: list[Any] = []
+        self.scale = 1.0
+        self.loading = "starting"
+        self.error = ""
+        self.mode = ColorMode.TRUECOLOR
+        self._dirty: set[str] = set()
+        self._busy = False
+        self._generation = 0
+        self._last_live = 0.0
+        self._last_slow = 0.0
+        self._resize_timer: Any = None
+        self._shown_realised: tuple[float, float] | None = None
+        self.frames = 0  # live updates applied (tests and benchmarks read it)
+        self.reloads = 0  # history redraws
+
+    # ---- layout -----------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield MarketHeader(id="header")
+        with Horizontal(id="chart"):
+            with Vertical(id="map-col"):
+                with Horizontal(id="map-row"):
+                    yield ZoneMap(id="map")
+                    yield LiveColumn(id="live")
+                yield TextPanel("", id="time-axis")
+                yield RealisedStrip(id="realised")
+            with Vertical(id="axis-col"):
+                yield PriceAxis(id="axis")
+                yield TextPanel("", id="axis-foot")
+                yield TextPanel("", id="realised-scale")
+            with Vertical(id="profile-col"):
+                yield Profile(id="profile")
+                yield TextPanel("", id="profile-scale")
+                yield TextPanel("", id="profile-total")
+        yield LegendPanel(id="legend")
+        with Horizontal(id="bottom"):
+            yield ZonesTable(id="zones")
+            yield LiquidationsList(id="liqs")
+        yield AlertsLine(id="alerts")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        forced = {"truecolor": ColorMode.TRUECOLOR, "256": ColorMode.C256, "16": ColorMode.C16, "none": ColorMode.NONE}
+        self.mode = forced.get(self.color_choice) or mode_for(self.console.color_system, self.no_color)
+        if self.mode is ColorMode.C16:
+            self.theme = "ansi-dark"
+        pal = palette(self.mode)
+        for w in (self.map, self.live, self.query_one(PriceAxis), self.query_one(Profile), self.query_one(RealisedStrip)):
+            w.set_palette(pal)
+        self._show_loading()
+        self.set_interval(1.0 / self.refresh_hz, self._tick, name="live updates")
+        if self._pending_source is not None:
+            self._switch_source(self._pending_source)
+
+    @property
+    def map(self) -> ZoneMap:
+        return self.query_one(ZoneMap)
+
+    @property
+    def live(self) -> LiveColumn:
+        return self.query_one(LiveColumn)
+
+    @property
+    def pal(self):  # type: ignore[no-untyped-def]
+        return palette(self.mode)
+
+    # ---- sources ----------------------------------------------------------------------------------
+    def _switch_source(self, new: Source) -> None:
+        self.loading = f"loading {new.label}…"
+        self._show_loading()
+        self._start_source(new)
+
+    @work(group="source", exclusive=True, exit_on_error=False)
+    async def _start_source(self, new: Source) -> None:
+        try:
+            await new.start()
+        except Exception as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            with_old = self.source is not None
+            self.loading = "" if with_old else f"could not start {new.label}: {msg}"
+            self.error = msg
+            self.notify(f"{new.label}: {msg}", severity="error", timeout=8)
+            self._show_loading()
+            if with_old:
+                self._refresh_header()
+            return
+        old, self.source = self.source, new
+        self._pending_source = None
+        self.loading = ""
+        self.error = ""
+        self.backdrop = None
+        self.pulse = None
+        self._generation += 1
+        if old is not None:
+            await old.stop()
+        self._listen(new)
+        self.call_after_refresh(self.request_reload)
+
+    @work(group="events", exclusive=True, exit_on_error=False)
+    async def _listen(self, source: Source) -> None:
+        async for kind in source.changes():
+            self._dirty.add(kind)
+
+    # ---- drawing ----------------------------------------------------------------------------------
+    def _view(self) -> View | None:
+        if self.source is None:
+            return None
+        size = self.map.size
+        if size.width < 2 or size.height < 2:
+            return None
+        return View(self.source.market, self.timeframe, rows=size.height, columns=size.width + 1, zoom=self.zoom,
+                    pan=self.pan, tier=self.tier)
+
+    def request_reload(self) -> None:
+        """Refetch the history for the current view (timeframe, zoom, pan, size, market changed)."""
+        if self.source is None:
+            return
+        self._generation += 1
+        self._reload(self._generation)
+
+    @work(group="reload", exclusive=True, exit_on_error=False)
+    async def _reload(self, generation: int) -> None:
+        source, view = self.source, self._view()
+        if source is None or view is None:
+            return
+        try:
+            bd = await source.backdrop(view)
+            pulse = await source.pulse(bd)
+            facts = await source.facts()
+        except Exception as exc:  # a failing view keeps the last picture and says why
+            self._note_error(exc)
+            return
+        if generation != self._generation:
+            return
+        self.backdrop, self.facts = bd, facts
+        self.reloads += 1
+        self._paint_history()
+        self._paint_pulse(pulse)
+        self._refresh_header()
+        await self._refresh_slow(force=True)
+
+    def _note_error(self, exc: BaseException) -> None:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self.error = msg
+        self.query_one(AlertsLine).set_text(Text(f"⚑ {msg}", style="bold red"))
+
+    def _tick(self) -> None:
+        """Timer: fetch and paint the live parts if the service said something changed (or every second
+        for the header's clocks)."""
+        if self.source is None or self.backdrop is None:
+            self._show_loading()
+            return
+        if self.paused or self._busy:
+            return
+        now = time.monotonic()
+        live = bool(self._dirty & {"book", "bar", "market"}) or now - self._last_live >= 1.0
+        slow = now - self._last_slow >= 1.0
+        if live or slow:
+            self._busy = True
+            self._update(self._generation, live, slow)
+
+    @work(group="live", exit_on_error=False)
+    async def _update(self, generation: int, live: bool, slow: bool) -> None:
+        try:
+            source, bd = self.source, self.backdrop
+            if source is None or bd is None:
+                return
+            dirty, self._dirty = self._dirty, set()
+            if live:
+                self._last_live = time.monotonic()
+                pulse = await source.pulse(bd)
+                if generation != self._generation or bd is not self.backdrop or self.paused:
+                    return
+                if pulse.bucket != bd.bucket or not bd.window.contains(pulse.price, 0.02):
+                    # a candle closed (the time axis shifts) or the price left the window
+                    self.request_reload()
+                    return
+                self._paint_pulse(pulse)
+                self.facts = await source.facts()
+                self._refresh_header()
+            if slow:
+                self._last_slow = time.monotonic()
+                await self._refresh_slow(force=bool(dirty & {"zones", "liquidation", "health", "realised", "alert"}))
+        except Exception as exc:
+            self._note_error(exc)
+        finally:
+            self._busy = False
+
+    def _paint_history(self) -> None:
+        bd = self.backdrop
+        if bd is None:
+            return
+        grid = bd.grid(self.tier)
+        self.scale = colour_scale(grid) if grid.size and grid.max() > 0 else self.scale
+        lv = levels(grid, self.scale)
+        codes = cell_codes(lv, price_bins(bd.closes, bd.edges), self.mode.blocks)
+        self.map.show_codes(codes)
+        width = self.map.size.width
+        self.query_one("#time-axis", TextPanel).set_text(Text(time_axis(bd.times, TF_SECONDS[bd.view.timeframe], width), style="dim"))
+        self.query_one(Profile).reset_scale()
+        bin_usd = float(bd.edges[1] - bd.edges[0]) if len(bd.edges) > 1 else 0.0
+        self.query_one(LegendPanel).show_legend(self.pal, self.scale, bin_usd, bd.tiers, self.tier)
+        self._shown_realised = None  # the next pulse paints the strip with the forming candle
+
+    def _paint_realised(self, pulse: Pulse | None) -> None:
+        bd = self.backdrop
+        if bd is None:
+            return
+        fl, fs = pulse.forming_realised if pulse is not None else (0.0, 0.0)
+        rl = np.r_[bd.realised_long, fl]
+        rs = np.r_[bd.realised_short, fs]
+        total = rl + rs
+        scale = nice_ceiling(float(np.percentile(total[total > 0], 98))) if (total > 0).any() else 1.0
+        self.query_one(RealisedStrip).show_realised(rl, rs, scale)
+        self.query_one("#realised-scale", TextPanel).set_text(Text(f"liq≤{fmt_usd(scale, digits=2)}", style="dim"))
+
+    def _paint_pulse(self, pulse: Pulse) -> None:
+        bd = self.backdrop
+        if bd is None:
+            return
+        self.pulse = pulse
+        col = pulse.column(self.tier)
+        lv = levels(col[None, :], self.scale)
+        pb = price_bins(np.array([pulse.price]), bd.edges)
+        self.live.show_codes(cell_codes(lv, pb, self.mode.blocks))
+        self.query_one(PriceAxis).show_axis(bd.edges, pulse.price)
+        prof = self.query_one(Profile)
+        prof.show_profile(pulse.long_tiers, pulse.short_tiers, self.tier)
+        self.query_one("#profile-scale", TextPanel).set_text(Text(f" 0{'─' * 3}{fmt_usd(prof.scale, digits=2)}/row", style="dim"))
+        below = pulse.long_tiers.sum() if self.tier is None else pulse.long_tiers[:, self.tier].sum()
+        above = pulse.short_tiers.sum() if self.tier is None else pulse.short_tiers[:, self.tier].sum()
+        total = Text(" ", no_wrap=True)
+        total.append(f"L↓{fmt_usd(float(below))}", style=self.pal.side["long"])
+        total.append(" ")
+        total.append(f"S↑{fmt_usd(float(above))}", style=self.pal.side["short"])
+        self.query_one("#profile-total", TextPanel).set_text(total)
+        if pulse.forming_realised != self._shown_realised:
+            self._shown_realised = pulse.forming_realised
+            self._paint_realised(pulse)
+        self.frames += 1
+
+    async def _refresh_slow(self, force: bool = False) -> None:
+        source = self.source
+        if source is None:
+            return
+        self.zones = await source.zones()
+        touch = None
+        try:
+            an = source.analytics()
+            if an is not None and an.available and self.pulse is not None and hasattr(source, "bars"):
+                touch = an.zone_touch(self.zones, self.pulse.price, source.bars())
+        except Exception:  # analytics are a bonus; the table works without them
+            touch = None
+        height = self.query_one(ZonesTable).size.height
+        self.query_one(ZonesTable).show_zones(self.zones, touch, limit=max(height - 1, 3))
+        liq = self.query_one(LiquidationsList)
+        liq.show_events(source.liquidations(limit=20), liq.size.height)
+        alerts = source.alerts()
+        self.query_one(AlertsLine).show_alert(alerts[-1] if alerts else None, self.clock())
+
+    def _refresh_header(self) -> None:
+        tier_label = "all tiers" if self.tier is None or self.source is None else f"{self.source.tiers[self.tier]} only"
+        self.query_one(MarketHeader).show_facts(
+            self.facts,
+            timeframe=self.timeframe,
+            tier_label=tier_label,
+            paused=self.paused,
+            zoom=self.zoom,
+            now=self.clock(),
+            loading=self.loading,
+        )
+
+    def _show_loading(self) -> None:
+        self._refresh_header()
+        if self.backdrop is None:
+            msg = self.loading or (f"could not load: {self.error}" if self.error else "waiting for data…")
+            if self.map.message != msg:
+                self.map.show_message(msg)
+                self.live.show_message(msg)
+
+    def on_resize(self) -> None:
+        if self._resize_timer is not None:
+            self._resize_timer.stop()
+        self._resize_timer = self.set_timer(0.15, self.request_reload)
+
+    # ---- actions ----------------------------------------------------------------------------------
+    def action_timeframe(self, tf: str) -> None:
+        if tf not in TIMEFRAMES:
+            return
+        self.timeframe = tf
+        self._refresh_header()
+        self.request_reload()
+
+    def _set_tier(self, tier: int | None) -> None:
+        """Tiers are switched on the data already held: no fetch, the map repaints at once."""
+        self.tier = tier
+        self._refresh_header()
+        if self.backdrop is not None and not self.backdrop.covers(tier):
+            self.request_reload()  # a remote view holds one tier: ask the server for this one
+        elif self.backdrop is not None:
+            self._paint_history()
+            if self.pulse is not None:
+                self._paint_pulse(self.pulse)
+
+    def _tier_count(self) -> int:
+        return len(self.source.tiers) if self.source is not None else 0
+
+    def action_next_tier(self) -> None:
+        n = self._tier_count()
+        if n:
+            self._set_tier(0 if self.tier is None else (None if self.tier + 1 >= n else self.tier + 1))
+
+    def action_prev_tier(self) -> None:
+        n = self._tier_count()
+        if n:
+            self._set_tier(n - 1 if self.tier is None else (None if self.tier == 0 else self.tier - 1))
+
+    def action_tier_all(self) -> None:
+        self._set_tier(None)
+
+    def action_set_tier(self, index: int) -> None:
+        if 0 <= index < self._tier_count():
+            self._set_tier(index)
+
+    def action_zoom(self, direction: int) -> None:
+        self.zoom = clamp_zoom(self.zoom * (ZOOM_STEP if direction > 0 else 1 / ZOOM_STEP))
+        if abs(self.zoom - 1.0) < 1e-9:
+            self.zoom = 1.0
+        self._refresh_header()
+        self.request_reload()
+
+    def action_pan(self, direction: int) -> None:
+        self.pan += 0.25 * direction
+        self.request_reload()
+
+    def action_recentre(self) -> None:
+        self.zoom, self.pan = 1.0, 0.0
+        self._refresh_header()
+        self.request_reload()
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        self._refresh_header()
+        if not self.paused:
+            self._dirty.add("book")
+            self.request_reload()
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.key_help(), self.model_text()))
+
+    def action_pick_symbol(self) -> None:
+        if self.source is None:
+            self.notify("still loading", severity="warning")
+            return
+        src = self.source
+
+        def chosen(name: str | None) -> None:
+            if name and name != src.market:
+                self._select_market(name)
+
+        self.push_screen(PickerScreen("Symbol", src.markets(), src.market), chosen)
+
+    @work(group="reload", exclusive=True, exit_on_error=False)
+    async def _select_market(self, name: str) -> None:
+        if self.source is None:
+            return
+        try:
+            await self.source.select(name)
+        except Exception as exc:
+            self._note_error(exc)
+            return
+        self.backdrop = None
+        self.pulse = None
+        self.facts = None
+        self.loading = ""
+        self.request_reload()
+
+    def action_pick_exchange(self) -> None:
+        current = self.source or self._pending_source
+        names = list(current.exchanges) if current is not None else []
+        label = current.label if current is not None else ""
+
+        def chosen(name: str | None) -> None:
+            if not name or name == label:
+                return
+            if self.open_source is None:
+                self.notify("this view cannot switch exchange", severity="warning")
+                return
+            try:
+                new = self.open_source(name)
+            except Exception as exc:
+                self.notify(str(exc), severity="error")
+                return
+            self._switch_source(new)
+
+        notes = {"demo": "simulated market, no network", "binanceusdm": "Binance USDⓈ-M (network)",
+                 "bybit": "Bybit (network)", "okx": "OKX (network)"}
+        self.push_screen(PickerScreen("Exchange", names, label, notes), chosen)
+
+    def action_risk(self) -> None:
+        source = self.source
+        if source is None or self.pulse is None:
+            self.notify("still loading", severity="warning")
+            return
+        an = source.analytics()
+        if an is None or not an.risk_available:
+            self.notify("position risk needs the analytics modules (engine/model/risk.py)", severity="warning")
+            return
+        price = self.pulse.price
+
+        def compute(side: str, entry: float, lev: float, size: float) -> Any:
+            bars = source.bars() if hasattr(source, "bars") else None
+            lmap = source.liquidation_map() if hasattr(source, "liquidation_map") else None
+            coin = source.market.split(":")[1].split("/")[0] if ":" in source.market else "BTC"
+            return an.position_risk(side, entry, lev, size, self.pulse.price if self.pulse else price, self.zones, lmap, bars, coin=coin)
+
+        self.push_screen(RiskScreen(compute, price))
+
+    async def action_quit(self) -> None:
+        await self._stop_source()
+        self.exit(0)
+
+    async def _stop_source(self) -> None:
+        source, self.source = self.source, None
+        if source is not None:
+            with contextlib.suppress(Exception):  # quitting must always work, even on a broken feed
+                await source.stop()
+
+    async def on_unmount(self) -> None:
+        await self._stop_source()
+
+    # ---- help and palette ---------------------------------------------------------------------------
+    def key_help(self) -> list[tuple[str, str]]:
+        tiers = ", ".join(self.source.tiers) if self.source else "the ladder's tiers"
+        return [
+            ("1 2 3 4 5 6", "timeframe 5m, 15m, 1h, 4h, 1d, 1w"),
+            ("l / L", f"next / previous leverage tier (all, then {tiers})"),
+            ("a or 0", "all tiers"),
+            ("s", "symbol picker"),
+            ("e", "exchange picker (demo, binanceusdm, bybit, okx)"),
+            ("+ / -", "zoom the price axis in / out"),
+            ("↑ ↓ (k j)", "pan the price axis"),
+            ("c", "centre on the price, zoom 1x"),
+            ("p or space", "pause / resume live updates (the map stays)"),
+            ("r", "position risk: liquidation price, crowding there, cascade reach"),
+            ("? or F1", "this help"),
+            ("q", "quit"),
+        ]
+
+    def model_text(self) -> str:
+        f = self.facts
+        if f is None:
+            return "  (model details appear once the data has loaded)"
+        lines = [f"  ladder {f.ladder}: {f.ladder_text}", f"  seed mode: {f.seed_mode}"]
+        m = f.model
+        for tier in m.get("tiers", []):
+            lines.append(
+                f"  {tier.get('leverage'):g}x weight {tier.get('weight', 0) * 100:.0f}%, maintenance margin "
+                f"{tier.get('mmr', 0) * 100:.2f}%, half-life {tier.get('half_life_hours')}h"
+            )
+        if "margin_table" in m:
+            lines.append(f"  margin table: {m['margin_table']}")
+        for k in ("side_tilt", "wick_clear", "decay", "shrink_on_oi_drop", "volume_proxy_fraction"):
+            if k in m:
+                lines.append(f"  {k}: {m[k]}")
+        return "\n".join(lines)
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for tf in TIMEFRAMES:
+            yield SystemCommand(f"Timeframe {tf}", f"one column per {tf} candle", lambda tf=tf: self.action_timeframe(tf))
+        yield SystemCommand("Tier: all", "every leverage tier stacked", self.action_tier_all)
+        for i, lab in enumerate(self.source.tiers if self.source else ()):
+            yield SystemCommand(f"Tier: {lab}", f"only the {lab} tier", lambda i=i: self.action_set_tier(i))
+        yield SystemCommand("Pick symbol", "switch market", self.action_pick_symbol)
+        yield SystemCommand("Pick exchange", "switch feed", self.action_pick_exchange)
+        yield SystemCommand("Zoom in", "narrower price range", lambda: self.action_zoom(1))
+        yield SystemCommand("Zoom out", "wider price range", lambda: self.action_zoom(-1))
+        yield SystemCommand("Pan up", "higher prices", lambda: self.action_pan(1))
+        yield SystemCommand("Pan down", "lower prices", lambda: self.action_pan(-1))
+        yield SystemCommand("Centre", "back to the price, zoom 1x", self.action_recentre)
+        yield SystemCommand("Pause / resume", "freeze the live updates", self.action_pause)
+        yield SystemCommand("Position risk", "liquidation price of a position and the crowding there", self.action_risk)
+        yield SystemCommand("Help", "keys and how to read the map", self.action_help)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state is WorkerState.ERROR and event.worker.error is not None:
+            self._note_error(event.worker.error)
+
+
+def make_app(
+    feed: str = "demo",
+    symbol: str | None = None,
+    *,
+    connect: str | None = None,
+    colors: str = "auto",
+    speed: float | None = None,
+    ladder: str | None = None,
+    seed: int | None = None,
+    now: float | None = None,
+    history_days: float | None = None,
+    refresh_hz: float = 4.0,
+    timeframe: str = "5m",
+    paused: bool = False,
+    clock: Callable[[], float] = time.time,
+    source: Source | None = None,
+) -> LiqheatApp:
+    """The dashboard on the engine in this process (default: the demo market), or on a running
+    ``liqheat serve`` with ``connect=URL``. Nothing slow happens here: the source starts after the first
+    frame."""
+    if source is None and connect:
+        from .remote import RemoteSource
+
+        source = RemoteSource(connect, symbol=symbol, ladder=ladder)
+        open_source: Callable[[str], Source] | None = lambda exchange: RemoteSource(  # noqa: E731
+            connect, symbol=None, exchange=exchange, ladder=ladder
+        )
+    else:
+        from .source import LocalSource
+
+        def open_source(name: str) -> Source:
+            return LocalSource(name, None, ladder=ladder, speed=speed if name == "demo" or name.startswith("file:") else None,
+                               history_days=history_days)
+
+        if source is None:
+            source = LocalSource(feed, symbol, ladder=ladder, speed=speed, seed=seed, now=now, history_days=history_days)
+    return LiqheatApp(
+        source, open_source=open_source, colors=colors, refresh_hz=refresh_hz, clock=clock,
+        timeframe=timeframe, paused=paused,
+    )

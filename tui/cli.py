@@ -1,0 +1,80 @@
+"""``liqheat tui``: the terminal dashboard (registered through the ``liqheat.commands`` entry point).
+
+Kept light on imports: textual and the engine load inside ``run()``, so ``liqheat -h`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "live terminal dashboard of estimated liquidation zones (works over SSH; demo market by default)"
+
+FEED_HELP = "demo (simulated, default) | binanceusdm | bybit | okx | file:PATH (replay a recorded file)"
+
+
+def _speed(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"speed must be a number, got {text!r}") from None
+    if not (0 < v <= 10_000):
+        raise argparse.ArgumentTypeError("speed must be between 0 and 10000")
+    return v
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--feed", default="demo", help=FEED_HELP)
+    parser.add_argument("--symbol", default=None, help="market, e.g. BTC/USDT:USDT or BTC (default: the feed's first)")
+    parser.add_argument("--connect", metavar="URL", default=None,
+                        help="show a running `liqheat serve` (e.g. http://127.0.0.1:8000) instead of computing here")
+    parser.add_argument("--colors", choices=("auto", "truecolor", "256", "16", "none"), default="auto",
+                        help="colour depth (auto: from TERM/COLORTERM; NO_COLOR is honoured)")
+    parser.add_argument("--speed", type=_speed, default=None, help="demo/replay clock speed (1 = real time)")
+    parser.add_argument("--ladder", default=None, help="leverage ladder: default|high|swing|coinglass or JSON")
+    parser.add_argument("--timeframe", default="5m", choices=("5m", "15m", "1h", "4h", "1d", "1w"),
+                        help="starting timeframe (keys 1-6 switch it)")
+    parser.add_argument("--history-days", type=float, default=None, help="days of history to load (default: the service's)")
+    parser.add_argument("--refresh", type=float, default=4.0, help="live updates per second (default 4)")
+    parser.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # demo market seed (tests)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.ladder:
+        from engine.model import LadderError, parse_ladder
+
+        try:
+            parse_ladder(args.ladder)
+        except LadderError as exc:
+            print(f"liqheat tui: {exc}", file=sys.stderr)
+            return 2
+    if args.connect and args.feed != "demo":
+        print("liqheat tui: --connect shows the server's feeds; drop --feed", file=sys.stderr)
+        return 2
+    if not (0.2 <= args.refresh <= 30):
+        print("liqheat tui: --refresh must be between 0.2 and 30 per second", file=sys.stderr)
+        return 2
+    if not sys.stdout.isatty() and not sys.stderr.isatty():
+        print("liqheat tui: needs a terminal (run it in a terminal or through `ssh -t`)", file=sys.stderr)
+        return 2
+    from .app import make_app
+
+    app = make_app(
+        args.feed,
+        args.symbol,
+        connect=args.connect,
+        colors=args.colors,
+        speed=args.speed,
+        ladder=args.ladder,
+        seed=args.seed,
+        history_days=args.history_days,
+        refresh_hz=args.refresh,
+        timeframe=args.timeframe,
+    )
+    result = app.run()
+    if app.return_code not in (None, 0):
+        return int(app.return_code)
+    return int(result or 0)
+
+
+command = sys.modules[__name__]
