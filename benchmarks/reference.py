@@ -175,12 +175,13 @@ def run_reference(bars: Bars, params: ModelParams, column_times: list[int] | Non
         if vol is not None:
             v = vol[j]
             turnover = (0.0 if math.isnan(v) else v) * price
-        known = False
+        known = opening = False
         new_oi = 0.0
         log_shrink = 0.0
         if oi is not None:
             now = oi[j]
             known = _finite(now) and _finite(prev_oi)
+            opening = _finite(now) and not _finite(prev_oi)  # where the OI series begins
             if known:
                 d = now - prev_oi
                 new_oi = max(d, 0.0)
@@ -202,7 +203,7 @@ def run_reference(bars: Bars, params: ModelParams, column_times: list[int] | Non
             proxy = (not known) and params.seed_mode != "oi"
             seed = new_oi if known else (turnover * scale if proxy else 0.0)
         bars_oi += int(known)
-        bars_vol += int(proxy)
+        bars_vol += int(proxy and not opening)
 
         # ---- 2. age the book: OI drop and decay over the time since the previous close ----
         if j > 0:

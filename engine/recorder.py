@@ -137,6 +137,7 @@ class Recorder:
         batch_rows: int = 500,
         flush_seconds: float = 0.5,
         status_seconds: float = 30.0,
+        retry_seconds: float = 1.0,
         log: Log = stderr_log,
     ) -> None:
         self.feed = feed
@@ -146,13 +147,15 @@ class Recorder:
         self.batch_rows = max(1, batch_rows)
         self.flush_seconds = flush_seconds
         self.status_seconds = status_seconds
+        self.retry_seconds = retry_seconds
         self.log = log
         self.tf = int(feed.timeframe)
         self.progress: dict[str, MarketProgress] = {}
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
         self._wake = asyncio.Event()
-        self._fatal: BaseException | None = None
+        self._inflight: asyncio.Future[None] | None = None
+        self._away: dict[str, str] = {}  # symbol -> why its recording broke off (for the gap's reason)
 
     def key(self, symbol: str) -> str:
         return f"{self.feed.exchange}:{symbol}"
@@ -219,15 +222,32 @@ class Recorder:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write everything queued so far, batch by batch."""
+        """Write everything queued so far, batch by batch, in order."""
+        await self._settle()
         while self._queue:
             batch = self._take_batch()
-            await asyncio.to_thread(self._write_batch, batch)
+            # A write that has begun runs to the end even if we are cancelled (a thread cannot be
+            # stopped); shielding it lets the stop wait for it instead of closing the store under it.
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write_batch, batch))
+            await asyncio.shield(self._inflight)
+
+    async def _settle(self) -> None:
+        """Wait for a batch already being written (its rows precede everything still queued)."""
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait([self._inflight])
+        if self._inflight is not None and self._inflight.done() and not self._inflight.cancelled():
+            exc = self._inflight.exception()
+            self._inflight = None
+            if exc is not None:
+                raise exc
 
     # ---- per market ---------------------------------------------------------------------------------
-    async def _backfill(self, symbol: str, start: int | None, end: int | None, why: str) -> int | None:
+    async def _backfill(
+        self, symbol: str, start: int | None, end: int | None, why: str, first: bool = False
+    ) -> int | None:
         """Queue the feed's history over [start, end) and gaps for what it lacks; returns the newest open
-        time queued (or None)."""
+        time queued (or None). On a first start (``first``) the recording simply begins where the feed's
+        history does: only holes inside it are gaps."""
         key = self.key(symbol)
         p = self.progress[key]
         hist = await self.feed.history(symbol, since=start, until=end)
@@ -240,7 +260,9 @@ class Recorder:
             self._put(_BarsItem(key, hist))
             p.bars += len(hist)
             p.last_bar = max(p.last_bar or 0, int(hist.time[-1]))
-        if start is not None:
+        if first and len(hist):
+            start = int(hist.time[0])
+        if start is not None and not (first and not len(hist)):
             stop = end if end is not None else (int(hist.time[-1]) + self.tf if len(hist) else start)
             for lo, hi in _holes(hist.time, self.tf, start, stop):
                 reason = (
@@ -260,22 +282,23 @@ class Recorder:
         last = await asyncio.to_thread(self.store.last_time, key, tf)
         if p.last_bar is not None:  # a retry after a feed error: what is queued counts too
             last = max(last or 0, p.last_bar)
+        away = "recorder was not running"
         if last is None:
-            newest = await self._backfill(symbol, self.since, None, "first start")
+            since = None if self.since is None else -(-self.since // tf) * tf  # a whole bar
+            newest = await self._backfill(symbol, since, None, "first start", first=True)
             self.log(
                 f"{key}: new recording; {p.bars} bars of history"
                 + (f" up to {utc(newest + tf)} UTC" if newest is not None else "")
             )
         else:
             before = p.bars
-            newest = await self._backfill(symbol, last + tf, None, "recorder was not running")
+            away = self._away.pop(symbol, "recorder was not running")
+            newest = await self._backfill(symbol, last + tf, None, away)
             filled = p.bars - before
             self.log(f"{key}: resuming after {utc(last + tf)} UTC; backfilled {filled} bars")
             # Liquidations are only ever live: whatever happened while we were away is lost.
             lost_until = max(newest + tf if newest is not None else 0, last + 2 * tf)
-            self._put(
-                _GapItem(key, "liquidations", last + tf, lost_until, "recorder was not running (not backfillable)")
-            )
+            self._put(_GapItem(key, "liquidations", last + tf, lost_until, f"{away} (not backfillable)"))
             p.gaps += 1
         expected = newest if newest is not None else last
         next_open = None if expected is None else expected + tf
@@ -291,7 +314,7 @@ class Recorder:
                     # The stream skipped bars: fetch them; their liquidations are lost for good.
                     await self._backfill(symbol, next_open, t, "missed by the stream")
                     if first_bar and last is not None:
-                        lost = (last + tf, "recorder was not running (not backfillable)")  # extends that gap
+                        lost = (last + tf, f"{away} (not backfillable)")  # extends that gap
                     elif first_bar:
                         lost = (next_open, "closed before the live stream started (not backfillable)")
                     else:
@@ -320,7 +343,7 @@ class Recorder:
                     outage_from = next_open
 
     async def _record_forever(self, symbol: str) -> None:
-        delay = 1.0
+        delay = self.retry_seconds
         while True:
             try:
                 await self._record(symbol)
@@ -331,6 +354,7 @@ class Recorder:
                 key = self.key(symbol)
                 msg = " ".join(str(exc).split())
                 self.progress[key].errors.append(msg)
+                self._away[symbol] = f"feed error: {msg[:120]}"
                 self.log(f"{key}: feed error: {msg}; retrying in {delay:.0f}s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)

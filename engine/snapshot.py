@@ -211,7 +211,8 @@ def nice_ticks(lo: float, hi: float, target: int = 6) -> np.ndarray:
         return np.array([lo])
     raw = (hi - lo) / max(target, 1)
     mag = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * mag >= raw)
+    # the round step whose label count comes closest to the target
+    step = min((m * mag for m in (1.0, 2.0, 2.5, 5.0, 10.0)), key=lambda st: abs((hi - lo) / st - target))
     first = math.ceil(lo / step) * step
     return np.arange(first, hi + step * 1e-9, step)
 

@@ -6,8 +6,11 @@ market until the market changes, and the numpy work runs in the view pool.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,10 +40,36 @@ def json_response(text: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="application/json")
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A cached answer, serialised once: the JSON bytes, their gzip (for larger bodies) and an ETag."""
+
+    raw: bytes
+    gz: bytes | None
+    etag: str
+
+    @classmethod
+    def of(cls, body: Any) -> Encoded:
+        raw = dumps(body).encode()
+        # Heatmaps are 100-200 kB of base64; gzip once here instead of per request.
+        gz = gzip.compress(raw, compresslevel=5, mtime=0) if len(raw) > 2048 else None
+        return cls(raw, gz, '"' + hashlib.blake2b(raw, digest_size=12).hexdigest() + '"')
+
+
+def encoded_response(request: web.Request, enc: Encoded) -> web.Response:
+    headers = {"ETag": enc.etag, "Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
+    if request.headers.get("If-None-Match") == enc.etag:
+        return web.Response(status=304, headers=headers)
+    if enc.gz is not None and "gzip" in request.headers.get("Accept-Encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return web.Response(body=enc.gz, content_type="application/json", headers=headers)
+    return web.Response(body=enc.raw, content_type="application/json", headers=headers)
+
+
 async def _cached(request: web.Request, svc: MarketService, key: tuple[Any, ...], build: Callable[[], Any]) -> web.Response:
     markets = request.app[MARKETS]
-    text = await markets.cached(svc, key, lambda: dumps(build()))
-    return json_response(text)
+    enc = await markets.cached(svc, key, lambda: Encoded.of(build()))
+    return encoded_response(request, enc)
 
 
 def _symbol(request: web.Request, q: Query) -> MarketService:
@@ -215,7 +244,7 @@ async def liquidation_map(request: web.Request) -> web.Response:
     q = Query(request.query)
     svc = _symbol(request, q)
     bins = q.integer("bins", 200, 10, MAX_BINS)
-    span = q.number("span", 0.25, 0.0, 0.9, open_low=True)
+    span = q.number("span", 0.25, 0.001, 0.9)
     log = q.boolean("log", False)
     q.done()
     assert bins is not None and span is not None
@@ -233,7 +262,7 @@ async def zones(request: web.Request) -> web.Response:
     q = Query(request.query)
     svc = _symbol(request, q)
     bins = q.integer("bins", 200, 10, MAX_BINS)
-    span = q.number("span", 0.25, 0.0, 0.9, open_low=True)
+    span = q.number("span", 0.25, 0.001, 0.9)
     q.done()
     assert bins is not None and span is not None
 

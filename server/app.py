@@ -82,7 +82,11 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
         return _error(503, _one_line(exc))
     except web.HTTPException as exc:
         if exc.status >= 400 and request.path.startswith(("/api/", "/udf/")):
-            return _error(exc.status, exc.reason)
+            resp = _error(exc.status, exc.reason)
+            for name in ("Allow", "Retry-After"):  # 405 must say what is allowed
+                if name in exc.headers:
+                    resp.headers[name] = exc.headers[name]
+            return resp
         raise
     except Exception as exc:
         log.exception("unhandled error on %s", request.path_qs)

@@ -290,40 +290,41 @@ class MarketChannel:
         zones = [e for e in batch if e.kind == "zones"]
         if zones:
             common.append(("zones", dumps(zones[-1].data)))
+        # News first: events that need no computation go out before the numpy work for the views.
+        if common:
+            for view in list(self.views.values()):
+                for s in list(view.subscribers):
+                    for kind, body in common:
+                        s.conn.offer(s, kind, body)
         realised_times = [int(e.data["time"]) for e in batch if e.kind == "realised"]
         changed = bool(kinds & {"bar", "book"})
         views = [v for v in self.views.values() if v.subscribers and v.snapshot_task is not None and v.snapshot_task.done()]
-        per_view: list[tuple[View, list[tuple[str, str]]]] = []
-        if views and (changed or realised_times):
-            now = time.monotonic()
-            want_map = {id(v): changed and now - v.last_map >= self.config.map_interval_s for v in views}
-            specs = [(v.spec, v.last_bar, v.last_column, want_map[id(v)], v.auto_range) for v in views]
-            try:
-                results = await self.markets.run(_view_deltas, self.svc, specs, changed, realised_times)
-            except Exception as exc:  # a view that cannot be computed must not end the market's stream
-                log.warning("%s: view deltas failed: %s", self.svc.market.key, exc)
-                results = [None] * len(views)
-            for view, res in zip(views, results, strict=True):
-                if res is None:
-                    continue
-                msgs, last_bar, last_column, out_of_range = res
-                if out_of_range:
-                    # Price left the heatmap's rows: new edges, so every subscriber starts from a snapshot.
-                    view.spec = replace(view.spec, price_low=None, price_high=None)
-                    view.snapshot_task = None
-                    for s in list(view.subscribers):
-                        self.request_snapshot(s, "range")
-                    continue
-                view.last_bar, view.last_column = max(view.last_bar, last_bar), max(view.last_column, last_column)
-                if want_map[id(view)]:
-                    view.last_map = now
-                per_view.append((view, msgs))
-        for view in list(self.views.values()):
-            extra = next((m for v, m in per_view if v is view), [])
+        if not views or not (changed or realised_times):
+            return
+        now = time.monotonic()
+        want_map = {id(v): changed and now - v.last_map >= self.config.map_interval_s for v in views}
+        specs = [(v.spec, v.last_bar, v.last_column, want_map[id(v)], v.auto_range) for v in views]
+        try:
+            results = await self.markets.run(_view_deltas, self.svc, specs, changed, realised_times)
+        except Exception as exc:  # a view that cannot be computed must not end the market's stream
+            log.warning("%s: view deltas failed: %s", self.svc.market.key, exc)
+            return
+        for view, res in zip(views, results, strict=True):
+            if res is None:
+                continue
+            msgs, last_bar, last_column, out_of_range = res
+            if out_of_range:
+                # Price left the heatmap's rows: new edges, so every subscriber starts from a snapshot.
+                view.spec = replace(view.spec, price_low=None, price_high=None)
+                view.snapshot_task = None
+                for s in list(view.subscribers):
+                    self.request_snapshot(s, "range")
+                continue
+            view.last_bar, view.last_column = max(view.last_bar, last_bar), max(view.last_column, last_column)
+            if want_map[id(view)]:
+                view.last_map = now
             for s in list(view.subscribers):
-                for kind, body in extra:
-                    s.conn.offer(s, kind, body)
-                for kind, body in common:
+                for kind, body in msgs:
                     s.conn.offer(s, kind, body)
 
 

@@ -43,7 +43,7 @@ def document(example_symbol: str = "demo:BTC/USDT:USDT") -> dict[str, Any]:
                   "`all`, a tier label (`25x`) or a tier index.")
     bins = _param("bins", {"type": "integer", "minimum": 10, "maximum": MAX_BINS, "default": 200}, "Price bins.")
     map_bins = _param("bins", {"type": "integer", "minimum": 10, "maximum": MAX_BINS, "default": 200}, "Price bins.")
-    span = _param("span", {"type": "number", "exclusiveMinimum": 0, "maximum": 0.9, "default": 0.25},
+    span = _param("span", {"type": "number", "minimum": 0.001, "maximum": 0.9, "default": 0.25},
                   "Half-width of the price range, as a fraction of the price.")
     log = _param("log", {"type": "boolean", "default": False}, "Log-spaced price bins.")
     price_low = _param("price_low", {"type": "number", "exclusiveMinimum": 0, "maximum": 1e12},

@@ -31,6 +31,10 @@ class Query:
         value = self._q.get(name)
         if value is None:
             return None
+        if value == "":
+            if self._strict:  # `?timeframe=` is a mistake, not a request for the default
+                raise BadRequest(f"parameter {name!r} is empty")
+            return None
         if len(value) > 2000:
             raise BadRequest(f"parameter {name!r} is too long")
         return value

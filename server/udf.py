@@ -16,6 +16,7 @@ from aiohttp import web
 from engine.feeds.base import UnknownSymbol
 from engine.service import MarketService
 
+from .api import Encoded, encoded_response
 from .markets import compact_ticker, dumps, udf_name
 from .params import BadRequest, Query
 from .state import MARKETS
@@ -166,7 +167,7 @@ async def history(request: web.Request) -> web.Response:
             return {"s": "ok", "t": bars.time.tolist(), "o": bars.open.tolist(), "h": bars.high.tolist(),
                     "l": bars.low.tolist(), "c": bars.close.tolist(), "v": vol.tolist()}
 
-        body = await request.app[MARKETS].cached(svc, ("udf", tf, since, until, countback), build)
-        return _json(body)
+        enc = await request.app[MARKETS].cached(svc, ("udf", tf, since, until, countback), lambda: Encoded.of(build()))
+        return encoded_response(request, enc)
 
     return await _guard(request, run)

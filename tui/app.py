@@ -135,7 +135,7 @@ class LiqheatApp(App[int]):
         self._generation = 0
         self._last_live = 0.0
         self._last_slow = 0.0
-        self._resize_timer: Any = None
+        self._map_resize_timer: Any = None
         self._shown_realised: tuple[float, float] | None = None
         self.frames = 0  # live updates applied (tests and benchmarks read it)
         self.reloads = 0  # history redraws
@@ -404,10 +404,15 @@ class LiqheatApp(App[int]):
                 self.map.show_message(msg)
                 self.live.show_message(msg)
 
-    def on_resize(self) -> None:
-        if self._resize_timer is not None:
-            self._resize_timer.stop()
-        self._resize_timer = self.set_timer(0.15, self.request_reload)
+    def on_zone_map_resized(self) -> None:
+        if self._map_resize_timer is not None:
+            self._map_resize_timer.stop()
+        self._map_resize_timer = self.set_timer(0.15, self._reload_if_resized)
+
+    def _reload_if_resized(self) -> None:
+        view, bd = self._view(), self.backdrop
+        if view is not None and bd is not None and (view.rows, view.columns) != (bd.view.rows, bd.view.columns):
+            self.request_reload()
 
     # ---- actions ----------------------------------------------------------------------------------
     def action_timeframe(self, tf: str) -> None:

@@ -45,7 +45,8 @@ def _nice_step(x: float) -> float:
 
 def choose_window(low: np.ndarray, high: np.ndarray, price: float, zoom: float = 1.0, pan: float = 0.0) -> Window:
     """The price range on screen: the visible candles' range around the price, padded by half again for
-    the liquidation levels beyond it, divided by ``zoom`` and shifted by ``pan`` half-spans. Snapped to
+    the liquidation levels beyond it, divided by ``zoom`` and shifted by ``pan`` half-spans (in steps of a
+quarter). Snapped to
     round numbers so a moving price does not change the bins (and force a full redraw) on every tick."""
     if not (price > 0 and math.isfinite(price)):
         raise ValueError("no price yet")
@@ -56,7 +57,8 @@ def choose_window(low: np.ndarray, high: np.ndarray, price: float, zoom: float =
     half = max(half, price * MIN_HALF_SPAN)
     step = _nice_step(half / 4)
     half = math.ceil(half / step) * step
-    centre = round((price + pan * half) / step) * step
+    # pan moves in whole steps (a quarter of the half-span, rounded to a round number): one key press, one step
+    centre = round(price / step) * step + round(pan * 4) * step
     low_edge = max(centre - half, step)
     return Window(low_edge, low_edge + 2 * half)
 

@@ -13,6 +13,8 @@ from collections.abc import Hashable
 import numpy as np
 from rich.segment import Segment
 from rich.style import Style
+from textual import events
+from textual.message import Message
 from textual.strip import Strip
 
 from .palette import ColorMode, Palette, palette
@@ -71,6 +73,12 @@ class ZoneMap(MapRows):
     DEFAULT_CSS = """
     ZoneMap { width: 1fr; height: 1fr; }
     """
+
+    class Resized(Message):
+        """The map has a new size: the app fetches columns and bins to fit it."""
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.post_message(self.Resized())
 
 
 class LiveColumn(MapRows):

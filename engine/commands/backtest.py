@@ -25,7 +25,15 @@ import numpy as np
 
 from engine.feeds.base import FeedError
 from engine.ladderfile import load_ladder
-from engine.model import Bars, BarsError, LadderError, ModelParams, estimate, timeframe_name, timeframe_seconds
+from engine.model import (
+    Bars,
+    BarsError,
+    LadderError,
+    ModelParams,
+    estimate,
+    timeframe_name,
+    timeframe_seconds,
+)
 from engine.model.calibrate import CalibrationError, calibrate
 from engine.model.scoring import (
     Events,
@@ -45,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--liquidations", required=True, metavar="FILE",
                    help="recorded liquidation events (timestamp_ms, side/liquidated_side, price, notional_usd)")
     p.add_argument("--venue", help="pick one venue from a multi-venue candle file")
-    p.add_argument("--coin", help="pick one coin from multi-coin files (both files)")
+    p.add_argument("--coin", help="pick one coin from multi-coin files (either file); also picks the margin table")
     p.add_argument("--horizon-hours", type=float, default=4.0, metavar="H", help="zone protocol horizon (default 4)")
     p.add_argument("--ladder", default="default", help="preset name, JSON, or a ladder JSON file")
     p.add_argument("--timeframe", help="resample the candles to this timeframe first (e.g. 4h)")
@@ -70,9 +78,15 @@ def _iso(t: float) -> str:
 
 
 def load_inputs(args: argparse.Namespace) -> tuple[Bars, Events]:
-    from engine.feeds.files import read_bars_file, read_liquidations_file
+    from engine.feeds.files import BadFile, read_bars_file, read_liquidations_file
 
-    bars = read_bars_file(args.bars, venue=args.venue, coin=args.coin)
+    try:
+        bars = read_bars_file(args.bars, venue=args.venue, coin=args.coin)
+    except BadFile as exc:
+        # --coin picks the coin in multi-coin files; a single-market candle file has no coin column
+        if args.coin is None or "no coin column" not in str(exc):
+            raise
+        bars = read_bars_file(args.bars, venue=args.venue)
     if args.contract_size != 1.0:
         if not (args.contract_size > 0 and math.isfinite(args.contract_size)):
             raise BarsError("--contract-size must be a positive number")
@@ -195,6 +209,8 @@ def render(rep: dict[str, Any]) -> str:
             "",
             f"calibration ({c['fit']['rows']} bar x side rows, NNLS): {fit}; seed scale {c['seed_scale']:.3g}"
             + (f" (volume_proxy_fraction {c['volume_proxy_fraction']:.3g})" if c["volume_proxy_fraction"] else ""),
+            (f"  tiers the recording never saw liquidated keep their starting share: {', '.join(c['fit']['unidentified'])}"
+             if c["fit"]["unidentified"] else "  every tier was seen liquidated in the recording"),
             f"  R² {c['fit']['r2']:.3f} (starting ladder, best scale: {c['fit']['r2_prior']:.3f}); in-sample rank "
             f"correlation {_num(s['rank_corr'])}, top-decile share {_pct(s['top_decile_share'])} — in-sample, not a score",
             f"  written to {c['file']} (use --ladder {c['file']})",

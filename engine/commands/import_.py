@@ -43,14 +43,12 @@ def run(args: argparse.Namespace) -> int:
     except (StoreError, BarsError) as exc:
         say(f"liqheat import: {exc}")
         return 2
-    market_coin = symbol.split("/")[0].split(":")[0]
+    # files mixing venues/coins give up the market's own rows unless --venue/--coin say otherwise
+    pick = {"venue": args.venue, "coin": args.coin, "market": args.market}
     try:
         with Store(args.db or default_db_path()) as store:
             if args.bars:
-                bars = _pick(
-                    lambda venue, c: read_bars_file(args.bars, venue=venue, coin=c, timeframe=tf),
-                    args.venue, args.coin, exchange, market_coin,
-                )
+                bars = read_bars_file(args.bars, timeframe=tf, **pick)
                 before = store.count_bars(args.market, bars.timeframe)
                 store.write_bars(args.market, bars)
                 added = store.count_bars(args.market, bars.timeframe) - before
@@ -59,22 +57,14 @@ def run(args: argparse.Namespace) -> int:
                     f"{_day(int(bars.time[-1]))}) from {args.bars}: {added} new, {len(bars) - added} already stored"
                 )
             if args.liquidations:
-                events = _pick(
-                    lambda venue, c: read_liquidations_file(
-                        args.liquidations, exchange=exchange, symbol=symbol, venue=venue, coin=c
-                    ),
-                    args.venue, args.coin, exchange, market_coin,
-                )
+                events = read_liquidations_file(args.liquidations, exchange=exchange, symbol=symbol, **pick)
                 added = store.write_liquidations(events)
                 say(
                     f"{args.market}: {len(events)} liquidations from {args.liquidations}: "
                     f"{added} new, {len(events) - added} already stored"
                 )
             if args.funding:
-                t, rate = _pick(
-                    lambda venue, c: read_funding_file(args.funding, venue=venue, coin=c),
-                    args.venue, args.coin, exchange, market_coin,
-                )
+                t, rate = read_funding_file(args.funding, **pick)
                 before = store.count_funding(args.market)
                 store.write_funding(args.market, t, rate)
                 added = store.count_funding(args.market) - before
@@ -83,35 +73,6 @@ def run(args: argparse.Namespace) -> int:
         say(f"liqheat import: {' '.join(str(exc).split())}")
         return 1
     return 0
-
-
-def _pick(read, venue: str | None, coin: str | None, exchange: str, market_coin: str):  # type: ignore[no-untyped-def]
-    """Read with the user's filters; when the file mixes markets and the user did not say which, take the
-    market's own rows (binanceusdm -> binance, BTC/USDT:USDT -> BTC)."""
-    from engine.feeds.files import NoMarketColumn, SeveralMarkets
-
-    first = (venue, coin)
-    tries = [first, (venue, coin or market_coin), (venue or _venue_of(exchange), coin or market_coin),
-             (venue or _venue_of(exchange), coin)]
-    ambiguous: SeveralMarkets | None = None
-    for v, c in dict.fromkeys(tries):
-        try:
-            return read(v, c)
-        except SeveralMarkets as exc:
-            ambiguous = ambiguous or exc
-        except NoMarketColumn:
-            if (v, c) == first:
-                raise  # the user named a column the file does not have
-    assert ambiguous is not None
-    raise ambiguous
-
-
-def _venue_of(exchange: str) -> str:
-    """ccxt ids -> the venue names data files use (binanceusdm -> binance)."""
-    for venue in ("binance", "bybit", "okx", "bitget", "deribit", "hyperliquid"):
-        if exchange.lower().startswith(venue):
-            return venue
-    return exchange
 
 
 def _tf(seconds: int) -> str:

@@ -51,8 +51,9 @@ def parse_since(text: str | None, now: float | None = None) -> int | None:
     return int(dt.timestamp())
 
 
-def build_feed(exchange: str, speed: float) -> Any:
-    """The feed for ``--exchange``; each kind is imported only when chosen (ccxt is slow to import)."""
+def build_feed(exchange: str, speed: float, since: int | None = None) -> Any:
+    """The feed for ``--exchange``; each kind is imported only when chosen (ccxt is slow to import).
+    The demo market simulates its history from ``since`` (default: its own 30 days)."""
     if exchange.startswith("file:"):
         from engine.feeds.files import FileFeed
 
@@ -60,7 +61,9 @@ def build_feed(exchange: str, speed: float) -> Any:
     if exchange == "demo":
         from engine.feeds.demo import DemoFeed
 
-        return DemoFeed(speed=speed)
+        if since is None:
+            return DemoFeed(speed=speed)
+        return DemoFeed(speed=speed, history_days=max((time.time() - since) / 86_400, 1 / 1440))
     from engine.feeds.exchange import ExchangeFeed
 
     return ExchangeFeed("binanceusdm" if exchange == "binance" else exchange)
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if not symbols and args.exchange != "demo" and not args.exchange.startswith("file:"):
         return fail(f"name the markets to record from {args.exchange} with --symbols (e.g. BTC/USDT:USDT)", 2)
     try:
-        feed = build_feed(args.exchange, args.speed)
+        feed = build_feed(args.exchange, args.speed, since)
     except ImportError as exc:
         return fail(f"the {args.exchange} feed is not available ({exc})", 2)
     except (FeedError, ValueError) as exc:

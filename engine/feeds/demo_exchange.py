@@ -3,15 +3,14 @@ and are liquidated when price reaches their liquidation price; forced orders pus
 liquidations cascade. Bars, open interest, funding, taker volumes and liquidation events all come out of
 this one process.
 
-Speed: the exchange steps one minute at a time in plain Python scalars (a few microseconds per minute).
-Numpy work happens only where it pays: drawing a day of flow at once (demo_flow.py), and in the minutes
-where price reaches a liquidation level, which are resolved tick by tick against the cohort book
-(demo_traders.py). New positions are added to the book in batches, just before anything reads it.
+Speed: the exchange steps one minute at a time in plain Python scalars (about two microseconds a
+minute). Numpy work happens only where it pays: drawing a day of flow at once (demo_flow.py), sweeping
+the cohort book (demo_traders.py) in the minutes whose price reaches it, adding new positions to the book
+in batches just before anything reads them, and settling bars once an hour.
 
 Reproducibility: the random draws are keyed by day, the minute loop is the same code in a bulk backfill
-and when ticking live, and every batched step (adding cohorts, deriving open interest) gives the same
-numbers whatever the batch size. So a market ticked live minute by minute is identical to the same
-minutes generated in bulk.
+and when ticking live, and every batched step (adding cohorts, settling bars) gives the same numbers
+whatever the batch size. So minutes ticked live one by one equal the same minutes generated in bulk.
 """
 
 from __future__ import annotations
@@ -25,18 +24,19 @@ import numpy as np
 from engine.model import Bars
 from engine.model.cohorts import LevelGrid
 
-from .demo_flow import ENTRIES, MINUTES_PER_DAY, SPECULATIVE_TURNOVER, TICKS, DayFlow, FlowCarry, day_flow
+from .demo_flow import ENTRIES, MINUTES_PER_DAY, SPECULATIVE_TURNOVER, DayFlow, FlowCarry, day_flow
 from .demo_markets import SimulatedSymbol, TraderMix
 from .demo_traders import LONG, SHORT, GroundTruth, PositionBook
 
 GRID_STEP = LevelGrid.for_resolution(0.0005).step  # the book's price grid: 0.05%, like the engine's
 EPS = 1e-9
+FAR = 10**9  # a level bound meaning "nothing there"
 
-# Price impact of forced orders: a share stays (information: someone had to sell), the rest is
-# liquidity that refills over a few minutes (the wick after a cascade).
+# Price impact of forced orders: a share stays (someone had to sell), the rest is liquidity that refills
+# over a few minutes (the wick after a cascade).
 PERMANENT_IMPACT = 0.6
 RELAX = 1.0 - 0.5 ** (1.0 / 8.0)  # transient impact half-life: 8 minutes
-MAX_SWEEP_MOVE = 0.08  # the exchange pauses a sweep after an 8% forced move (next tick carries on)
+MAX_SWEEP_MOVE = 0.08  # the exchange pauses a sweep after an 8% forced move (the next minute carries on)
 REVERSION = 1.0 / (20 * MINUTES_PER_DAY)  # the price drifts back towards its catalogue level over weeks
 
 # Momentum, funding and the long/short mood of new traders.
@@ -45,12 +45,13 @@ FUNDING_MINUTES = 480  # settles every 8 hours, at 00:00, 08:00 and 16:00 UTC
 INTEREST = 0.0001  # Binance's interest component per interval
 FUNDING_CLAMP = 0.0005  # rate = premium + clamp(interest - premium, +-0.05%)
 FUNDING_CAP = 0.0075
-PREMIUM_IMBALANCE = 0.002  # a book 10% net long trades ~0.02% above the index
-PREMIUM_MOMENTUM = 0.0006
+PREMIUM_IMBALANCE = 0.003  # a book 10% net long trades ~0.03% above the index
+PREMIUM_MOMENTUM = 0.0012
 PREMIUM_NOISE = 0.0002
 SHARE_MOMENTUM = 0.12  # traders chase: after a rally, more new positions are longs
 SHARE_FUNDING = 100.0  # ... unless funding makes longs expensive
 SHARE_NOISE = 0.06
+CROWD_WEIGHT = 1.0 / FUNDING_MINUTES  # memory of the new positions' tilt: one funding interval
 FUNDING_CLOSE = 25.0  # share of the paying side that closes at a settlement, per unit of rate
 MIN_EVENT_USD = 50.0  # smaller forced closes still count, but are not reported one by one
 
@@ -67,9 +68,21 @@ class _Records:
     share: list[float] = field(default_factory=list)  # long share of new positions
     rate: list[float] = field(default_factory=list)  # funding rate in force
     impacts: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # (tick, log move) of sweeps
-    entry_adjust: dict[int, np.ndarray] = field(default_factory=dict)  # entries moved by sweeps
+    adjusted: list[int] = field(default_factory=list)  # minutes whose entries a sweep moved, ascending
+    entry_adjust: dict[int, np.ndarray] = field(default_factory=dict)  # (E,) log move of those entries
+    liquidated: list[int] = field(default_factory=list)  # minutes with forced closes, ascending
     liq_stored: dict[int, np.ndarray] = field(default_factory=dict)  # (2, T) stored units force-closed
     liq_base: dict[int, list[float]] = field(default_factory=dict)  # [long, short] base coin force-closed
+
+    def adjusted_in(self, a: int, b: int) -> list[int]:
+        return _between(self.adjusted, a, b)
+
+    def liquidated_in(self, a: int, b: int) -> list[int]:
+        return _between(self.liquidated, a, b)
+
+
+def _between(sorted_minutes: list[int], a: int, b: int) -> list[int]:
+    return sorted_minutes[bisect.bisect_left(sorted_minutes, a) : bisect.bisect_left(sorted_minutes, b)]
 
 
 class _BarLog:
@@ -99,14 +112,6 @@ class _BarLog:
         return Bars(timeframe=60, **{c: self.cols[c][a:b].copy() for c in self.COLUMNS})
 
 
-def _sum_last(a: np.ndarray) -> np.ndarray:
-    """Sum over the last axis in a fixed order (the same result whatever the other dimensions)."""
-    out = a[..., 0].copy()
-    for e in range(1, a.shape[-1]):
-        out += a[..., e]
-    return out
-
-
 def _decimals(tick: float) -> int:
     return max(0, -math.floor(math.log10(tick) + 1e-9))
 
@@ -121,9 +126,10 @@ class SimulatedExchange:
         self.sym_id = sym_id
         self.seed = seed
         self.mix = TraderMix.for_coin(spec.coin)
+        self.tiers = len(self.mix.leverage)
         self.start_minute = start // 60
         self.minute = self.start_minute  # next minute to simulate
-        self._hour_done = self.start_minute
+        self._settlement_done = self.start_minute
         self.inv_step = 1.0 / GRID_STEP
         self.decimals = _decimals(spec.tick)
         sigma_base = spec.daily_vol / math.sqrt(MINUTES_PER_DAY)
@@ -138,24 +144,29 @@ class SimulatedExchange:
         self.ema = 0.0
         self.premium_sum, self.premium_n = 0.0, 0
         self.rate = INTEREST
-        self.imbalance = 0.0
+        self.imbalance = 0.0  # (longs - shorts) / (longs + shorts) of speculators, at the last settlement
+        self.crowd = 0.0  # the same tilt in recent new positions (EMA of 2 * long share - 1)
+        self._survival: np.ndarray | None = None  # closes by choice, cached within one forced minute
 
         # traders
         center = int(round(self.anchor * self.inv_step))
         self.book = PositionBook(GRID_STEP, center, int(1.2 * self.inv_step), self.mix.close_rate, float(start))
         self._open_prior_positions(start)
-        span_long = self.book.occupied(LONG)
-        span_short = self.book.occupied(SHORT)
-        self.hi_long = span_long[1] if span_long else -(10**9)  # highest occupied long level (or above)
-        self.lo_short = span_short[0] if span_short else 10**9  # lowest occupied short level (or below)
-        self.tot_stored = self.book.stored_totals()  # (2, T) after the last derived minute
+        span_long, span_short = self.book.occupied(LONG), self.book.occupied(SHORT)
+        # Bounds of the occupied levels: the minute loop compares the price with them to know, without
+        # touching the book, that nothing can be liquidated this minute.
+        self.hi_long = span_long[1] if span_long else -FAR
+        self.lo_short = span_short[0] if span_short else FAR
+        # the same bounds for positions opened but not yet added to the book
+        self.pending_hi_long, self.pending_lo_short = -FAR, FAR
+        self.tot_stored = self.book.stored_totals()  # (2, T) after the last settled minute
         self.tot_real = self.tot_stored.copy()
         self._refresh_imbalance()
 
-        # the current day's flow and records; the previous day's kept for the live reveal
+        # the current day's flow and records; yesterday's are kept for the live reveal
         self.carry = FlowCarry.initial(seed, sym_id, start // 86_400)
-        self._load_day(start // 86_400)
         self.prev: tuple[DayFlow, _Records] | None = None
+        self._load_day(start // 86_400)
 
         self.log = _BarLog()
         self.liq_time: list[int] = []  # ms
@@ -171,39 +182,54 @@ class SimulatedExchange:
         minus those whose liquidation price the start price has already passed."""
         rng = np.random.default_rng([self.seed, 5, self.sym_id, start // 86_400])
         per_side_per_day = SPECULATIVE_TURNOVER * self.spec.oi_usd / 2.0
-        hours = np.log(2.0) / self.mix.close_rate / 3600.0
         n = 400
-        for tier in range(len(self.mix.leverage)):
-            life_days = float(hours[tier]) / 24.0 / math.log(2.0)
+        for tier in range(self.tiers):
+            life_days = 1.0 / float(self.mix.close_rate[tier]) / 86_400.0
             stock_usd = per_side_per_day * float(self.mix.share[tier]) * life_days
             for side in (LONG, SHORT):
                 age = np.minimum(rng.exponential(life_days, n), 30.0)
                 entry = self.anchor + self.spec.daily_vol * np.sqrt(age) * rng.standard_normal(n)
                 lev = np.clip(self.mix.leverage[tier] * np.exp(0.08 * rng.standard_normal((n, 1))), 1.5, 125.0)
-                lev_all = np.repeat(lev, len(self.mix.leverage), axis=1)
-                long_off, short_off = self.mix.liquidation_offsets(lev_all)
+                long_off, short_off = self.mix.liquidation_offsets(np.repeat(lev, self.tiers, axis=1))
                 liq = entry + (long_off if side == LONG else short_off)[:, tier]
                 alive = liq < self.anchor if side == LONG else liq > self.anchor
-                level = np.floor((liq[alive] - self.shift) * self.inv_step + 0.5).astype(np.int64)
+                level = np.floor(liq[alive] * self.inv_step + 0.5).astype(np.int64)
                 base = stock_usd / n / np.exp(entry[alive])
                 k = len(level)
                 self.book.add(np.full(k, side), np.full(k, tier), level, base)
 
     def _load_day(self, day: int) -> None:
-        self.flow = day_flow(self.spec, self.mix, self.seed, self.sym_id, day, self.carry)
+        self.flow = f = day_flow(self.spec, self.mix, self.seed, self.sym_id, day, self.carry)
         self.rec = _Records()
         self.flushed = 0  # block-local minutes whose new positions are in the book
         self.derived = 0  # block-local minutes whose bars are settled
-        T = len(self.mix.leverage)
-        self.births_stored = np.zeros((MINUTES_PER_DAY, 2, T))
-        self.opens_base = np.zeros((MINUTES_PER_DAY, 2))
-        f = self.flow
+        # Everything about the day's new positions that does not depend on where the price goes:
+        # liquidation levels relative to the minute's base price, and the stored units opened per tier and
+        # entry for a base price of 1 (coin, times each tier's share, grown by the closes the book's
+        # survival factor will apply by the end of the minute; the book rebased at midnight).
+        self._birth_levels = self.inv_step * np.stack(
+            [f.entry_move[:, None, :] + f.long_offset[:, :, None], f.entry_move[:, None, :] + f.short_offset[:, :, None]],
+            axis=1,
+        )  # (M, 2, T, E) in levels
+        coin = f.open_usd[:, None] / ENTRIES * np.exp(-f.entry_move)  # (M, E)
+        elapsed = (np.arange(MINUTES_PER_DAY) + 1) * 60.0 + (day * 86_400 - self.book.t_ref)
+        grow = np.exp(self.mix.close_rate[None, :] * elapsed[:, None])  # (M, T)
+        self._day_survival = np.exp(-self.mix.close_rate[None, None, :] * (elapsed[:, None, None] - 60.0))  # at each minute's start
+        self._keep = np.exp(self.book.extra)  # (2, T) share left by funding-driven closes
+        self._birth_units = coin[:, None, :] * (self.mix.share[None, :] * grow)[:, :, None]  # (M, T, E)
+        self._birth_units_sum = self._birth_units.sum(axis=2)  # (M, T)
+        self._birth_coin = coin
+        self._birth_coin_sum = coin.sum(axis=1)
         # plain lists: the minute loop reads one value at a time, which numpy does slowly
         self._low = f.low.tolist()
         self._high = f.high.tolist()
         self._close = f.close.tolist()
         self._top_long = f.top_long.tolist()
         self._bottom_short = f.bottom_short.tolist()
+        self._low_tick = f.path.argmin(axis=1).tolist()
+        self._high_tick = f.path.argmax(axis=1).tolist()
+        self._long_reach = f.long_offset.max(axis=1).tolist()
+        self._short_reach = f.short_offset.min(axis=1).tolist()
         self._share_noise = f.share_noise.tolist()
         self._premium_noise = f.premium_noise.tolist()
 
@@ -212,17 +238,17 @@ class SimulatedExchange:
         """Simulate every minute before ``to_minute``."""
         while self.minute < to_minute:
             m = self.minute
-            if m % 60 == 0 and m != self._hour_done:
-                self._on_the_hour(m)
-                self._hour_done = m
-            self._run(m, min(to_minute, (m // 60 + 1) * 60))
+            if m % FUNDING_MINUTES == 0 and m != self._settlement_done:
+                self._funding_time(m)
+                self._settlement_done = m
+            self._run(m, min(to_minute, (m // FUNDING_MINUTES + 1) * FUNDING_MINUTES))
 
-    def _on_the_hour(self, m: int) -> None:
+    def _funding_time(self, m: int) -> None:
+        """Every 8 hours (midnight included): settle the books, start a new day, pay funding."""
         self.settle()
         if m % MINUTES_PER_DAY == 0:
             self._next_day(m)
-        if m % FUNDING_MINUTES == 0:
-            self._settle_funding()
+        self._settle_funding()
         self._refresh_imbalance()
 
     def _next_day(self, m: int) -> None:
@@ -237,6 +263,7 @@ class SimulatedExchange:
         self.shift += self.rate
         payer = LONG if self.rate > 0 else SHORT
         self.book.close_share(payer, min(0.25, FUNDING_CLOSE * abs(self.rate)))
+        self._keep = np.exp(self.book.extra)
         self.premium_sum, self.premium_n = 0.0, 0
 
     def _refresh_imbalance(self) -> None:
@@ -244,7 +271,8 @@ class SimulatedExchange:
         self.imbalance = (longs - shorts) / (longs + shorts) if longs + shorts > 0 else 0.0
 
     def _run(self, m0: int, m1: int) -> None:
-        """The minute loop, for minutes inside one hour. Scalars only, unless price reaches the book."""
+        """The minute loop, for minutes inside one funding interval. Scalars only, unless price
+        reaches the book."""
         day0 = self.flow.day * MINUTES_PER_DAY
         low, high, close_move = self._low, self._high, self._close
         top_long, bottom_short = self._top_long, self._bottom_short
@@ -252,7 +280,7 @@ class SimulatedExchange:
         rec = self.rec
         inv = self.inv_step
         anchor = self.anchor
-        x, ema, rate = self.x, self.ema, self.rate
+        x, ema, rate, crowd = self.x, self.ema, self.rate, self.crowd
         premium_sum, premium_n, imbalance = self.premium_sum, self.premium_n, self.imbalance
         for i in range(m0 - day0, m1 - day0):
             relax = self.trans * RELAX
@@ -261,29 +289,35 @@ class SimulatedExchange:
             lo = xb + low[i]
             hi = xb + high[i]
             shift = self.shift
-            if math.ceil((lo - shift) * inv - EPS) <= self.hi_long or math.floor((hi - shift) * inv + EPS) >= self.lo_short:
+            if (lo - shift) * inv - EPS <= self.hi_long or (hi - shift) * inv + EPS >= self.lo_short:
                 close, lo, hi, top, bottom = self._forced_minute(i, xb)
             else:
                 close = xb + close_move[i]
                 top = xb + top_long[i]
                 bottom = xb + bottom_short[i]
-            # the minute's new positions will sit down to / up to these levels (bounds, not exact)
+            # the minute's new positions sit down to / up to these levels (bounds, not exact)
             k = math.floor((top - shift) * inv) + 1
             if k > self.hi_long:
                 self.hi_long = k
+            if k > self.pending_hi_long:
+                self.pending_hi_long = k
             k = math.ceil((bottom - shift) * inv) - 1
             if k < self.lo_short:
                 self.lo_short = k
+            if k < self.pending_lo_short:
+                self.pending_lo_short = k
 
             ema += MOMENTUM_WEIGHT * ((close - x) - ema)
             trend = math.tanh(0.5 * ema * self.momentum_scale)
-            premium_sum += PREMIUM_IMBALANCE * imbalance + PREMIUM_MOMENTUM * trend + PREMIUM_NOISE * premium_noise[i]
+            tilt = 0.5 * (imbalance + crowd)  # how one-sided the speculators are
+            premium_sum += PREMIUM_IMBALANCE * tilt + PREMIUM_MOMENTUM * trend + PREMIUM_NOISE * premium_noise[i]
             premium_n += 1
             avg = premium_sum / premium_n
             rate = avg + min(max(INTEREST - avg, -FUNDING_CLAMP), FUNDING_CLAMP)
             rate = min(max(rate, -FUNDING_CAP), FUNDING_CAP)
             share = 0.5 + SHARE_MOMENTUM * trend - SHARE_FUNDING * (rate - INTEREST) + SHARE_NOISE * share_noise[i]
             share = min(max(share, 0.15), 0.85)
+            crowd += CROWD_WEIGHT * ((2.0 * share - 1.0) - crowd)
 
             rec.open.append(x)
             rec.high.append(hi if hi > x else x)
@@ -293,117 +327,126 @@ class SimulatedExchange:
             rec.share.append(share)
             rec.rate.append(rate)
             x = close
-        self.x, self.ema, self.rate = x, ema, rate
+        self.x, self.ema, self.rate, self.crowd = x, ema, rate, crowd
         self.premium_sum, self.premium_n = premium_sum, premium_n
         self.minute = m1
 
     # ---- the liquidation engine ---------------------------------------------------------------------
     def _forced_minute(self, i: int, xb: float) -> tuple[float, float, float, float, float]:
-        """A minute whose path reaches the book: walk its ticks, sweep every level price reaches, and
-        let each sweep's forced orders move the price (which can reach more levels: a cascade)."""
-        self._flush(i)
+        """A minute whose price reaches the book. Each side is swept once, at the tick of the minute's
+        extreme on that side (the earlier extreme first); the sweep's forced orders move the rest of
+        the minute, which can reach more levels (a cascade) and changes the other extreme."""
         f = self.flow
         path = xb + f.path[i]
         t0 = (f.day * MINUTES_PER_DAY + i) * 60
         depth = float(f.depth[i])
+        inv = self.inv_step
         impacts: list[tuple[int, float]] = []
-        j = 0
-        while j < TICKS:
-            lvl = (path[j:] - self.shift) * self.inv_step
-            hit = (np.ceil(lvl - EPS) <= self.hi_long) | (np.floor(lvl + EPS) >= self.lo_short)
-            if not hit.any():
+        swept = [False, False]
+        self._survival = None
+        jl, jh = self._low_tick[i], self._high_tick[i]
+        while True:
+            long_hit = not swept[LONG] and (float(path[jl]) - self.shift) * inv - EPS <= self.hi_long
+            short_hit = not swept[SHORT] and (float(path[jh]) - self.shift) * inv + EPS >= self.lo_short
+            if long_hit and (not short_hit or jl <= jh):
+                side, j = LONG, jl
+            elif short_hit:
+                side, j = SHORT, jh
+            else:
                 break
-            j += int(hit.argmax())
-            move = self._sweep(LONG, float(path[j]), t0, j, depth, i)
-            move += self._sweep(SHORT, float(path[j]) + move, t0, j, depth, i)
+            swept[side] = True
+            move = self._sweep(side, float(path[j]), t0, j, depth, i)
             if move != 0.0:
                 path[j:] += move
                 impacts.append((j, move))
                 self.trans += (1.0 - PERMANENT_IMPACT) * move
-            j += 1
+                jl, jh = int(path.argmin()), int(path.argmax())
         if impacts:
             self.rec.impacts[i] = impacts
             entries = path[f.entry_tick[i]]
-            adjust = entries - (xb + f.entry_move[i])
-            if np.any(adjust != 0.0):
-                self.rec.entry_adjust[i] = adjust
+            self.rec.adjusted.append(i)
+            self.rec.entry_adjust[i] = entries - (xb + f.entry_move[i])
+            top = float(entries.max()) + self._long_reach[i]
+            bottom = float(entries.min()) + self._short_reach[i]
         else:
-            entries = xb + f.entry_move[i]
-        top = float(entries.max() + f.long_offset[i].max())
-        bottom = float(entries.min() + f.short_offset[i].min())
+            top = xb + self._top_long[i]
+            bottom = xb + self._bottom_short[i]
         return float(path[-1]), float(path.min()), float(path.max()), top, bottom
 
     def _sweep(self, side: int, p: float, t0: int, tick: int, depth: float, i: int) -> float:
         """Liquidate every ``side`` level the price ``p`` has reached; forced orders move the price by
         their USD over the book depth, which may reach further levels. Returns the log move."""
         move = 0.0
-        sweeps = 0
-        t = float(t0 + tick)
+        events = 0
         while abs(move) < MAX_SWEEP_MOVE:
             lvl = (p + move - self.shift) * self.inv_step
             if side == LONG:
                 k = math.ceil(lvl - EPS)
                 if k > self.hi_long:
                     break
-                taken = self.book.take(LONG, k, self.hi_long, t, self.shift)
+                k_from, k_to = k, self.hi_long
                 self.hi_long = k - 1
+                pending = k <= self.pending_hi_long
             else:
                 k = math.floor(lvl + EPS)
                 if k < self.lo_short:
                     break
-                taken = self.book.take(SHORT, self.lo_short, k, t, self.shift)
+                k_from, k_to = self.lo_short, k
                 self.lo_short = k + 1
-            if taken.base <= 0.0:
+                pending = k >= self.pending_lo_short
+            if pending:  # positions opened in the last minutes may sit on these levels
+                self._flush(i)
+            if self._survival is None:  # closes by choice so far, as of the minute's start
+                self._survival = self._day_survival[i] * self._keep
+            taken = self.book.take(side, k_from, k_to, self._survival[side], math.exp(self.shift))
+            if taken is None:
                 continue
-            stored = self.rec.liq_stored.setdefault(i, np.zeros((2, len(self.mix.leverage))))
-            stored[side] += taken.stored
-            self.rec.liq_base.setdefault(i, [0.0, 0.0])[side] += taken.base
-            if taken.usd >= MIN_EVENT_USD:
-                self.liq_time.append(t0 * 1000 + tick * 1000 + min(10 * sweeps, 990))
+            stored, base, usd = taken
+            if i not in self.rec.liq_stored:
+                self.rec.liquidated.append(i)
+                self.rec.liq_stored[i] = np.zeros((2, self.tiers))
+                self.rec.liq_base[i] = [0.0, 0.0]
+            self.rec.liq_stored[i][side] += stored
+            self.rec.liq_base[i][side] += base
+            if usd >= MIN_EVENT_USD:
+                self.liq_time.append((t0 + tick) * 1000 + min(10 * events, 990))
                 self.liq_side.append(side)
-                self.liq_price.append(round(taken.usd / taken.base, self.decimals))
-                self.liq_base.append(taken.base)
-                self.liq_usd.append(taken.usd)
-                sweeps += 1
-            # forced sells of longs push down, forced buys of shorts push up
-            move += (-taken.usd if side == LONG else taken.usd) / depth
+                self.liq_price.append(round(usd / base, self.decimals))
+                self.liq_base.append(base)
+                self.liq_usd.append(usd)
+                events += 1
+            # forced sells of longs push the price down, forced buys of shorts push it up
+            move += (-usd if side == LONG else usd) / depth
         return move
 
     # ---- batched steps: new positions into the book, then settled bars ------------------------------
+    def _birth_scale(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per minute in [a, b): exp(-base price) times each side's share (n, 2), and the base prices."""
+        xb = np.array(self.rec.base[a:b])
+        share = np.array(self.rec.share[a:b])
+        sides = np.empty((b - a, 2))
+        sides[:, LONG] = share
+        sides[:, SHORT] = 1.0 - share
+        sides *= np.exp(-xb)[:, None]
+        return sides, xb
+
     def _flush(self, upto: int) -> None:
         """Put the new positions of block minutes [flushed, upto) into the book."""
         a = self.flushed
         if upto <= a:
             return
-        f, rec, mix = self.flow, self.rec, self.mix
-        xb = np.array(rec.base[a:upto])
-        share = np.array(rec.share[a:upto])
-        entry = xb[:, None] + f.entry_move[a:upto]  # (n, E) log entry prices
-        for i, adjust in rec.entry_adjust.items():
-            if a <= i < upto:
-                entry[i - a] += adjust
-        base_e = f.open_usd[a:upto, None] / ENTRIES / np.exp(entry)  # base coin opened at each entry
-        sides = np.stack([share, 1.0 - share], axis=1)  # (n, 2)
-        base = base_e[:, None, None, :] * sides[:, :, None, None] * mix.share[None, None, :, None]
-        booked = entry - self.shift
-        levels = np.stack(
-            [
-                np.floor((booked[:, None, :] + f.long_offset[a:upto, :, None]) * self.inv_step + 0.5),
-                np.floor((booked[:, None, :] + f.short_offset[a:upto, :, None]) * self.inv_step + 0.5),
-            ],
-            axis=1,
-        ).astype(np.int64)  # (n, 2, T, E)
-        t_end = ((f.day * MINUTES_PER_DAY + np.arange(a, upto) + 1) * 60).astype(np.float64)
-        stored = base * np.exp(-self.book.log_survival_at(t_end))[..., None]
-        shape = stored.shape
-        side_ix = np.broadcast_to(np.arange(2)[None, :, None, None], shape)
-        tier_ix = np.broadcast_to(np.arange(shape[2])[None, None, :, None], shape)
-        self.book.add(side_ix.ravel(), tier_ix.ravel(), levels.ravel(), stored.ravel())
-        self.births_stored[a:upto] = _sum_last(stored)
-        opened = _sum_last(base_e)
-        self.opens_base[a:upto, LONG] = opened * share
-        self.opens_base[a:upto, SHORT] = opened * (1.0 - share)
+        per_side, xb = self._birth_scale(a, upto)
+        # funding-driven closes so far today apply to new positions too (they are folded in at midnight)
+        scale = per_side[:, :, None] * np.exp(-self.book.extra)[None, :, :]  # (n, 2, T)
+        units = self._birth_units[a:upto, None, :, :] * scale[..., None]  # (n, 2, T, E)
+        levels = self._birth_levels[a:upto] + ((xb - self.shift) * self.inv_step + 0.5)[:, None, None, None]
+        for i in self.rec.adjusted_in(a, upto):  # entries that a sweep had moved
+            adjust = self.rec.entry_adjust[i]
+            levels[i - a] += adjust * self.inv_step
+            units[i - a] *= np.exp(-adjust)
+        self.book.add_pattern(np.floor(levels).astype(np.int64), units)
         self.flushed = upto
+        self.pending_hi_long, self.pending_lo_short = -FAR, FAR
 
     def settle(self) -> None:
         """Bring the book and the settled bars up to the last simulated minute."""
@@ -417,15 +460,21 @@ class SimulatedExchange:
         if upto <= a:
             return
         f, rec = self.flow, self.rec
-        n, T = upto - a, len(self.mix.leverage)
+        n, T = upto - a, self.tiers
+        per_side, _ = self._birth_scale(a, upto)
+        births = self._birth_units_sum[a:upto, None, :] * per_side[:, :, None]  # (n, 2, T) stored units
+        coin = self._birth_coin_sum[a:upto].copy()
+        for i in rec.adjusted_in(a, upto):
+            moved = np.exp(-rec.entry_adjust[i])
+            births[i - a] = (self._birth_units[i] * moved[None, :]).sum(axis=1)[None, :] * per_side[i - a][:, None]
+            coin[i - a] = float(self._birth_coin[i] @ moved)
+        births *= np.exp(-self.book.extra)[None, :, :]
         liq_stored = np.zeros((n, 2, T))
         liq_base = np.zeros((n, 2))
-        for i, v in rec.liq_stored.items():
-            if a <= i < upto:
-                liq_stored[i - a] = v
-                liq_base[i - a] = rec.liq_base[i]
-        delta = self.births_stored[a:upto] - liq_stored
-        stored = np.cumsum(np.concatenate([self.tot_stored[None], delta]), axis=0)[1:]
+        for i in rec.liquidated_in(a, upto):
+            liq_stored[i - a] = rec.liq_stored[i]
+            liq_base[i - a] = rec.liq_base[i]
+        stored = np.cumsum(np.concatenate([self.tot_stored[None], births - liq_stored]), axis=0)[1:]
         t_end = ((f.day * MINUTES_PER_DAY + np.arange(a, upto) + 1) * 60).astype(np.float64)
         tot = stored * np.exp(self.book.log_survival_at(t_end))  # (n, 2, T) base coin outstanding
         before = np.concatenate([self.tot_real[None], tot[:-1]])
@@ -440,10 +489,9 @@ class SimulatedExchange:
         # background takers lean with the minute's move (buyers lift offers in an up-minute)
         lean = np.tanh((log_close - log_open) / f.sigma[a:upto])
         buy_share = np.clip(0.5 + 0.3 * lean + 0.04 * f.churn_tilt[a:upto], 0.05, 0.95)
-        opens = self.opens_base[a:upto]
         # taker buys: new longs, shorts closing, shorts liquidated; taker sells the mirror image
-        buy = churn * buy_share + opens[:, LONG] + closed[:, SHORT] + liq_base[:, SHORT]
-        sell = churn * (1.0 - buy_share) + opens[:, SHORT] + closed[:, LONG] + liq_base[:, LONG]
+        buy = churn * buy_share + coin * per_side[:, LONG] + closed[:, SHORT] + liq_base[:, SHORT]
+        sell = churn * (1.0 - buy_share) + coin * per_side[:, SHORT] + closed[:, LONG] + liq_base[:, LONG]
         self.log.append(
             time=(f.day * MINUTES_PER_DAY + np.arange(a, upto)) * 60,
             open=self._round(np.exp(log_open)),
@@ -470,9 +518,7 @@ class SimulatedExchange:
     def bars(self, since: int, until: int) -> Bars:
         """Settled bars whose open time is in [since, until)."""
         first = self.start_minute * 60
-        a = -(-(since - first) // 60)
-        b = -(-(until - first) // 60)
-        return self.log.bars(a, b)
+        return self.log.bars(-(-(since - first) // 60), -(-(until - first) // 60))
 
     def minute_path(self, minute: int) -> np.ndarray:
         """The 60 log prices (one per second) of a simulated minute of today or yesterday."""

@@ -51,32 +51,29 @@ class GroundTruth:
         return float(self.long_usd.sum()), float(self.short_usd.sum())
 
 
-@dataclass(frozen=True)
-class Taken:
-    """What one sweep of the liquidation engine force-closed."""
-
-    stored: np.ndarray  # (T,) stored units removed per tier (for open-interest bookkeeping)
-    base: float  # base coin
-    usd: float  # at the liquidation prices
-
-
 class PositionBook:
+    """Stored units per (side, level, tier); levels are contiguous so a sweep reads one block."""
+
     def __init__(self, step: float, center_level: int, half_width: int, close_rate: np.ndarray, t_ref: float) -> None:
         self.step = step
         self.tiers = len(close_rate)
         self.close_rate = close_rate.astype(np.float64)
         self.kmin = center_level - half_width
-        self.units = np.zeros((2, self.tiers, 2 * half_width + 1))
+        self.units = np.zeros((2, 2 * half_width + 1, self.tiers))
         self.extra = np.zeros((2, self.tiers))  # log share left after funding-driven closes since t_ref
         self.t_ref = float(t_ref)
         self._refresh_prices()
 
     def _refresh_prices(self) -> None:
-        self.level_price = np.exp((self.kmin + np.arange(self.units.shape[2])) * self.step)
+        k = self.units.shape[1]
+        self.level_price = np.exp((self.kmin + np.arange(k)) * self.step)
+        # flat index of (side, level kmin, tier), shaped to add (minute, side, tier, entry) blocks
+        side_tier = np.arange(2)[:, None] * (k * self.tiers) + np.arange(self.tiers)[None, :]
+        self._row_start = (side_tier - self.kmin * self.tiers)[None, :, :, None]
 
     @property
     def kmax(self) -> int:
-        return self.kmin + self.units.shape[2] - 1
+        return self.kmin + self.units.shape[1] - 1
 
     # ---- survival ----------------------------------------------------------------------------------
     def log_survival(self, t: float) -> np.ndarray:
@@ -95,7 +92,7 @@ class PositionBook:
         """Fold the survival into the stored units (keeps exp() of the survival near 1 over long runs).
         Returns the factor applied per (side, tier) so callers can rebase their own stored totals."""
         factor = np.exp(self.log_survival(t))
-        self.units *= factor[:, :, None]
+        self.units *= factor[:, None, :]
         self.extra[:] = 0.0
         self.t_ref = float(t)
         return factor
@@ -107,62 +104,68 @@ class PositionBook:
         if len(level) == 0:
             return
         self._ensure(int(level.min()), int(level.max()))
-        k = self.units.shape[2]
-        flat = (side.astype(np.int64) * self.tiers + tier) * k + (level - self.kmin)
+        k = self.units.shape[1]
+        flat = (side.astype(np.int64) * k + (level - self.kmin)) * self.tiers + tier
         np.add.at(self.units.reshape(-1), flat, stored)
+
+    def add_pattern(self, levels: np.ndarray, stored: np.ndarray) -> None:
+        """Add cohorts shaped (n, 2, T, E): minute, side, tier, entry (in that order of addition)."""
+        self._ensure(int(levels.min()), int(levels.max()))
+        np.add.at(self.units.reshape(-1), (levels * self.tiers + self._row_start).ravel(), stored.ravel())
 
     def _ensure(self, lo: int, hi: int) -> None:
         if lo >= self.kmin and hi <= self.kmax:
             return
         new_min = min(lo - _GROW, self.kmin)
         new_max = max(hi + _GROW, self.kmax)
-        grown = np.zeros((2, self.tiers, new_max - new_min + 1))
-        grown[:, :, self.kmin - new_min : self.kmin - new_min + self.units.shape[2]] = self.units
+        grown = np.zeros((2, new_max - new_min + 1, self.tiers))
+        grown[:, self.kmin - new_min : self.kmin - new_min + self.units.shape[1]] = self.units
         self.units, self.kmin = grown, new_min
         self._refresh_prices()
 
-    def take(self, side: int, k_from: int, k_to: int, t: float, shift: float) -> Taken:
-        """Force-close every cohort of ``side`` on levels k_from..k_to (inclusive) at time ``t``."""
+    def take(self, side: int, k_from: int, k_to: int, survival: np.ndarray, price_factor: float) -> tuple[np.ndarray, float, float] | None:
+        """Force-close every cohort of ``side`` on levels k_from..k_to (inclusive). ``survival`` is
+        exp(log_survival) of the side's tiers now; ``price_factor`` turns booked prices into real ones.
+        Returns (stored units per tier, base coin, USD at the liquidation prices), None if empty."""
         a = max(k_from, self.kmin) - self.kmin
         b = min(k_to, self.kmax) - self.kmin + 1
-        tiers = len(self.close_rate)
         if b <= a:
-            return Taken(np.zeros(tiers), 0.0, 0.0)
-        block = self.units[side, :, a:b]
-        stored = block.sum(axis=1)
-        survival = np.exp(self.log_survival(t)[side])
-        per_tier = block @ self.level_price[a:b]  # stored units * booked price, per tier
+            return None
+        block = self.units[side, a:b]  # (levels, T)
+        stored = block.sum(axis=0)
+        booked_usd = self.level_price[a:b] @ block
         base = float(stored @ survival)
-        usd = float(per_tier @ survival) * float(np.exp(shift))
-        block[...] = 0.0
-        return Taken(stored, base, usd)
+        if base <= 0.0:
+            return None
+        usd = float(booked_usd @ survival) * price_factor
+        block.fill(0.0)
+        return stored, base, usd
 
     def occupied(self, side: int) -> tuple[int, int] | None:
         """Lowest and highest level holding anything on one side."""
-        nz = np.flatnonzero(self.units[side].sum(axis=0) > 0)
+        nz = np.flatnonzero(self.units[side].sum(axis=1) > 0)
         if len(nz) == 0:
             return None
         return self.kmin + int(nz[0]), self.kmin + int(nz[-1])
 
     def stored_totals(self) -> np.ndarray:
         """(2, T) stored units per side and tier."""
-        return self.units.sum(axis=2)
+        return self.units.sum(axis=1)
 
     # ---- reading -----------------------------------------------------------------------------------
     def truth(self, symbol: str, time: int, price: float, shift: float, labels: tuple[str, ...], leverage: np.ndarray) -> GroundTruth:
         survival = np.exp(self.log_survival(time))  # (2, T)
-        base = self.units * survival[:, :, None]
         prices = self.level_price * float(np.exp(shift))
-        usd = base * prices[None, None, :]
+        usd = self.units * survival[:, None, :] * prices[None, :, None]  # (2, K, T)
         return GroundTruth(
             symbol=symbol,
             time=int(time),
             price=float(price),
             prices=prices,
-            long_usd=usd[LONG].sum(axis=0),
-            short_usd=usd[SHORT].sum(axis=0),
-            long_by_tier=usd[LONG],
-            short_by_tier=usd[SHORT],
+            long_usd=usd[LONG].sum(axis=1),
+            short_usd=usd[SHORT].sum(axis=1),
+            long_by_tier=np.ascontiguousarray(usd[LONG].T),
+            short_by_tier=np.ascontiguousarray(usd[SHORT].T),
             tiers=labels,
             leverage=leverage.copy(),
         )

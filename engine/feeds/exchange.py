@@ -30,7 +30,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 
@@ -74,6 +74,7 @@ MINUTE_MS = 60_000
 OI_STEP_MS = 5 * MINUTE_MS
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
+MAJORS = ("BTC", "ETH", "SOL", "XRP", "BNB", "DOGE")
 
 
 # ---- what differs between venues, as data ------------------------------------------------------------
@@ -322,8 +323,13 @@ class ExchangeFeed:
 
     # -- Feed protocol -----------------------------------------------------------------------------
     async def markets(self) -> list[Market]:
-        """Active linear perpetual swaps (USDT/USDC settled), by symbol."""
-        return sorted((await self._markets()).values(), key=lambda m: m.symbol)
+        """Active linear perpetual swaps (USDT/USDC settled): the majors first (they are what a caller
+        picking "the first few" wants), USDT before USDC, then by symbol."""
+        def rank(m: Market) -> tuple[int, int, str]:
+            major = MAJORS.index(m.coin) if m.coin in MAJORS else len(MAJORS)
+            return major, 0 if m.symbol.endswith(":USDT") else 1, m.symbol
+
+        return sorted((await self._markets()).values(), key=rank)
 
     async def history(self, symbol: str, since: int | None = None, until: int | None = None, *,
                       progress: ProgressCallback | None = None) -> Bars:
@@ -338,15 +344,19 @@ class ExchangeFeed:
             return self._bars(empty_candles(self.venue.has_taker), [], [])
         client = await self._ccxt()
         tracker = _Tracker(market.symbol, progress or self._progress)
-        candle_windows = _windows(start, stop, (self.venue.candle_limit - 1) * MINUTE_MS)
-        oi_start = start - OI_STEP_MS
+        # A few bars before ``start`` too: Bybit's OI snapshot just before the first bar is priced at the
+        # close of the bar that ended at it. They are cut off again below.
+        lead = OI_STEP_MS
+        candle_windows = _windows(start - lead, stop, (self.venue.candle_limit - 1) * MINUTE_MS)
+        oi_start = start - lead
         if self.venue.oi_keeps_ms is not None:
             oi_start = max(oi_start, int(now_ms) - self.venue.oi_keeps_ms)
-        oi_windows = _windows(oi_start, stop, (self.venue.oi_limit - 1) * OI_STEP_MS) if oi_start < stop else []
+        # OI and funding up to and including the last bar's close: a snapshot stamped then belongs to it
+        oi_windows = _windows(oi_start, stop + 1, (self.venue.oi_limit - 1) * OI_STEP_MS) if oi_start < stop else []
         f_start = start - 8 * HOUR_MS - MINUTE_MS  # the rate already in force when the first bar opens
         if self.venue.funding_keeps_ms is not None:
             f_start = max(f_start, int(now_ms) - self.venue.funding_keeps_ms)
-        f_windows = _windows(f_start, stop, (self.venue.funding_limit - 1) * HOUR_MS) if f_start < stop else []
+        f_windows = _windows(f_start, stop + 1, (self.venue.funding_limit - 1) * HOUR_MS) if f_start < stop else []
         tracker.plan("candles", len(candle_windows))
         tracker.plan("open interest", len(oi_windows))
         tracker.plan("funding", len(f_windows))
@@ -356,6 +366,9 @@ class ExchangeFeed:
             self._open_interest(client, market, oi_windows, gate, tracker),
             self._funding(client, market, f_windows, gate, tracker),
         )
+        candles = window_rows(candles, start - lead, stop)
+        bars = self._bars(candles, oi, funding)
+        bars = bars.slice(int(np.searchsorted(bars.time, start // 1000)))
         candles = window_rows(candles, start, stop)
         self._record_bar_gaps(market.symbol, candles)
         if len(candles) and stop >= _floor_minute(now_ms) - MINUTE_MS:
@@ -364,7 +377,7 @@ class ExchangeFeed:
             self._last_price[market.symbol] = float(candles.close[-1])
         if funding:
             self._last_funding[market.symbol] = max(funding)
-        return self._bars(candles, oi, funding)
+        return bars
 
     async def stream(self, symbol: str) -> AsyncIterator[FeedEvent]:
         """Live events for one symbol until cancelled: ``BarUpdate`` (forming and closed 1m bars),
@@ -377,9 +390,11 @@ class ExchangeFeed:
         try:
             while True:
                 item = await run.queue.get()
+                if item is _CLOSED:
+                    return  # feed.close() ended the stream
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                yield cast(FeedEvent, item)
         finally:
             self._streams.discard(run)
             await run.stop()
@@ -387,6 +402,7 @@ class ExchangeFeed:
     async def close(self) -> None:
         for run in list(self._streams):
             await run.stop()
+            run.queue.put_nowait(_CLOSED)
         if self._client is not None:
             client, self._client = self._client, None
             with contextlib.suppress(Exception):
@@ -441,14 +457,22 @@ class ExchangeFeed:
         return self._client
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        retried = False
+
         def noted(err: FeedError, attempt: int, wait: float) -> None:
+            nonlocal retried
+            retried = True
             self.retries += 1
             self.last_error = str(err)
             for run in self._streams:
-                run.note_retry(err)
+                run.set_part("rest", Health.DELAYED, f"retrying: {err}")
 
-        return await retry(fn, policy=self.policy, context=f"{self.exchange} {what}", rng=self._rng,
-                           on_retry=noted)
+        out = await retry(fn, policy=self.policy, context=f"{self.exchange} {what}", rng=self._rng,
+                          on_retry=noted)
+        if retried:
+            for run in self._streams:
+                run.set_part("rest", Health.LIVE)
+        return out
 
     async def _markets(self) -> dict[str, Market]:
         if self._markets_cache is None:
@@ -574,7 +598,8 @@ class ExchangeFeed:
         return sorted({t: r for page in pages for t, r in page}.items())
 
     def _bars(self, candles: Candles, oi: list[OISnapshot], funding: list[tuple[int, float]]) -> Bars:
-        oi_usd = snapshots_to_bars(oi, candles.time_ms, candles.close, MINUTE_MS, max_age_ms=3 * OI_STEP_MS)
+        oi_usd = snapshots_to_bars(oi, candles.time_ms, candles.close, MINUTE_MS, max_age_ms=3 * OI_STEP_MS,
+                                   opens=candles.open)
         rate = funding_to_bars(funding, candles.time_ms, MINUTE_MS)
         return candles_to_bars(candles, self.timeframe, taker=self.venue.has_taker, oi_usd=oi_usd,
                                funding_rate=rate)
@@ -609,6 +634,9 @@ class _Tracker:
 
 
 # ---- one live stream ---------------------------------------------------------------------------------
+_CLOSED = object()  # queue sentinel: the feed was closed under a running stream
+
+
 def _is_liquidation_hash(h: object) -> bool:
     text = str(h).lower()
     return "forceorder" in text or "liquidation" in text
@@ -627,7 +655,7 @@ class _Stream:
         self.market = market
         self.symbol = market.symbol
         self.market_id = str(client.market(market.symbol)["id"])
-        self.queue: asyncio.Queue[FeedEvent | BaseException] = asyncio.Queue()
+        self.queue: asyncio.Queue[FeedEvent | BaseException | object] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
         self.last_closed_ms = feed._last_closed_ms.get(self.symbol)
         self.closer = CandleCloser(MINUTE_MS, self.last_closed_ms)
@@ -678,9 +706,6 @@ class _Stream:
             self.feed._health, self.feed._health_reason = worst
             self.queue.put_nowait(HealthChange(worst[0], worst[1]))
 
-    def note_retry(self, err: FeedError) -> None:
-        self.set_part("rest", Health.DELAYED, f"retrying: {err}")
-
     def heard(self) -> None:
         self.last_message = self.feed.clock()
         if self.parts.get("clock", (Health.LIVE, ""))[0] is Health.STALE:
@@ -688,6 +713,12 @@ class _Stream:
 
     # -- raw frames (called synchronously from ccxt's message handler)
     def on_frame(self, kind: str, client: Any, message: Any) -> None:
+        try:
+            self.read_frame(kind, client, message)
+        except Exception as exc:  # a frame we cannot read must not break ccxt's own handling of it
+            self.feed.last_error = f"{self.feed.exchange} {kind} frame: {one_line(repr(exc))}"
+
+    def read_frame(self, kind: str, client: Any, message: Any) -> None:
         if kind == "liquidation" and isinstance(message, dict):
             for raw in liquidation_rows(self.feed.exchange, message):
                 if raw.market_id != self.market_id:
@@ -726,6 +757,8 @@ class _Stream:
         self.feed.gaps.append(Gap(self.symbol, start, max(end, start + 1), "liquidations"))
         self.liq_gap_since = None
         self.liq_waiting_reconnect = False
+        if not self.stopped:
+            self.set_part("liquidations", Health.LIVE)  # subscribed again; events may just be rare
 
     # -- loops
     async def reconnect_wait(self, part: str, err: FeedError, attempt: int) -> None:
@@ -851,36 +884,28 @@ class _Stream:
             self.set_part("liquidations", Health.LIVE)
 
     async def polls(self) -> None:
-        """Open interest every ``oi_poll_s`` and funding every ``funding_poll_s``. A failed poll makes the
-        stream DELAYED, never kills it; a venue that refuses the call (permanent error) stops that poll."""
-        next_oi = next_funding = 0.0
-        oi_on = funding_on = True
-        while oi_on or funding_on:
-            now = self.feed.clock()
-            if oi_on and now >= next_oi:
-                next_oi = now + self.feed._oi_poll_s
+        """Open interest every ``oi_poll_s`` and funding every ``funding_poll_s`` (paced by the event
+        loop's clock, not the data clock). A failed poll makes the stream DELAYED, never kills it; a venue
+        that refuses the call (permanent error) stops that poll."""
+        loop = asyncio.get_running_loop()
+        due = {"oi": 0.0, "funding": 0.0}
+        every = {"oi": self.feed._oi_poll_s, "funding": self.feed._funding_poll_s}
+        poll = {"oi": self.poll_oi, "funding": self.poll_funding}
+        while due:
+            for part in [p for p, t in due.items() if loop.time() >= t]:
+                due[part] = loop.time() + every[part]
                 try:
-                    await self.poll_oi()
-                    self.set_part("rest", Health.LIVE)
+                    await poll[part]()
+                    self.set_part(part, Health.LIVE)
                 except FeedError as err:
                     self.feed.last_error = str(err)
                     if is_temporary(err):
-                        self.set_part("rest", Health.DELAYED, str(err))
+                        self.set_part(part, Health.DELAYED, str(err))
                     else:
-                        oi_on = False
-            if funding_on and now >= next_funding:
-                next_funding = now + self.feed._funding_poll_s
-                try:
-                    await self.poll_funding()
-                except FeedError as err:
-                    self.feed.last_error = str(err)
-                    if is_temporary(err):
-                        self.set_part("rest", Health.DELAYED, str(err))
-                    else:
-                        funding_on = False
-            waits = [w for w, on in ((next_oi, oi_on), (next_funding, funding_on)) if on]
-            if waits:
-                await asyncio.sleep(max(0.0, min(waits) - self.feed.clock()))
+                        del due[part]
+                        self.set_part(part, Health.LIVE)  # nothing more to wait for
+            if due:
+                await asyncio.sleep(max(0.0, min(due.values()) - loop.time()))
 
     async def poll_oi(self) -> None:
         client, venue = self.client, self.feed.venue

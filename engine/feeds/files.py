@@ -303,53 +303,90 @@ def _iso_ms(t: _Table, i: int, name: str, v: Any) -> float:
     return dt.timestamp() * 1000.0
 
 
-def _filter_market(t: _Table, venue: str | None, coin: str | None) -> tuple[_Table, str | None, str | None]:
-    """Keep one venue/coin of a multi-market file; refuse to mix markets silently."""
+def venue_of(exchange: str) -> str:
+    """A ccxt exchange id -> the venue name data files use (binanceusdm -> binance)."""
+    for venue in ("binance", "bybit", "okx", "bitget", "deribit", "hyperliquid", "kraken"):
+        if exchange.lower().startswith(venue):
+            return venue
+    return exchange.lower()
+
+
+def _market_hint(market: str | None) -> dict[str, str]:
+    if not market or ":" not in market:
+        return {}
+    exchange, _, symbol = market.partition(":")
+    return {"venue": venue_of(exchange), "coin": symbol.split("/")[0].split(":")[0].lower()}
+
+
+def _market_columns(t: _Table) -> tuple[str | None, str | None]:
+    """The columns naming a row's venue and coin, if the file has them."""
     venue_col = _first_present(t, _VENUE_COLUMNS)
-    coin_col = next(
-        (c for c in _COIN_COLUMNS if c in t.columns and not _is_numeric_column(t.columns[c])), None
-    )
+    coin_col = next((c for c in _COIN_COLUMNS if c in t.columns and not _is_numeric_column(t.columns[c])), None)
+    return venue_col, coin_col
+
+
+def _markets_in(t: _Table, venue: str | None, coin: str | None) -> list[tuple[str | None, str | None]]:
+    """Every (venue, coin) the file holds that matches the filters given, in order of appearance."""
+    venue_col, coin_col = _market_columns(t)
+    n = len(t)
+    venues = [str(v).strip() for v in t.columns[venue_col]] if venue_col else [None] * n
+    coins = [str(v).strip() for v in t.columns[coin_col]] if coin_col else [None] * n
+    out = []
+    for v, c in dict.fromkeys(zip(venues, coins, strict=True)):
+        if venue is not None and (v or "").lower() != venue.strip().lower():
+            continue
+        if coin is not None and (c or "").lower() != coin.strip().lower():
+            continue
+        out.append((v, c))
+    return out
+
+
+def _filter_market(
+    t: _Table, venue: str | None, coin: str | None, market: str | None = None
+) -> tuple[_Table, str | None, str | None]:
+    """Keep one venue/coin of a multi-market file; refuse to mix markets silently. ``market``
+    (EXCHANGE:SYMBOL) picks its own rows when the file holds several and venue/coin do not say."""
+    venue_col, coin_col = _market_columns(t)
     if venue is not None and venue_col is None:
         raise NoMarketColumn(f"{t.path}: venue={venue!r} given but the file has no venue/exchange column")
     if coin is not None and coin_col is None:
         raise NoMarketColumn(f"{t.path}: coin={coin!r} given but the file has no coin column")
-    mask = np.ones(len(t), bool)
-    for col, want in ((venue_col, venue), (coin_col, coin)):
-        if col is None or want is None:
-            continue
-        values = np.array([str(v).strip().lower() for v in t.columns[col]], dtype=object)
-        mask &= values == want.strip().lower()
-    if venue_col or coin_col:
-        picked = t.take(mask)
-        combos = sorted(
-            {
-                (str(picked.columns[venue_col][i]) if venue_col else "", str(picked.columns[coin_col][i]) if coin_col else "")
-                for i in range(len(picked))
-            }
+    cols = {k: c for k, c in (("venue", venue_col), ("coin", coin_col)) if c}
+    if not cols:
+        return t, None, None
+    shown = {k: np.array([str(v).strip() for v in t.columns[c]], dtype=object) for k, c in cols.items()}
+    lowered = {k: np.array([v.lower() for v in arr], dtype=object) for k, arr in shown.items()}
+
+    def select(filters: dict[str, str]) -> np.ndarray:
+        mask = np.ones(len(t), bool)
+        for k, v in filters.items():
+            mask &= lowered[k] == v.strip().lower()
+        return mask
+
+    def held(mask: np.ndarray) -> list[tuple[str, ...]]:
+        return sorted(set(zip(*(shown[k][mask] for k in cols), strict=True)))
+
+    filters = {k: v for k, v in (("venue", venue), ("coin", coin)) if v is not None and k in cols}
+    mask = select(filters)
+    combos = held(mask)
+    hint = _market_hint(market)
+    if len(combos) > 1 and hint:
+        filters.update({k: hint[k] for k in cols if k not in filters})
+        mask = select(filters)
+        combos = held(mask)
+    if len(combos) > 1:
+        listed = ", ".join(" ".join(x for x in c if x) for c in combos[:8])
+        more = "" if len(combos) <= 8 else f" and {len(combos) - 8} more"
+        which = "/".join(k for k in cols if k not in filters)
+        raise SeveralMarkets(
+            f"{t.path}: holds several markets ({listed}{more}); pick one by {which} "
+            f"(--{which.replace('/', '/--')} on the command line)"
         )
-        if len(combos) > 1:
-            listed = ", ".join(" ".join(x for x in c if x) for c in combos[:8])
-            more = "" if len(combos) <= 8 else f" and {len(combos) - 8} more"
-            which = "/".join(
-                w for w, col, given in (("venue", venue_col, venue), ("coin", coin_col, coin)) if col and not given
-            )
-            raise SeveralMarkets(
-                f"{t.path}: holds several markets ({listed}{more}); pick one by {which} "
-                f"(--{which.replace('/', '/--')} on the command line)"
-            )
-        if len(picked) == 0 and len(t):
-            wanted = " ".join(x for x in (venue, coin) if x)
-            held = sorted(
-                {
-                    " ".join(str(t.columns[c][i]) for c in (venue_col, coin_col) if c)
-                    for i in range(len(t))
-                }
-            )
-            raise BadFile(f"{t.path}: no rows for {wanted} (it holds {', '.join(held[:12])})")
-        found_venue = combos[0][0] or None if combos else None
-        found_coin = combos[0][1] or None if combos else None
-        return picked, found_venue, found_coin
-    return t, None, None
+    if not combos and len(t):
+        everything = ", ".join(" ".join(c) for c in held(np.ones(len(t), bool))[:12])
+        raise BadFile(f"{t.path}: no rows for {' '.join(filters.values())} (it holds {everything})")
+    found = dict(zip(cols, combos[0], strict=True)) if combos else {}
+    return t.take(mask), found.get("venue"), found.get("coin")
 
 
 # ---- bars ---------------------------------------------------------------------------------------------
@@ -359,10 +396,13 @@ def read_bars_file(
     venue: str | None = None,
     coin: str | None = None,
     timeframe: int | None = None,
+    market: str | None = None,
 ) -> Bars:
     """Candles from a CSV (.csv, .csv.gz), Parquet or JSON file. The timeframe is the median spacing of
-    the rows unless given. Raises BadFile with one line naming the row on anything untrustworthy."""
-    table, _, _ = _filter_market(_read_table(path), venue, coin)
+    the rows unless given. In a file of several markets, ``venue``/``coin`` pick one (or, failing those,
+    the rows of ``market``, EXCHANGE:SYMBOL). Raises BadFile with one line naming the row on anything
+    untrustworthy."""
+    table, _, _ = _filter_market(_read_table(path), venue, coin, market)
     return _bars_from_table(table, timeframe)
 
 
@@ -551,13 +591,14 @@ def read_liquidations_file(
     symbol: str | None = None,
     coin: str | None = None,
     venue: str | None = None,
+    market: str | None = None,
 ) -> list[Liquidation]:
     """Liquidation events, oldest first. Columns: a time (as for bars), ``side`` or ``liquidated_side``
     (``long``/``short`` = the position force-closed), ``price`` or ``bankruptcy_price``, and the size as
     ``notional_usd`` and/or ``base`` (base coin); with only ``contracts``, base = notional / price.
     A ``coin`` column (several coins in one file, like OKX's dump) is filtered with ``coin=``; the symbol
     defaults to ``COIN/USDT:USDT``."""
-    table, _, found_coin = _filter_market(_read_table(path), venue, coin)
+    table, _, found_coin = _filter_market(_read_table(path), venue, coin, market)
     t = table
     if _first_present(t, _TIME_COLUMNS) is None:
         raise BadFile(f"{t.path}: no time column (expected one of {', '.join(_TIME_COLUMNS)})")
@@ -601,11 +642,11 @@ def read_liquidations_file(
 
 
 def read_funding_file(
-    path: str | os.PathLike[str], *, venue: str | None = None, coin: str | None = None
+    path: str | os.PathLike[str], *, venue: str | None = None, coin: str | None = None, market: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Funding settlements: (UNIX seconds, rate as a fraction per interval), oldest first. Columns: a time
     (as for bars) and ``funding_rate`` (or ``rate``); venue/coin columns are filtered as for bars."""
-    t, _, _ = _filter_market(_read_table(path), venue, coin)
+    t, _, _ = _filter_market(_read_table(path), venue, coin, market)
     rate_col = _first_present(t, ("funding_rate", "rate", "fundingrate"))
     if rate_col is None or _first_present(t, _TIME_COLUMNS) is None:
         raise BadFile(f"{t.path}: expected a time column (timestamp_ms, timestamp or time) and funding_rate")
@@ -698,17 +739,29 @@ class FileFeed:
             self.timeframe = min(m.timeframe or 60 for m in stored)
         else:
             table = _read_table(self.path)
-            table, venue, coin = _filter_market(table, self._venue, self._coin)
-            bars = _bars_from_table(table, None)
-            sym = f"{coin.upper()}/USDT:USDT" if coin else self.path.name.split(".")[0]
-            self._bars[sym] = bars
-            if self._liq_path is not None:
-                self._liqs[sym] = [
-                    Liquidation(e.time_ms, self.exchange, sym, e.side, e.price, e.base, e.usd)
-                    for e in read_liquidations_file(self._liq_path, coin=coin)
-                ]
-            self._markets = [_market(sym, bars)]
-            self.timeframe = bars.timeframe
+            try:
+                picks = [_filter_market(table, self._venue, self._coin)]
+            except SeveralMarkets:
+                # a file of several venues/coins (like the shared candle file): one market each
+                picks = [_filter_market(table, v, c) for v, c in _markets_in(table, self._venue, self._coin)]
+            several_venues = len({v for _, v, _ in picks}) > 1
+            stem = self.path.name.split(".")[0]
+            self._markets = []
+            for sub, venue, coin in picks:
+                bars = _bars_from_table(sub, None)
+                sym = f"{coin.upper()}/USDT:USDT" if coin else stem
+                if venue and (several_venues or not coin) and len(picks) > 1:
+                    sym = f"{venue.lower()}:{sym}"
+                self._bars[sym] = bars
+                if self._liq_path is not None:
+                    # the liquidations of this market only, if that file mixes coins/venues too
+                    hint = f"{venue or 'file'}:{coin.upper() + '/USDT:USDT' if coin else stem}"
+                    self._liqs[sym] = [
+                        Liquidation(e.time_ms, self.exchange, sym, e.side, e.price, e.base, e.usd)
+                        for e in read_liquidations_file(self._liq_path, market=hint)
+                    ]
+                self._markets.append(_market(sym, bars))
+            self.timeframe = min(b.timeframe for b in self._bars.values())
         return self._markets
 
     def _series(self, symbol: str) -> Bars:
@@ -766,20 +819,24 @@ class FileFeed:
             Health.REPLAY, f"replaying {self.path.name} from {_iso(self._now[symbol])} UTC at {self.speed:g}x"
         )
         step = bars.timeframe / self.speed
+        opens = bars.time[k:]
+        closes = opens + bars.timeframe
+        # which recorded liquidations fall inside each replayed bar, found once for all bars
+        first = np.searchsorted(liq_ms, opens * 1000, side="left").tolist()
+        last = np.searchsorted(liq_ms, closes * 1000, side="left").tolist()
+        close_list = closes.tolist()
         t0 = wallclock.monotonic()
         for n, i in enumerate(range(k, len(bars))):
             if math.isfinite(step):
                 delay = t0 + (n + 1) * step - wallclock.monotonic()
                 await asyncio.sleep(max(0.0, delay))
-            else:
-                await asyncio.sleep(0)
-            open_ms, close_ms = int(bars.time[i]) * 1000, int(bars.close_time[i]) * 1000
-            lo, hi = np.searchsorted(liq_ms, [open_ms, close_ms], side="left")
-            for j in range(int(lo), int(hi)):
+            elif n % 64 == 0:
+                await asyncio.sleep(0)  # flat out, but let the rest of the loop run now and then
+            for j in range(first[n], last[n]):
                 yield liqs[j]
-            self._now[symbol] = max(self._now[symbol], int(bars.close_time[i]))
+            self._now[symbol] = max(self._now[symbol], close_list[n])
             yield BarUpdate(bars.slice(i, i + 1), closed=True)
-        yield HealthChange(Health.STALE, f"end of recording at {_iso(int(bars.close_time[-1]))} UTC")
+        yield HealthChange(Health.STALE, f"end of recording at {_iso(int(bars.time[-1]) + bars.timeframe)} UTC")
         await asyncio.Event().wait()  # a feed streams until cancelled
 
     async def close(self) -> None:

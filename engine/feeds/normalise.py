@@ -275,7 +275,7 @@ def oi_snapshot(exchange: str, oi: Mapping[str, Any], contract_size: float) -> O
 
 
 def snapshots_to_bars(snaps: Sequence[OISnapshot], bar_time_ms: np.ndarray, close: np.ndarray,
-                      timeframe_ms: int, max_age_ms: int) -> np.ndarray:
+                      timeframe_ms: int, max_age_ms: int, opens: np.ndarray | None = None) -> np.ndarray:
     """OI in USD at each bar's close: the latest snapshot taken by then, held for at most ``max_age_ms``.
 
     Snapshots without a USD value (Bybit) are priced at the close of the bar that ended at or before the
@@ -292,8 +292,11 @@ def snapshots_to_bars(snaps: Sequence[OISnapshot], bar_time_ms: np.ndarray, clos
     need = ~np.isfinite(usd) & np.isfinite(base)
     if need.any():
         j = np.searchsorted(close_ms, st[need], side="right") - 1
-        priced = np.where(j >= 0, base[need] * close[np.clip(j, 0, n - 1)], np.nan)
-        usd[need] = priced
+        price = close[np.clip(j, 0, n - 1)]
+        # a snapshot taken just before the first bar: that bar's open is the price at the snapshot
+        first = (j < 0) & (bar_time_ms[0] - st[need] < timeframe_ms)
+        price = np.where(first, opens[0] if opens is not None else np.nan, np.where(j >= 0, price, np.nan))
+        usd[need] = base[need] * price
     return hold_last(st, usd, close_ms, max_age_ms)
 
 

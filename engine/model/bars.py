@@ -22,8 +22,8 @@ TIMEFRAMES: dict[str, int] = {
     "1w": 604_800,
 }
 
-# 1970-01-01 was a Thursday; exchanges start their weeks on Monday 00:00 UTC.
-_WEEK_OFFSET = 4 * 86_400
+# 1970-01-01 was a Thursday; exchanges start their weeks on Monday 00:00 UTC, 4 days later (day 4).
+WEEK_OFFSET = 4 * 86_400
 
 
 class BarsError(ValueError):
@@ -182,8 +182,8 @@ class Bars:
             )
         if len(self) == 0:
             return replace(self, timeframe=tf)
-        offset = _WEEK_OFFSET if tf == TIMEFRAMES["1w"] else 0
-        bucket = (self.time + offset) // tf * tf - offset
+        offset = WEEK_OFFSET if tf == TIMEFRAMES["1w"] else 0
+        bucket = (self.time - offset) // tf * tf + offset
         starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
         ends = np.r_[starts[1:], len(self)] - 1
         kw: dict[str, object] = {

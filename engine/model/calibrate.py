@@ -13,6 +13,10 @@ the model's seeded USD shows up as real liquidations (< 1: fewer positions are l
 stream is a sample, as Binance's one-per-second feed is). In volume-proxy mode the fitted proxy fraction is
 ``volume_proxy_fraction * seed_scale``.
 
+A tier the model never liquidates over the fitted bars (5x in a quiet week) carries no information: its
+regressor is all zeros. Such tiers keep their starting share of the ladder and are listed as
+``unidentified``; the others share the rest in proportion to their fitted coefficients.
+
 Optionally (``shrink`` > 0) the fit is pulled toward the starting ladder by extra rows
 ``sqrt(shrink) * (c_t - s0 * w_t)`` (``s0``: the best single scale for the starting ladder), still an NNLS
 problem; with few bars that keeps a tier from being dropped on noise alone.
@@ -101,6 +105,7 @@ class Calibration:
     r2: float  # of the fit (1 - SSE/SST on the fitted rows)
     r2_prior: float  # of the starting ladder with its best single scale
     volume_proxy_fraction: float | None  # fitted proxy fraction (volume/hybrid seed modes)
+    unidentified: tuple[str, ...] = ()  # tiers the recording cannot inform (kept at their starting share)
 
     def to_json(self) -> str:
         """A ladder JSON engine.model.ladder.parse_ladder reads (extra keys are ignored there)."""
@@ -118,6 +123,7 @@ class Calibration:
                     "rows": self.rows,
                     "r2": self.r2,
                     "r2_prior": self.r2_prior,
+                    "unidentified": list(self.unidentified),
                 },
             },
             indent=2,
@@ -150,26 +156,39 @@ def calibrate(
     if not np.any(a > 0):
         raise CalibrationError("the model liquidates nothing over the fitted bars: nothing to weigh")
     prior_w = np.asarray(params.ladder.weights)
+    seen = np.linalg.norm(a, axis=0) > 0
     prior_pred = a @ prior_w
     s0 = float(prior_pred @ b / (prior_pred @ prior_pred)) if prior_pred @ prior_pred > 0 else 0.0
+    a_seen = a[:, seen]
     if shrink > 0:
         # Extra rows in units of the data: sqrt(shrink) * ||b|| per unit weight deviation.
         k = math.sqrt(shrink) * float(np.linalg.norm(b)) / max(s0, 1e-300)
-        a_fit = np.vstack([a, k * np.eye(t)])
-        b_fit = np.r_[b, k * s0 * prior_w]
+        m = int(seen.sum())
+        a_fit = np.vstack([a_seen, k * np.eye(m)])
+        b_fit = np.r_[b, k * s0 * prior_w[seen]]
     else:
-        a_fit, b_fit = a, b
-    c, _ = nnls(a_fit, b_fit)
-    total = float(c.sum())
-    if total <= 0:
+        a_fit, b_fit = a_seen, b
+    c_seen, _ = nnls(a_fit, b_fit)
+    fitted = float(c_seen.sum())
+    if fitted <= 0:
         raise CalibrationError("the fit gives every tier zero weight: the model's timing does not match at all")
+    # unidentified tiers keep their starting share; the seen ones split the rest by their coefficients
+    rest = 1.0 - float(prior_w[~seen].sum())
+    if rest <= 0:
+        raise CalibrationError("only tiers the model never liquidated carry weight: nothing to fit")
+    weights = np.where(seen, 0.0, prior_w)
+    weights[seen] = rest * c_seen / fitted
+    total = fitted / rest  # seed scale: sum(c) over the ladder's full weight
+    c = total * weights
     sst = float(((b - b.mean()) ** 2).sum())
 
     def r2(pred: np.ndarray) -> float:
         return 1.0 - float(((b - pred) ** 2).sum()) / sst if sst > 0 else 0.0
 
-    ladder = Ladder(name, params.ladder.leverage, tuple(float(x) / total for x in c), params.ladder.half_lives())
+    ladder = Ladder(name, params.ladder.leverage, tuple(float(x) for x in weights), params.ladder.half_lives())
     proxy = params.volume_proxy_fraction * total if params.seed_mode != "oi" else None
+    unseen = tuple(lab for lab, ok in zip(params.ladder.labels, seen, strict=True) if not ok)
     return Calibration(
-        ladder, total, tuple(float(x) for x in c), params.ladder, int(len(b)), r2(a @ c), r2(s0 * prior_pred), proxy
+        ladder, total, tuple(float(x) for x in c), params.ladder, int(len(b)), r2(a @ c), r2(s0 * prior_pred), proxy,
+        unseen,
     )

@@ -256,24 +256,24 @@ def simulate_cascade(
         return int(np.searchsorted(dist, sign * (price - start_price) + 1e-12 * start_price, side="right"))
 
     n_hit = reached(trigger)
-    steps = [CascadeStep(start_price, trigger, total_after(cum, n_hit), trigger=True)]
+    steps = [CascadeStep(start_price, trigger, _total_upto(cum, n_hit), trigger=True)]
     trigger_usd = steps[0].usd
     price = trigger
     while True:
-        total = total_after(cum, n_hit)
+        total = _total_upto(cum, n_hit)
         target = trigger * (1.0 + sign * float(depth.move_for(total * impact_share)))
         if sign * (target - limit) > 0:
             target = limit
         if sign * (target - price) <= 0:  # the book absorbed it: no further move
             break
         n_new = reached(target)
-        steps.append(CascadeStep(price, target, total_after(cum, n_new) - total))
+        steps.append(CascadeStep(price, target, _total_upto(cum, n_new) - total))
         price = target
         grew = n_new > n_hit
         n_hit = n_new
         if not grew or target == limit:  # the last wave reached no new level: price stops here
             break
-    total = total_after(cum, n_hit)
+    total = _total_upto(cum, n_hit)
     end = price
     hit_zones: tuple[Zone, ...] = ()
     if zones:
@@ -282,7 +282,7 @@ def simulate_cascade(
         hit_zones = tuple(
             sorted(
                 (z for z in zones if z.side == side and z.price_high >= lo and z.price_low <= hi),
-                key=lambda z: -sign * z.peak_price,
+                key=lambda z: sign * z.peak_price,  # in the order the cascade meets them
             )
         )
     return Cascade(
@@ -297,7 +297,7 @@ def simulate_cascade(
     )
 
 
-def total_after(cum: np.ndarray, n: int) -> float:
+def _total_upto(cum: np.ndarray, n: int) -> float:
     return float(cum[n - 1]) if n else 0.0
 
 

@@ -51,7 +51,7 @@ class SeedCarry:
     sum_new_oi: float = 0.0  # sum of positive OI changes where turnover was also known
     sum_turnover: float = 0.0  # sum of traded USD over those same bars
     bars_oi: int = 0  # bars seeded from OI changes
-    bars_volume: int = 0  # bars seeded from the volume proxy
+    bars_volume: int = 0  # bars seeded from the volume proxy because their OI was missing
 
     def mode(self) -> str:
         if self.bars_volume == 0 and self.bars_oi > 0:
@@ -82,6 +82,9 @@ def seed_exposure(bars: Bars, params: ModelParams, carry: SeedCarry) -> Seeds:
         prev_idx = np.r_[-1, last[:-1]]
         prev = np.where(prev_idx >= 0, oi[np.maximum(prev_idx, 0)], carry.prev_oi)
         known = np.isfinite(oi) & np.isfinite(prev)
+        # the bar where the OI series begins has no change to read yet: it is seeded by the proxy, but
+        # it is the start of OI data, not OI missing, so it does not make an all-OI input "hybrid"
+        opening = np.isfinite(oi) & ~np.isfinite(prev)
         d_oi = np.where(known, oi - np.where(known, prev, 0.0), 0.0)
         new_oi = np.maximum(d_oi, 0.0)
         if params.shrink_on_oi_drop:
@@ -96,6 +99,7 @@ def seed_exposure(bars: Bars, params: ModelParams, carry: SeedCarry) -> Seeds:
         if params.seed_mode == "oi":
             raise BarsError("seed mode 'oi' needs an oi_usd column; use 'auto' or 'volume'")
         known = np.zeros(n, dtype=bool)
+        opening = known
         new_oi = np.zeros(n)
         log_shrink = np.zeros(n)
 
@@ -126,7 +130,7 @@ def seed_exposure(bars: Bars, params: ModelParams, carry: SeedCarry) -> Seeds:
         seed = np.where(known, new_oi, np.where(proxy_used, turnover * scale, 0.0))
 
     carry.bars_oi += int(known.sum())
-    carry.bars_volume += int(proxy_used.sum())
+    carry.bars_volume += int((proxy_used & ~opening).sum())
 
     # Sides: each new contract has a long and a short; aggressive buying means the leveraged side is
     # more likely long. Imbalance in [-1, 1] from taker volumes, else from the candle's direction.

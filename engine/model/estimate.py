@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bars import Bars, typical_price
+from .bars import TIMEFRAMES, WEEK_OFFSET, Bars, typical_price
 from .cohorts import Cohorts, LevelGrid, SeedCarry, build_cohorts, seed_exposure
 from .ladder import ModelParams
 from .lifetime import FirstTouch
@@ -184,7 +184,8 @@ class Estimate:
         close; at most ``columns`` of the newest."""
         first = int(self.bars.close_time[0])
         last = int(self.bars.close_time[-1])
-        start = -(-first // step) * step
+        offset = WEEK_OFFSET if step % TIMEFRAMES["1w"] == 0 else 0  # weekly columns on Mondays, like candles
+        start = -(-(first - offset) // step) * step + offset
         times = np.arange(start, last + 1, step, dtype=np.int64)
         if len(times) == 0 or times[-1] != last:
             times = np.r_[times, last]
@@ -262,16 +263,15 @@ class Estimate:
             at = cdg * cells + cell[gone]
             np.subtract.at(net, at, aged)
             np.subtract.at(count, at, ones[: len(at)])
-        net = net.reshape(ncol, 2, nb, t)
-        count = count.reshape(ncol, 2, nb, t)
-        alive = np.cumsum(count, axis=0, out=count) > 0  # cohorts present per cell
+        counts = count.reshape(ncol, 2, nb, t)
+        alive = np.cumsum(counts, axis=0, out=counts) > 0  # cohorts present per cell
         # Walk the columns: carry the book forward with each tier's survival factor between columns.
-        grid = net  # filled in place: column col becomes the book at times[col]
+        grid = net.reshape(ncol, 2, nb, t)  # filled in place: column col becomes the book at times[col]
         state = np.zeros((2, nb, t))
         for col in range(ncol):
             if col > 0 and closed[col] > closed[col - 1] and closed[col - 1] > 0:
                 state *= np.exp(H[:, col] - H[:, col - 1])[None, None, :]
-            state += net[col]
+            state += grid[col]
             grid[col] = state
         np.maximum(grid, 0.0, out=grid)
         grid[~alive] = 0.0  # cells whose cohorts all died hold only rounding dust

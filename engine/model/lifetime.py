@@ -156,9 +156,11 @@ def _first_by_runs(
             idx[order] = np.searchsorted(keys, query[order])
         else:
             idx = np.searchsorted(keys, query)
+        beyond = idx >= len(keys)  # no key at or after the query at all
         np.minimum(idx, len(keys) - 1, out=idx)
         hit = keys[idx].astype(np.int64, copy=False)
         found = (hit >> shift) == rel  # the next run start is of this level (else: none after start)
+        found &= ~beyond
         hit &= (1 << shift) - 1
         out[lo : lo + _CHUNK] = np.where(direct, s, np.where(found, hit, n))
     return out

@@ -111,7 +111,9 @@ def wilson_lower(p: float, n: float, z: float = 1.96) -> float:
     """Lower end of Wilson's score interval for a proportion ``p`` seen over ``n`` trials."""
     if n <= 0 or not math.isfinite(p):
         return math.nan
-    p = min(max(p, 0.0), 1.0)
+    if p <= 0.0:
+        return 0.0
+    p = min(p, 1.0)
     z2 = z * z
     centre = p + z2 / (2 * n)
     margin = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
@@ -318,4 +320,65 @@ def zone_protocol(
         near_usd / tot_usd,
         (near_usd / tot_usd) / random if random > 0 else math.nan,
         tuple(per_window),
+    )
+
+
+# ---- coarser scoring bars, and the simulated market's truth -------------------------------------------
+def aggregate_bars(times: np.ndarray, values: np.ndarray, timeframe: int, start: float, end: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum (2, n) per-bar values into UTC-aligned ``timeframe`` buckets. Returns (bucket times, (2, m)
+    sums, covered mask: buckets lying entirely inside [start, end])."""
+    times = np.asarray(times, dtype=np.int64)
+    bucket = times // timeframe * timeframe
+    uniq, inv = np.unique(bucket, return_inverse=True)
+    out = np.zeros((values.shape[0], len(uniq)))
+    for row in range(values.shape[0]):
+        out[row] = np.bincount(inv, weights=values[row], minlength=len(uniq))
+    covered = (uniq >= start) & (uniq + timeframe <= end)
+    return uniq, out, covered
+
+
+@dataclass(frozen=True)
+class TruthScore:
+    """The estimated book against what the simulated traders really hold, per price bucket."""
+
+    buckets: int  # buckets where either the estimate or the truth has notional
+    rank_corr: float
+    top_decile_share: float  # share of the true notional inside the top 10% estimated buckets
+    random_share: float  # what 10% of buckets chosen at random holds on average
+    estimated_usd: float
+    true_usd: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def truth_agreement(
+    est_prices: np.ndarray,
+    est_usd: np.ndarray,
+    true_prices: np.ndarray,
+    true_usd: np.ndarray,
+    price: float,
+    bucket_pct: float = 0.25,
+    span_pct: float = 10.0,
+) -> TruthScore:
+    """Compare two books (price levels with USD, both sides together) on log buckets around ``price``."""
+    nb = max(2, int(round(2 * math.log1p(span_pct / 100) / math.log1p(bucket_pct / 100))))
+    edges = price_edges(price / (1 + span_pct / 100), price * (1 + span_pct / 100), nb, log=True)
+
+    def binned(p: np.ndarray, u: np.ndarray) -> np.ndarray:
+        b = np.searchsorted(edges, np.asarray(p, dtype=np.float64), side="right") - 1
+        ok = (b >= 0) & (b < nb)
+        return np.bincount(b[ok], weights=np.asarray(u, dtype=np.float64)[ok], minlength=nb)
+
+    e, t = binned(est_prices, est_usd), binned(true_prices, true_usd)
+    used = (e > 0) | (t > 0)
+    if used.sum() < 3 or t.sum() <= 0:
+        raise ScoringError("the true book and the estimate share fewer than 3 non-empty buckets")
+    return TruthScore(
+        int(used.sum()),
+        rank_correlation(e[used], t[used]),
+        top_share(e, t),
+        math.ceil(0.1 * nb) / nb,
+        float(e.sum()),
+        float(t.sum()),
     )

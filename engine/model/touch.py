@@ -79,11 +79,12 @@ def realised_volatility(bars: Bars, window_hours: float = 72.0, kurtosis_window_
     ``kurtosis_window_hours``. Needs at least 10 returns."""
     if len(bars) < 11:
         raise TouchError(f"need at least 11 bars to measure volatility, got {len(bars)}")
-    ret = np.diff(np.log(bars.close))
     per_window = max(int(window_hours * 3600 // bars.timeframe), 10)
+    per_kurt = max(int(kurtosis_window_hours * 3600 // bars.timeframe), 10)
+    ret = np.diff(np.log(bars.close[-(max(per_window, per_kurt) + 1) :]))  # only the windows used
     r = ret[-per_window:]
     sigma_bar = float(np.std(r))
-    rk = ret[-max(int(kurtosis_window_hours * 3600 // bars.timeframe), 10) :]
+    rk = ret[-per_kurt:]
     rk = rk - rk.mean()
     m2 = float(np.mean(rk**2))
     kurt = float(np.mean(rk**4)) / (m2 * m2) - 3.0 if m2 > 0 else 0.0

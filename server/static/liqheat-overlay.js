@@ -32,6 +32,7 @@ const DEFAULTS = {
   scaleMax: null, // USD at the top of the colour ramp (null: the largest cell)
   side: "both", // both | long | short
   opacity: 0.9,
+  connect: true, // fetch from the server; false: the page hands data in with setData()
   live: true, // WebSocket updates (falls back to polling every pollSeconds)
   pollSeconds: 15,
   candles: false, // also feed the candle series from the server (snapshot + live bars)
@@ -39,15 +40,16 @@ const DEFAULTS = {
   profileWidth: 110, // CSS px
   legend: true, // colour legend with USD values + "Estimated" label (DOM, in the chart's corner)
   tooltip: true, // hover: price band, USD long/short, tier mix
+  extendLive: true, // draw the live book (last column) on to the right edge of the pane
 };
 
 // Colour ramp (transparent → violet → blue → teal → green → yellow), 256 RGBA entries.
 const STOPS = [
   [0.0, 40, 10, 80, 0.0],
-  [0.08, 68, 20, 120, 0.35],
-  [0.3, 59, 82, 180, 0.6],
-  [0.55, 33, 150, 160, 0.75],
-  [0.8, 110, 200, 80, 0.88],
+  [0.1, 72, 24, 128, 0.22],
+  [0.3, 59, 82, 180, 0.5],
+  [0.55, 33, 150, 160, 0.72],
+  [0.8, 110, 200, 80, 0.86],
   [1.0, 253, 231, 37, 0.96],
 ];
 function buildLut() {
@@ -138,6 +140,7 @@ class HeatmapRenderer {
       for (const seg of g.segments) {
         const x0 = Math.round(seg.x0 * hpr), x1 = Math.round(seg.x1 * hpr);
         if (x1 <= x0) continue;
+        ctx.globalAlpha = o.opts.opacity * (seg.alpha || 1);
         if (g.rows === null) {
           const y0 = Math.round(g.yTop * vpr), y1 = Math.round(g.yBottom * vpr);
           if (y1 > y0) ctx.drawImage(o.canvas, seg.c0, 0, seg.c1 - seg.c0, o.bins, x0, y0, x1 - x0, y1 - y0);
@@ -176,16 +179,27 @@ class HeatmapRenderer {
       ctx.stroke();
       const pad = 4 * hpr;
       const maxLen = width - pad * 2;
-      const top = p.max > 0 ? p.max : 1;
+      const H = scope.bitmapSize.height;
+      const showLong = o.opts.side !== "short", showShort = o.opts.side !== "long";
+      // Scale and label by what is on screen, so the visible bars use the whole width.
+      let top = 0, bestLong = -1, bestShort = -1;
+      for (let b = 0; b < p.bins; b++) {
+        if (p.y[b] == null || p.y[b + 1] == null || p.y[b] * vpr < 0 || p.y[b + 1] * vpr > H) continue;
+        const l = showLong ? p.long[b] : 0, s = showShort ? p.short[b] : 0;
+        if (l + s > top) top = l + s;
+        if (l > 0 && (bestLong < 0 || l > p.long[bestLong])) bestLong = b;
+        if (s > 0 && (bestShort < 0 || s > p.short[bestShort])) bestShort = b;
+      }
+      if (!(top > 0)) top = 1;
+      const sides = [];
+      if (showLong) sides.push([p.longTiers, LONG_TIER_COLOURS]);
+      if (showShort) sides.push([p.shortTiers, SHORT_TIER_COLOURS]);
       for (let b = 0; b < p.bins; b++) {
         const yTop = p.y[b + 1], yBot = p.y[b];
         if (yTop == null || yBot == null) continue;
         let y0 = Math.round(yTop * vpr), y1 = Math.round(yBot * vpr);
         if (y1 - y0 < 1) y1 = y0 + 1;
-        if (y1 < 0 || y0 > scope.bitmapSize.height) continue;
-        const sides = [];
-        if (o.opts.side !== "short") sides.push([p.longTiers, LONG_TIER_COLOURS]);
-        if (o.opts.side !== "long") sides.push([p.shortTiers, SHORT_TIER_COLOURS]);
+        if (y1 < 0 || y0 > H) continue;
         let x = left + pad;
         for (const [tiers, colours] of sides) {
           for (let t = 0; t < tiers.length; t++) {
@@ -198,15 +212,21 @@ class HeatmapRenderer {
           }
         }
       }
-      // USD labels: the largest long and short bins
+      // USD labels on the largest long and short bins in view
       ctx.font = `${Math.round(10 * hpr)}px system-ui, sans-serif`;
       ctx.textBaseline = "middle";
-      for (const lab of p.labels) {
-        const y = lab.y * vpr;
-        if (y < 8 * vpr || y > scope.bitmapSize.height - 8 * vpr) continue;
-        ctx.fillStyle = lab.side === "long" ? "#ff8fa3" : "#6fe3d3";
-        ctx.textAlign = "right";
-        ctx.fillText(formatUsd(lab.usd), W - pad, y);
+      ctx.textAlign = "right";
+      for (const [b, side] of [[bestLong, "long"], [bestShort, "short"]]) {
+        if (b < 0) continue;
+        const y = ((p.y[b] + p.y[b + 1]) / 2) * vpr;
+        if (y < 16 * vpr || y > H - 8 * vpr) continue;
+        const usd = side === "long" ? p.long[b] : p.short[b];
+        ctx.fillStyle = "rgba(12,14,22,0.8)";
+        const text = formatUsd(usd);
+        const tw = ctx.measureText(text).width;
+        ctx.fillRect(W - pad - tw - 3 * hpr, y - 7 * vpr, tw + 6 * hpr, 14 * vpr);
+        ctx.fillStyle = side === "long" ? "#ff8fa3" : "#6fe3d3";
+        ctx.fillText(text, W - pad, y);
       }
       ctx.fillStyle = "rgba(255,255,255,0.55)";
       ctx.textAlign = "left";
@@ -284,7 +304,7 @@ class LiquidationHeatmap {
     this._onData = () => { this.indexDirty = true; this.requestUpdate(); };
     series.subscribeDataChanged(this._onData);
     if (this.opts.legend || this.opts.tooltip) this._makeDom();
-    this._connect();
+    if (this.opts.connect) this._connect();
   }
 
   // ---- public API ---------------------------------------------------------------------------------
@@ -297,7 +317,7 @@ class LiquidationHeatmap {
     const before = this.opts;
     this.opts = { ...this.opts, ...partial };
     const viewKeys = ["server", "symbol", "timeframe", "tier", "bins", "columns", "priceLow", "priceHigh", "live"];
-    if (viewKeys.some((k) => partial[k] !== undefined && partial[k] !== before[k])) {
+    if (this.opts.connect && viewKeys.some((k) => partial[k] !== undefined && partial[k] !== before[k])) {
       this._resubscribe();
     } else {
       this._rebuildImage();
@@ -308,6 +328,11 @@ class LiquidationHeatmap {
   }
   options() {
     return { ...this.opts };
+  }
+  // Draw data you already have (the REST /api/v1/heatmap and /api/v1/map payloads), no server needed.
+  setData(heatmap, map) {
+    if (heatmap) this._loadHeatmap(heatmap);
+    if (map) this._loadMap(map);
   }
   detach() {
     this.closed = true;
@@ -669,6 +694,12 @@ class LiquidationHeatmap {
       }
       c = e;
     }
+    // The live book (last column) continues to the right edge: those are the levels standing now.
+    const lastSeg = segments[segments.length - 1];
+    if (this.opts.extendLive && lastSeg && lastSeg.c1 === C && idx[C - 1] > -1e8) {
+      const right = ts.width();
+      if (right > lastSeg.x1) segments.push({ c0: C - 1, c1: C, x0: lastSeg.x1, x1: right, alpha: 0.75 });
+    }
     const yTop = this.series.priceToCoordinate(this.edges[this.bins]);
     const yBottom = this.series.priceToCoordinate(this.edges[0]);
     if (yTop == null || yBottom == null) { this.geom = null; return; }
@@ -690,19 +721,7 @@ class LiquidationHeatmap {
     const B = m.edges.length - 1;
     const y = new Array(B + 1);
     for (let b = 0; b <= B; b++) y[b] = this.series.priceToCoordinate(m.edges[b]);
-    let max = 0;
-    let bestLong = -1, bestShort = -1;
-    for (let b = 0; b < B; b++) {
-      const l = this.opts.side === "short" ? 0 : m.long[b];
-      const s = this.opts.side === "long" ? 0 : m.short[b];
-      if (l + s > max) max = l + s;
-      if (l > 0 && (bestLong < 0 || l > m.long[bestLong])) bestLong = b;
-      if (s > 0 && (bestShort < 0 || s > m.short[bestShort])) bestShort = b;
-    }
-    const labels = [];
-    if (bestLong >= 0 && y[bestLong] != null) labels.push({ side: "long", usd: m.long[bestLong], y: (y[bestLong] + y[bestLong + 1]) / 2 });
-    if (bestShort >= 0 && y[bestShort] != null) labels.push({ side: "short", usd: m.short[bestShort], y: (y[bestShort] + y[bestShort + 1]) / 2 });
-    this.profile = { bins: B, y, max, longTiers: m.long_tiers, shortTiers: m.short_tiers, labels };
+    this.profile = { bins: B, y, long: m.long, short: m.short, longTiers: m.long_tiers, shortTiers: m.short_tiers };
   }
 
   // ---- DOM: legend and tooltip ---------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from analytics_data import DEPTH, need
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,6 +11,7 @@ from engine.model.cascade import (
     DEFAULT_DEPTH,
     CascadeError,
     DepthCurve,
+    DepthModel,
     calibrate_depth_curve,
     cascade_risk,
     cumulative_depth,
@@ -17,8 +19,6 @@ from engine.model.cascade import (
     simulate_cascade,
 )
 from engine.model.views import LiquidationMap, Zone
-
-from conftest import DEPTH, need
 
 
 def linear_depth(usd_at_ref=10e6):
@@ -145,6 +145,9 @@ def test_cascade_risk_triggers_at_the_nearest_zone_and_reports_both_directions()
     assert z_long in summary.down.zones_reached
     d = summary.to_dict()
     assert d["down"]["direction"] == "down" and d["up"]["total_usd"] > 0
+    z_far = Zone("long", 97.0, 97.5, 97.2, 1e6, "low", None, 80.0, -2.5, (1e6,))
+    chain = cascade_risk(lmap, [z_far, z_long], DepthModel(DepthCurve(1e6, 1.0), DepthCurve(1e6, 1.0)))
+    assert chain.down.zones_reached == (z_long, z_far)  # in the order the cascade meets them
     none = cascade_risk(lmap, [z_long, z_short], DEFAULT_DEPTH, trigger="none")
     assert none.down.end_price == 100.0 and none.down.total_usd == 0.0
     shocked = cascade_risk(lmap, [], DEFAULT_DEPTH, trigger=2.0)

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from analytics_data import CANDLES, need
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,8 +24,6 @@ from engine.model.touch import (
     zone_touch,
 )
 from engine.model.views import Zone
-
-from conftest import CANDLES, need
 
 
 def vol(sigma_hour=0.01, kurt=0.0, timeframe=3600):

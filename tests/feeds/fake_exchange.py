@@ -237,6 +237,7 @@ class FakeExchange:
         self.conns: list[_Conn] = []
         self.subscriptions: dict[tuple[str, str], int] = defaultdict(int)
         self._sub_changed = asyncio.Condition()
+        self._served = asyncio.Condition()
         self._closing = asyncio.Event()
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -280,6 +281,16 @@ class FakeExchange:
         async with asyncio.timeout(5.0), self._sub_changed:
             await self._sub_changed.wait_for(lambda: self.subscriptions[exchange, topic] >= count)
 
+    async def wait_until_called(self, exchange: str, route: str, count: int = 1) -> None:
+        """Until ``route`` has been answered ``count`` times (a poll has happened)."""
+        async with asyncio.timeout(5.0), self._served:
+            await self._served.wait_for(lambda: len(self.calls(exchange, route)) >= count)
+
+    async def _log(self, req: Request) -> None:
+        async with self._served:
+            self.requests.append(req)
+            self._served.notify_all()
+
     async def push(self, exchange: str, topic: str, frame: dict[str, Any]) -> int:
         """Send ``frame`` to every open connection subscribed to ``topic``; returns how many got it."""
         sent = 0
@@ -313,13 +324,13 @@ class FakeExchange:
         if queued:
             fault = queued.popleft()
             resp = await self._fault(exchange, fault)
-            self.requests.append(Request(exchange, route, params, resp.status))
+            await self._log(Request(exchange, route, params, resp.status))
             return resp
         try:
             status, body = handler(params)
         except _VenueError as e:
             status, body = e.status, e.body
-        self.requests.append(Request(exchange, route, params, status))
+        await self._log(Request(exchange, route, params, status))
         return web.Response(status=status, text=body if isinstance(body, str) else json.dumps(body),
                             content_type="application/json")
 

@@ -4,6 +4,7 @@ the real app through aiohttp's test client on loopback."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -111,3 +112,61 @@ async def _wait_for(predicate, within: float = 5.0, step: float = 0.01) -> None:
     async with asyncio.timeout(within):
         while not predicate():  # noqa: ASYNC110 - polling a plain predicate on purpose
             await asyncio.sleep(step)
+
+
+class ThreadedServer:
+    """The real app on a loopback port, in its own thread and event loop (for synchronous clients such as
+    schemathesis' requests session)."""
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.url = ""
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._main, name="liqheat-test-server", daemon=True)
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread.start()
+        if not self._ready.wait(60) or self.error is not None:
+            raise RuntimeError(f"test server did not start: {self.error}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # surfaced to the test through __enter__
+            self.error = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        from aiohttp import web
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        hub = Hub(ScriptedFeed(), history_days=0)
+        await hub.start()
+        runner = web.AppRunner(create_app(hub, self.config))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+            await hub.stop()
+
+
+@pytest.fixture(scope="module")
+def threaded_server():  # type: ignore[no-untyped-def]
+    with ThreadedServer() as server:
+        yield server

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 
 import numpy as np
 import pytest
@@ -174,9 +175,10 @@ BAD = [
     ("/api/v1/heatmap?symbol=BTC&bins=20&bins=30", 400, "given more than once"),
     ("/api/v1/heatmap?symbol=XYZ", 404, "unknown symbol 'XYZ'"),
     ("/api/v1/candles?symbol=BTC&limit=0", 400, "limit must be between 1 and 20000"),
-    ("/api/v1/candles?symbol=", 400, "missing parameter 'symbol'"),
-    ("/api/v1/map?symbol=BTC&span=0", 400, "span must be above 0"),
-    ("/api/v1/map?symbol=BTC&span=2", 400, "span must be above 0 and at most 0.9"),
+    ("/api/v1/candles?symbol=", 400, "parameter 'symbol' is empty"),
+    ("/api/v1/realised?symbol=BTC&timeframe=", 400, "parameter 'timeframe' is empty"),
+    ("/api/v1/map?symbol=BTC&span=0", 400, "span must be at least 0.001"),
+    ("/api/v1/map?symbol=BTC&span=2", 400, "span must be at least 0.001 and at most 0.9"),
     ("/api/v1/zones?symbol=NOPE", 404, "unknown symbol"),
     ("/api/v1/heatmap/cell?symbol=BTC&time=0&price_low=1&price_high=2", 400, "no candles in that range"),
     ("/api/v1/heatmap/cell?symbol=BTC&price_low=1&price_high=2", 400, "missing parameter 'time'"),
@@ -218,3 +220,17 @@ async def test_pages_are_served(client):
         html = await r.text()
         assert "lightweight-charts.standalone.production.js" in html
         assert marker in html or marker in (await (await client.get("/static/app.js")).text())
+
+
+async def test_big_answers_are_gzipped_once_and_revalidate_with_etags(client):
+    q = "/api/v1/heatmap?symbol=BTC&timeframe=5m&bins=200&columns=300"
+    plain = await client.get(q, headers={"Accept-Encoding": "identity"})
+    assert plain.headers.get("Content-Encoding") is None
+    raw = await plain.read()
+    zipped = await client.get(q, headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    body = await zipped.read()
+    assert len(body) < len(raw) / 2 and gzip.decompress(body) == raw
+    etag = plain.headers["ETag"]
+    again = await client.get(q, headers={"If-None-Match": etag})
+    assert again.status == 304 and again.headers["ETag"] == etag

@@ -18,20 +18,20 @@ from server.live import Connection
 SUB = {"op": "subscribe", "id": "main", "symbol": "BTC", "timeframe": "5m", "bins": 60, "columns": 40}
 
 
-async def recv(ws, timeout: float = 5.0) -> dict:
+async def recv(ws, within: float = 5.0) -> dict:
     while True:
-        msg = await ws.receive(timeout=timeout)
+        msg = await ws.receive(timeout=within)
         assert msg.type == aiohttp.WSMsgType.TEXT, msg
         m = json.loads(msg.data)
         if m["type"] != "heartbeat":
             return m
 
 
-async def recv_until(ws, pred, timeout: float = 5.0) -> list[dict]:
+async def recv_until(ws, pred, within: float = 5.0) -> list[dict]:
     seen = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         while True:
-            m = await recv(ws, timeout)
+            m = await recv(ws, within)
             seen.append(m)
             if pred(m):
                 return seen
@@ -203,7 +203,7 @@ async def test_a_slow_client_does_not_stall_a_fast_one(client, feed):
     for _ in range(30):
         feed.push_forming()
         feed.push_close()
-        msgs = await recv_until(fast, lambda m: m["type"] == "column", timeout=5.0)
+        msgs = await recv_until(fast, lambda m: m["type"] == "column", within=5.0)
         for m in msgs:
             if "seq" in m:
                 assert m["seq"] == last + 1

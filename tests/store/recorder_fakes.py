@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 
-from engine.feeds.base import BarUpdate, FeedEvent, Health, HealthChange, Liquidation, Market, UnknownSymbol
+from engine.feeds.base import BarUpdate, FeedError, FeedEvent, Health, HealthChange, Liquidation, Market, UnknownSymbol
 from engine.model import Bars
 from engine.model.synthetic import synthetic_bars
 
@@ -46,6 +46,7 @@ class ClockedFeed:
         liqs_per_bar: int = 2,
         drop: Sequence[int] = (),
         stop_at: int | None = None,
+        fail_at: int | None = None,
     ) -> None:
         self.symbols = list(symbols)
         self.speed = speed
@@ -56,6 +57,8 @@ class ClockedFeed:
         self.liqs_per_bar = liqs_per_bar
         self.drop = set(drop)
         self.stop_at = stop_at  # the clock stands still at this many closed bars (tests stop it there)
+        self.fail_at = fail_at  # each market's stream breaks (FeedError) once, instead of delivering this bar
+        self._failed: set[str] = set()
         self._src: dict[str, Bars] = {}
         self.history_calls: list[tuple[str, int | None, int | None]] = []
 
@@ -110,6 +113,9 @@ class ClockedFeed:
             while self.closed() <= i:
                 wait = (i + 1 - self.closed()) * self.timeframe / self.speed
                 await asyncio.sleep(min(max(wait, 0.001), 0.05))
+            if i == self.fail_at and symbol not in self._failed:
+                self._failed.add(symbol)
+                raise FeedError("fake connection reset")
             if i in self.drop:
                 if i - 1 not in self.drop:
                     yield HealthChange(Health.RECONNECTING, "fake drop")

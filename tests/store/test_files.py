@@ -334,3 +334,20 @@ def test_file_feed_refuses_what_it_cannot_replay(tmp_path):
     Store(empty).close()
     with pytest.raises(FeedError, match="no bars to replay"):
         asyncio.run(FileFeed(empty).markets())
+
+
+@needs_data
+async def test_file_feed_on_the_real_multi_venue_file_offers_each_market():
+    feed = FileFeed(CANDLES, speed=math.inf, liquidations=OKX_LIQS, venue="okx")
+    assert [m.symbol for m in await feed.markets()] == ["BTC/USDT:USDT", "ETH/USDT:USDT"]
+    assert feed.timeframe == 3600
+    hist = await feed.history("BTC/USDT:USDT")
+    assert len(hist) == 2160 // 2 and hist.time[0] == 1764932400
+    events = await asyncio.wait_for(_take(feed.stream("BTC/USDT:USDT")), 30)
+    liqs = [e for e in events if isinstance(e, Liquidation)]
+    # every recorded BTC liquidation inside the replayed bars (the file runs 18 minutes past the last candle)
+    end_ms = (1772704800 + 3600) * 1000
+    assert len(liqs) == sum(e.time_ms < end_ms for e in read_liquidations_file(OKX_LIQS, coin="BTC")) > 1500
+    every = FileFeed(CANDLES)
+    assert len(await every.markets()) == 6
+    assert {m.symbol for m in await every.markets()} >= {"binance:BTC/USDT:USDT", "okx:ETH/USDT:USDT"}

@@ -28,9 +28,9 @@ BTC, ETH = SYMBOLS
 KEY = {s: f"fake:{s}" for s in SYMBOLS}
 
 
-async def until(pred, timeout=15.0, what="condition"):
+async def until(pred, limit=15.0, what="condition"):
     """Poll instead of sleeping a guessed time."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + limit
     while not pred():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -58,6 +58,7 @@ class Running:
         self.lines: list[str] = []
         kw.setdefault("flush_seconds", 0.02)
         kw.setdefault("status_seconds", 3600)
+        kw.setdefault("retry_seconds", 0.01)
         self.rec = Recorder(feed, store, list(symbols), log=self.lines.append, **kw)
         self.task = asyncio.ensure_future(self.rec.run())
 
@@ -155,6 +156,17 @@ async def test_bars_the_stream_drops_are_fetched_and_their_liquidations_marked_l
             assert (gap.kind, gap.start, gap.end) == ("liquidations", int(t[120]), int(t[126]))
             kept = {e.time_ms // 60_000 * 60 for e in store.read_liquidations(KEY[s])}
             assert not kept & set(t[120:125].tolist())
+
+
+async def test_a_broken_stream_is_retried_and_the_break_is_backfilled(tmp_path):
+    feed, store = await _record_first(tmp_path / "r.sqlite", fail_at=130)
+    t = feed.source(BTC).time
+    with store:
+        for s in SYMBOLS:
+            _check_bars_equal_source(store, feed, s, 160)
+            (gap,) = store.gaps(KEY[s])
+            assert gap.kind == "liquidations" and gap.start == int(t[130])
+            assert "feed error: fake connection reset" in gap.reason
 
 
 async def test_a_stop_writes_everything_still_queued(tmp_path):
@@ -256,7 +268,10 @@ def test_kill_9_while_writing_loses_nothing_committed_and_a_restart_fills_the_ho
         for round_ in range(2):
             # bars arrive at 100 a second per market, written in 20 ms batches: the kill lands mid-write
             target = {s: _count(db, s) + 150 for s in SYMBOLS}
-            wait_until(lambda: all(_count(db, s) >= target[s] for s in SYMBOLS), what=f"rows (round {round_})", proc=proc, log=log)
+            wait_until(
+                lambda target=target: all(_count(db, s) >= target[s] for s in SYMBOLS),
+                what=f"rows (round {round_})", proc=proc, log=log,
+            )
             bars_before, liqs_before = _snapshot(db)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
@@ -288,7 +303,6 @@ def test_kill_9_while_writing_loses_nothing_committed_and_a_restart_fills_the_ho
             assert store.gaps(KEY[s], kind="bars") == []
             # each restart resumed right after the last stored bar: that is where lost liquidations begin
             liq_gaps = [g.start for g in store.gaps(KEY[s], kind="liquidations") if "not running" in g.reason]
-            print(s, liq_gaps)
             assert liq_gaps == resumed_from[s]
             # every stored liquidation is one the market produced, stored once
             liqs = store.read_liquidations(KEY[s])
@@ -299,8 +313,8 @@ def test_kill_9_while_writing_loses_nothing_committed_and_a_restart_fills_the_ho
 @pytest.mark.skipif(importlib.util.find_spec("engine.feeds.demo") is None, reason="engine.feeds.demo not written yet")
 def test_the_record_command_on_the_demo_market_survives_kill_9(tmp_path):
     db, log = tmp_path / "demo.sqlite", tmp_path / "record.log"
-    cmd = [sys.executable, "-m", "engine.cli", "record", "--exchange", "demo", "--db", str(db), "--speed", "600",
-           "--flush", "0.05", "--status-every", "1"]
+    cmd = [sys.executable, "-m", "engine.cli", "record", "--exchange", "demo", "--symbols", "BTC/USDT:USDT,eth",
+           "--since", "2h", "--db", str(db), "--speed", "600", "--flush", "0.05", "--status-every", "1"]
 
     def start():
         with open(log, "ab") as err:

@@ -15,12 +15,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tui_support import FIXED_NOW, ScriptedFeed  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def _snapshot_tempdir() -> str | None:
+    """pytest-textual-snapshot keeps its report folder in TEXTUAL_SNAPSHOT_TEMPDIR (set at session
+    start); read it before the repository-wide fixture that clears TEXTUAL_* takes it away."""
+    return os.environ.get("TEXTUAL_SNAPSHOT_TEMPDIR")
+
+
 @pytest.fixture(autouse=True)
-def _plain_terminal_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _plain_terminal_env(monkeypatch: pytest.MonkeyPatch, _snapshot_tempdir: str | None) -> None:
     """Snapshots and colour decisions must not depend on the developer's terminal settings."""
     for name in list(os.environ):
-        if name.startswith("TEXTUAL_") or name in ("NO_COLOR", "COLORTERM", "FORCE_COLOR"):
+        if (name.startswith("TEXTUAL_") and not name.startswith("TEXTUAL_SNAPSHOT")) or name in ("NO_COLOR", "COLORTERM", "FORCE_COLOR"):
             monkeypatch.delenv(name, raising=False)
+    if _snapshot_tempdir is not None:
+        monkeypatch.setenv("TEXTUAL_SNAPSHOT_TEMPDIR", _snapshot_tempdir)
 
 
 @pytest.fixture
@@ -36,6 +45,7 @@ def make_tui(feed: ScriptedFeed) -> Callable[..., Any]:
 
     def build(**kw: Any) -> Any:
         feeds: dict[str, Any] = kw.pop("feeds", {})
+        kw.setdefault("colors", "truecolor")  # the headless driver has no TERM to decide from
         source = LocalSource(feed, kw.pop("symbol", None), history_days=0)
         app = make_app(source=source, clock=lambda: FIXED_NOW, **kw)
 

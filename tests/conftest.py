@@ -1,0 +1,36 @@
+"""Fixtures every test directory can use.
+
+- ``shared_data``: the real market data in ../shared/data beside the repository (skips when absent, so a
+  clone without it still runs the rest).
+- The repository root is importable (``benchmarks.reference`` is a test oracle) whatever the runner's cwd.
+- NO_COLOR and TEXTUAL_* are cleared, so colours and terminal output are the same on a developer's
+  machine and in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+@pytest.fixture(autouse=True)
+def _deterministic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name == "NO_COLOR" or name.startswith("TEXTUAL_"):
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real market data (../shared/data relative to the repository root)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is not present")
+    return SHARED_DATA
