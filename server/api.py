@@ -24,7 +24,7 @@ from .config import API_TIMEFRAMES
 from .encoding import candles_payload, finite_or_none, map_payload, realised_payload
 from .markets import compact_ticker, dumps, udf_name
 from .params import BadRequest, Query, parse_tier
-from .state import CONFIG, MARKETS, STARTED_AT
+from .state import CONFIG, LIVE, MARKETS, STARTED_AT
 from .views import ViewSpec, bucket_start, heatmap_view
 
 routes = web.RouteTableDef()
@@ -112,6 +112,10 @@ async def health(request: web.Request) -> web.Response:
         "version": __version__,
         "uptime_s": round(time.time() - request.app[STARTED_AT], 3),
         "markets": [{"key": svc.market.key, **h} for svc, h in zip(services, states, strict=True)],
+        "live": {
+            "connections": len(request.app[LIVE].connections),
+            "markets": {key: ch.stats() for key, ch in request.app[LIVE].channels.items()},
+        },
     }
     return json_response(dumps(body))
 

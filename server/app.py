@@ -49,7 +49,7 @@ class FeedSpec:
     def build_hubs(self) -> list[Hub]:
         hubs = []
         for spec in self.feeds:
-            opts: dict[str, Any] = {}
+            opts: dict[str, Any] = {"history_days": self.history_days}  # the demo backfills only this much
             if self.speed is not None:
                 opts["speed"] = self.speed
             if self.seed is not None:

@@ -26,6 +26,7 @@ from .views import (
     bucket_start,
     last_candles,
     last_columns,
+    live_column,
     map_payload,
     map_span,
     realised_since,
@@ -36,6 +37,8 @@ log = logging.getLogger("liqheat.server.live")
 
 # Deltas buffered for a subscription while its snapshot is being built; more than this and it resyncs.
 SNAPSHOT_BUFFER = 512
+# Messages per frame at most, for connections that asked for batched frames.
+BATCH_MAX = 64
 
 
 @dataclass(eq=False)
@@ -62,9 +65,12 @@ class Connection:
     """One WebSocket: a send queue with a bound on *deltas* (control messages always go through), and
     the writer task that drains it."""
 
-    def __init__(self, ws: web.WebSocketResponse, queue_size: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, queue_size: int, batch: bool = False) -> None:
         self.ws = ws
         self.queue_size = queue_size
+        # batch: everything waiting goes out as one frame holding a JSON array (fewer frames, wake-ups
+        # and syscalls on both ends when messages come in bursts); the client asked for it (?batch=1).
+        self.batch = batch
         self._queue: deque[str] = deque()
         self._ready = asyncio.Event()
         self.subs: dict[str, Subscriber] = {}
@@ -128,9 +134,14 @@ class Connection:
                     self._ready.clear()
                     await self._ready.wait()
                     continue
-                text = self._queue.popleft()
-                await self.ws.send_str(text)
-                self.sent += 1
+                if self.batch:
+                    n = min(len(self._queue), BATCH_MAX)
+                    items = [self._queue.popleft() for _ in range(n)]
+                    await self.ws.send_str("[" + ",".join(items) + "]")
+                    self.sent += n
+                else:
+                    await self.ws.send_str(self._queue.popleft())
+                    self.sent += 1
                 if self.need_resync and len(self._queue) <= self.queue_size // 2:
                     subs, self.need_resync = self.need_resync, []
                     for sub in subs:
@@ -169,6 +180,9 @@ class MarketChannel:
         self.events_seen = 0
         self.service_dropped = 0
         self.last_event_time = 0.0
+        # recent (view computation, fan-out) durations in ms, for /api/v1/health and the benchmarks
+        self.compute_ms: deque[float] = deque(maxlen=512)
+        self.fanout_ms: deque[float] = deque(maxlen=512)
 
     # ---- views and subscribers ----------------------------------------------------------------------
     def view_for(self, spec: ViewSpec) -> View:
@@ -304,11 +318,14 @@ class MarketChannel:
         now = time.monotonic()
         want_map = {id(v): changed and now - v.last_map >= self.config.map_interval_s for v in views}
         specs = [(v.spec, v.last_bar, v.last_column, want_map[id(v)], v.auto_range) for v in views]
+        t0 = time.perf_counter()
         try:
             results = await self.markets.run(_view_deltas, self.svc, specs, changed, realised_times)
         except Exception as exc:  # a view that cannot be computed must not end the market's stream
             log.warning("%s: view deltas failed: %s", self.svc.market.key, exc)
             return
+        t1 = time.perf_counter()
+        self.compute_ms.append((t1 - t0) * 1000)
         for view, res in zip(views, results, strict=True):
             if res is None:
                 continue
@@ -326,6 +343,22 @@ class MarketChannel:
             for s in list(view.subscribers):
                 for kind, body in msgs:
                     s.conn.offer(s, kind, body)
+        self.fanout_ms.append((time.perf_counter() - t1) * 1000)
+
+    def stats(self) -> dict[str, Any]:
+        def p(values: deque[float], q: float) -> float | None:
+            if not values:
+                return None
+            ordered = sorted(values)
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+        return {
+            "views": len(self.views),
+            "subscriptions": sum(len(v.subscribers) for v in self.views.values()),
+            "events": self.events_seen,
+            "compute_ms_p50": p(self.compute_ms, 0.5), "compute_ms_p99": p(self.compute_ms, 0.99),
+            "fanout_ms_p50": p(self.fanout_ms, 0.5), "fanout_ms_p99": p(self.fanout_ms, 0.99),
+        }
 
 
 def _view_deltas(
@@ -356,10 +389,16 @@ def _view_deltas(
                 if bar["time"] >= last_bar or not bar["closed"]:
                     msgs.append(("bar", dumps(bar)))
                     new_bar = max(new_bar, bar["time"])
-            for col in last_columns(svc, spec, 0):
-                if col["time"] >= last_column:
-                    msgs.append(("column", dumps(col)))
-                    new_col = max(new_col, col["time"])
+            newest = bars_by_tf[spec.timeframe][-1]["time"] if bars_by_tf[spec.timeframe] else 0
+            if newest > last_column or lo is None:
+                # A candle closed since the last column: its final column comes from the service's exact
+                # (cached batch) path; this happens once per candle.
+                cols = [c for c in last_columns(svc, spec, 0) if c["time"] >= last_column]
+            else:
+                cols = [live_column(svc, spec, newest)]  # the forming candle: the live book, cheap
+            for col in cols:
+                msgs.append(("column", dumps(col)))
+                new_col = max(new_col, col["time"])
             if want_map and lo is not None and hi is not None:
                 mkey = (spec.bins, map_span(price, lo, hi), spec.log)
                 if mkey not in maps:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.model import timeframe_seconds
+from engine.model import price_edges, timeframe_seconds
 from engine.service import MarketService
 
 from .encoding import candles_payload, encode_columns, heatmap_payload, map_payload, realised_payload
@@ -102,6 +102,22 @@ def last_columns(svc: MarketService, spec: ViewSpec, since: int) -> list[dict[st
         del col["encoding"]
         out.append(col)
     return out
+
+
+def live_column(svc: MarketService, spec: ViewSpec, time: int) -> dict[str, Any]:
+    """The forming candle's column: the live book on the view's bins — the same arithmetic the service
+    uses for the last column of its heatmap, without rebuilding the closed ones."""
+    assert spec.price_low is not None and spec.price_high is not None
+    edges = price_edges(spec.price_low, spec.price_high, spec.bins, spec.log)
+    longs, shorts = svc.live_book().binned(edges)  # (bins, tiers)
+    if spec.tier is not None:
+        longs, shorts = longs[:, spec.tier], shorts[:, spec.tier]
+    else:
+        longs, shorts = longs.sum(axis=1), shorts.sum(axis=1)
+    col: dict[str, Any] = {"time": time}
+    col.update(encode_columns(longs[None, :], shorts[None, :]))
+    del col["encoding"]
+    return col
 
 
 def realised_since(svc: MarketService, timeframe: str, since: int) -> list[dict[str, Any]]:

@@ -51,14 +51,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         return web.Response(status=400, text=dumps({"error": "this endpoint expects a WebSocket upgrade"}),
                             content_type="application/json")
+    batch = request.query.get("batch", "0") in ("1", "true", "yes")
     await ws.prepare(request)
-    conn = Connection(ws, cfg.queue_size)
+    conn = Connection(ws, cfg.queue_size, batch=batch)
     live.connections.add(conn)
     writer = asyncio.create_task(conn.writer(), name="ws writer")
     conn.send(dumps({
         "type": "hello", "protocol": PROTOCOL, "server": f"liqheat {__version__}", "heartbeat_s": cfg.heartbeat_s,
         "markets": [s.market.key for s in request.app[MARKETS].services()], "timeframes": list(API_TIMEFRAMES),
-        "max_subscriptions": cfg.max_subscriptions, "queue_size": cfg.queue_size,
+        "max_subscriptions": cfg.max_subscriptions, "queue_size": cfg.queue_size, "batch": batch,
     }))
     errors = 0
     try:

@@ -2,6 +2,7 @@
 
     liqheat backtest --bars candles.csv.gz --venue okx --coin BTC --contract-size 0.01 \\
                      --liquidations okx_liquidations.csv.gz --horizon-hours 4
+    liqheat backtest --feed demo --days 14        # the simulated market: its events, and its true book
 
 Prints, over the bars the recording covers: rank correlation per bar (estimated vs recorded realised
 liquidations) and the share of recorded USD in the model's top-decile bars, the same for a no-levels
@@ -39,19 +40,32 @@ from engine.model.scoring import (
     Events,
     ScoringError,
     actual_per_bar,
+    aggregate_bars,
     baseline_realised,
     covered_bars,
     score_bars,
+    truth_agreement,
     zone_protocol,
 )
 
 HELP = "score the estimate against recorded liquidations (rank correlation, top-decile share, zone precision and lift)"
 
 
+# The simulated market's default clock for backtests: a fixed date, so the figures reproduce.
+DEMO_NOW = 1_772_323_200  # 2026-03-01 00:00 UTC
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bars", required=True, metavar="FILE", help="candles (CSV/CSV.gz/Parquet/JSON)")
-    p.add_argument("--liquidations", required=True, metavar="FILE",
+    p.add_argument("--bars", metavar="FILE", help="candles (CSV/CSV.gz/Parquet/JSON)")
+    p.add_argument("--liquidations", metavar="FILE",
                    help="recorded liquidation events (timestamp_ms, side/liquidated_side, price, notional_usd)")
+    p.add_argument("--feed", choices=["demo"], help="instead of files: the simulated market's bars and events")
+    p.add_argument("--symbol", default="BTC/USDT:USDT", help="--feed demo: which simulated market")
+    p.add_argument("--days", type=float, default=14.0, help="--feed demo: days of simulated history (14)")
+    p.add_argument("--seed", type=int, default=7, help="--feed demo: the simulation's seed (7)")
+    p.add_argument("--now", type=float, default=DEMO_NOW, help="--feed demo: simulated end time, UNIX s")
+    p.add_argument("--score-timeframe", default="1h",
+                   help="per-bar figures on bars of this length (finer bars are summed up; default 1h)")
     p.add_argument("--venue", help="pick one venue from a multi-venue candle file")
     p.add_argument("--coin", help="pick one coin from multi-coin files (either file); also picks the margin table")
     p.add_argument("--horizon-hours", type=float, default=4.0, metavar="H", help="zone protocol horizon (default 4)")
@@ -77,9 +91,33 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
 
 
+def _events(liqs: list[Any]) -> Events:
+    return Events.from_arrays(
+        np.array([e.time_ms for e in liqs], dtype=np.float64) / 1000.0,
+        np.array([e.side for e in liqs]),
+        np.array([e.price for e in liqs]),
+        np.array([e.usd for e in liqs]),
+    )
+
+
+def load_demo(args: argparse.Namespace) -> tuple[Bars, Events, dict[str, Any]]:
+    """The simulated market: 1m bars, every simulated liquidation, and what its traders really hold."""
+    from engine.feeds.demo import DemoFeed
+
+    feed = DemoFeed(seed=args.seed, history_days=args.days, now=args.now)
+    bars = feed.history_now(args.symbol)
+    liqs = feed.liquidations(args.symbol, until_ms=int(bars.close_time[-1]) * 1000)
+    if not liqs:
+        raise ScoringError(f"the simulated {args.symbol} had no liquidations in {args.days:g} days")
+    truth = feed.ground_truth(args.symbol)
+    return bars, _events(liqs), {"prices": truth.prices, "usd": truth.long_usd + truth.short_usd, "time": truth.time}
+
+
 def load_inputs(args: argparse.Namespace) -> tuple[Bars, Events]:
     from engine.feeds.files import BadFile, read_bars_file, read_liquidations_file
 
+    if not args.bars or not args.liquidations:
+        raise ScoringError("give --bars FILE and --liquidations FILE (or --feed demo)")
     try:
         bars = read_bars_file(args.bars, venue=args.venue, coin=args.coin)
     except BadFile as exc:
@@ -100,16 +138,12 @@ def load_inputs(args: argparse.Namespace) -> tuple[Bars, Events]:
     liqs = read_liquidations_file(args.liquidations, coin=args.coin)
     if not liqs:
         raise ScoringError(f"{args.liquidations}: no liquidation events")
-    events = Events.from_arrays(
-        np.array([e.time_ms for e in liqs], dtype=np.float64) / 1000.0,
-        np.array([e.side for e in liqs]),
-        np.array([e.price for e in liqs]),
-        np.array([e.usd for e in liqs]),
-    )
-    return bars, events
+    return bars, _events(liqs)
 
 
-def run_backtest(bars: Bars, events: Events, params: ModelParams, args: argparse.Namespace) -> dict[str, Any]:
+def run_backtest(
+    bars: Bars, events: Events, params: ModelParams, args: argparse.Namespace, truth: dict[str, Any] | None = None
+) -> dict[str, Any]:
     start, end = events.span
     if end <= bars.time[0] or start >= bars.close_time[-1]:
         raise ScoringError(
@@ -120,8 +154,17 @@ def run_backtest(bars: Bars, events: Events, params: ModelParams, args: argparse
     mask = covered_bars(bars, start, end)
     actual = actual_per_bar(bars, events)
     r = est.realised
-    model = score_bars(np.stack([r.long_usd, r.short_usd]), actual, mask)
-    base = score_bars(baseline_realised(bars), actual, mask)
+    predicted = np.stack([r.long_usd, r.short_usd])
+    baseline = baseline_realised(bars)
+    score_tf = max(timeframe_seconds(args.score_timeframe), bars.timeframe)
+    if score_tf != bars.timeframe:
+        _, predicted, smask = aggregate_bars(bars.time, predicted, score_tf, start, end)
+        _, baseline, _ = aggregate_bars(bars.time, baseline, score_tf, start, end)
+        _, actual_s, _ = aggregate_bars(bars.time, actual, score_tf, start, end)
+    else:
+        actual_s, smask = actual, mask
+    model = score_bars(predicted, actual_s, smask)
+    base = score_bars(baseline, actual_s, smask)
     zones = {
         rank: zone_protocol(
             est, events, args.horizon_hours, 3600, args.bucket_pct, args.span_pct, 0.1, args.min_events,
@@ -143,12 +186,20 @@ def run_backtest(bars: Bars, events: Events, params: ModelParams, args: argparse
             "long_usd": float(events.usd[events.long].sum()),
             "from": start,
             "to": end,
-            "bars_covered": int(mask.sum()),
+            "bars_covered": int(smask.sum()),
+            "score_timeframe": timeframe_name(score_tf),
         },
         "model": params.describe(),
         "per_bar": {"model": model.to_dict(), "no_levels_baseline": base.to_dict()},
         "zones": zones,
     }
+    if truth is not None:
+        book = est.book()
+        agree = truth_agreement(
+            book.prices(), book.usd.sum(axis=(0, 1)), truth["prices"], truth["usd"], book.price,
+            args.bucket_pct, args.span_pct,
+        )
+        out["truth"] = {**agree.to_dict(), "time": truth["time"]}
     if args.calibrate:
         cal = calibrate(bars, actual, params, mask, shrink=args.shrink, name=Path(args.calibrate).stem)
         fitted = estimate(bars, _with_ladder(params, cal.ladder)).realised
@@ -182,9 +233,10 @@ def render(rep: dict[str, Any]) -> str:
         f"bars      {b['count']:,} x {b['timeframe']}  {_iso(b['from'])} → {_iso(b['to'])} UTC  seed mode: {b['seed_mode']}",
         f"model     ladder {m['ladder']} ({ladder}); margin {m['margin_table']}",
         f"recorded  {rec['events']:,} events, ${rec['usd']:,.0f} ({rec['long_usd'] / rec['usd']:.0%} longs)  "
-        f"{_iso(rec['from'])} → {_iso(rec['to'])} UTC; {rec['bars_covered']} bars fully covered",
+        f"{_iso(rec['from'])} → {_iso(rec['to'])} UTC; {rec['bars_covered']} {rec['score_timeframe']} bars fully covered",
         "",
-        f"when — per bar (n = {pm['bars']})            model   no-levels baseline   random",
+        f"when — per {rec['score_timeframe']} bar (n = {pm['bars']}, {pm['active']} with liquidations)"
+        "      model   no-levels baseline   random",
         f"  rank correlation, bar                {_num(pm['rank_corr']):>6}   {_num(pb['rank_corr']):>6}               0",
         f"  rank correlation, bar x side         {_num(pm['rank_corr_sides']):>6}   {_num(pb['rank_corr_sides']):>6}               0",
         f"  recorded USD in top-decile bars      {_pct(pm['top_decile_share'])}   {_pct(pb['top_decile_share'])}"
@@ -201,6 +253,15 @@ def render(rep: dict[str, Any]) -> str:
         f"  random buckets                   precision {_pct(z['random'])}  lift  1.00x",
         f"  nearest buckets to the price     precision {_pct(z['nearest_precision'])}  lift {z['nearest_lift']:5.2f}x",
     ]
+    if "truth" in rep:
+        t = rep["truth"]
+        lines += [
+            "",
+            f"vs the simulated traders' TRUE book at {_iso(t['time'])} ({t['buckets']} non-empty buckets):",
+            f"  rank correlation per bucket {_num(t['rank_corr'])}; true USD in the top-decile estimated buckets "
+            f"{_pct(t['top_decile_share'])} (random {_pct(t['random_share'])}); "
+            f"estimated ${t['estimated_usd']:,.0f} vs true ${t['true_usd']:,.0f} in range",
+        ]
     if "calibration" in rep:
         c = rep["calibration"]
         fit = ", ".join(f"{lev:g}x {w:.0%}" for lev, w in zip(c["leverage"], c["weights"], strict=True))
@@ -222,12 +283,17 @@ def render(rep: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         ladder = load_ladder(args.ladder)
-        bars, events = load_inputs(args)
+        truth = None
+        if args.feed == "demo":
+            bars, events, truth = load_demo(args)
+            args.coin = args.coin or args.symbol.split("/")[0]
+        else:
+            bars, events = load_inputs(args)
         coin = args.coin or "BTC"
         params = ModelParams(ladder=ladder, exchange=args.exchange or args.venue or "binance", coin=coin)
         if args.horizon_hours <= 0 or args.bucket_pct <= 0 or args.span_pct <= 0 or args.min_events < 1:
             raise ScoringError("--horizon-hours, --bucket-pct, --span-pct and --min-events must be positive")
-        rep = run_backtest(bars, events, params, args)
+        rep = run_backtest(bars, events, params, args, truth)
     except (FeedError, BarsError, LadderError, ScoringError, CalibrationError, ValueError) as exc:
         return _fail(str(exc))
     cal_json = rep.pop("_calibration_json", None)

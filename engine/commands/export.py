@@ -383,7 +383,7 @@ def _zones_table(zones: list[Any], tiers: tuple[str, ...]) -> Table:
         "distance_pct": col(lambda z: z.distance_pct),
     }
     for i, lab in enumerate(tiers):
-        cols[f"usd_{lab}"] = col(lambda z, i=i: z.tier_usd[i])
+        cols[f"usd_{lab}"] = np.array([z.tier_usd[i] for z in zones], dtype=np.float64)
     fmt = {k: PRICE for k in cols}
     fmt.update({k: USD for k in cols if k.startswith("usd")}, side="%s", grade="%s", share_of_daily_volume="%.6g",
                percentile="%.2f", distance_pct="%.4f")

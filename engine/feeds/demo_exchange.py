@@ -37,6 +37,11 @@ FAR = 10**9  # a level bound meaning "nothing there"
 PERMANENT_IMPACT = 0.6
 RELAX = 1.0 - 0.5 ** (1.0 / 8.0)  # transient impact half-life: 8 minutes
 MAX_SWEEP_MOVE = 0.08  # the exchange pauses a sweep after an 8% forced move (the next minute carries on)
+# Impact is linear in forced USD for small sweeps and grows like its square root for big ones (dip buyers
+# and market makers step in): Q USD of forced orders move the price by c * (sqrt(1 + 2Q / (c * depth)) - 1).
+# Q counts the forced orders of the last minutes too (fading like the transient impact), so a squeeze that
+# runs over many minutes meets ever deeper liquidity instead of restarting every minute.
+IMPACT_BEND = 0.01
 REVERSION = 1.0 / (20 * MINUTES_PER_DAY)  # the price drifts back towards its catalogue level over weeks
 
 # Momentum, funding and the long/short mood of new traders.
@@ -140,6 +145,7 @@ class SimulatedExchange:
         self.anchor = math.log(spec.price)
         self.x = self.anchor  # last close
         self.trans = 0.0  # transient impact still in the price
+        self.forced = [0.0, 0.0]  # recent forced USD pushing down (long liquidations) / up (short ones)
         self.shift = 0.0  # funding's cumulative move of every liquidation price
         self.ema = 0.0
         self.premium_sum, self.premium_n = 0.0, 0
@@ -207,27 +213,30 @@ class SimulatedExchange:
         # liquidation levels relative to the minute's base price, and the stored units opened per tier and
         # entry for a base price of 1 (coin, times each tier's share, grown by the closes the book's
         # survival factor will apply by the end of the minute; the book rebased at midnight).
+        # (+0.5: levels are rounded by flooring)
         self._birth_levels = self.inv_step * np.stack(
             [f.entry_move[:, None, :] + f.long_offset[:, :, None], f.entry_move[:, None, :] + f.short_offset[:, :, None]],
             axis=1,
-        )  # (M, 2, T, E) in levels
+        ) + 0.5  # (M, 2, T, E) in levels
+        self._birth_levels_min = float(self._birth_levels.min())
+        self._birth_levels_max = float(self._birth_levels.max())
         coin = f.open_usd[:, None] / ENTRIES * np.exp(-f.entry_move)  # (M, E)
         elapsed = (np.arange(MINUTES_PER_DAY) + 1) * 60.0 + (day * 86_400 - self.book.t_ref)
         grow = np.exp(self.mix.close_rate[None, :] * elapsed[:, None])  # (M, T)
         self._day_survival = np.exp(-self.mix.close_rate[None, None, :] * (elapsed[:, None, None] - 60.0))  # at each minute's start
-        self._keep = np.exp(self.book.extra)  # (2, T) share left by funding-driven closes
         self._birth_units = coin[:, None, :] * (self.mix.share[None, :] * grow)[:, :, None]  # (M, T, E)
         self._birth_units_sum = self._birth_units.sum(axis=2)  # (M, T)
         self._birth_coin = coin
         self._birth_coin_sum = coin.sum(axis=1)
+        self._funding_closes_changed()
         # plain lists: the minute loop reads one value at a time, which numpy does slowly
         self._low = f.low.tolist()
         self._high = f.high.tolist()
         self._close = f.close.tolist()
         self._top_long = f.top_long.tolist()
         self._bottom_short = f.bottom_short.tolist()
-        self._low_tick = f.path.argmin(axis=1).tolist()
-        self._high_tick = f.path.argmax(axis=1).tolist()
+        self._low_tick = f.low_tick.tolist()
+        self._high_tick = f.high_tick.tolist()
         self._long_reach = f.long_offset.max(axis=1).tolist()
         self._short_reach = f.short_offset.min(axis=1).tolist()
         self._share_noise = f.share_noise.tolist()
@@ -263,8 +272,14 @@ class SimulatedExchange:
         self.shift += self.rate
         payer = LONG if self.rate > 0 else SHORT
         self.book.close_share(payer, min(0.25, FUNDING_CLOSE * abs(self.rate)))
-        self._keep = np.exp(self.book.extra)
+        self._funding_closes_changed()
         self.premium_sum, self.premium_n = 0.0, 0
+
+    def _funding_closes_changed(self) -> None:
+        """The book's funding-driven closes changed (a settlement, or a new day folded them in)."""
+        self._keep = np.exp(self.book.extra)  # (2, T) share left by funding-driven closes
+        # New positions are stored divided by the survival the book will apply to them.
+        self._birth_units_kept = self._birth_units[:, None, :, :] * (1.0 / self._keep)[None, :, :, None]  # (M, 2, T, E)
 
     def _refresh_imbalance(self) -> None:
         longs, shorts = float(self.tot_real[LONG].sum()), float(self.tot_real[SHORT].sum())
@@ -272,63 +287,80 @@ class SimulatedExchange:
 
     def _run(self, m0: int, m1: int) -> None:
         """The minute loop, for minutes inside one funding interval. Scalars only, unless price
-        reaches the book."""
+        reaches the book. (Hot loop: state and constants live in locals, clamps are comparisons.)"""
         day0 = self.flow.day * MINUTES_PER_DAY
         low, high, close_move = self._low, self._high, self._close
         top_long, bottom_short = self._top_long, self._bottom_short
         share_noise, premium_noise = self._share_noise, self._premium_noise
         rec = self.rec
-        inv = self.inv_step
-        anchor = self.anchor
-        x, ema, rate, crowd = self.x, self.ema, self.rate, self.crowd
+        put_open, put_high, put_low, put_close = rec.open.append, rec.high.append, rec.low.append, rec.close.append
+        put_base, put_share, put_rate = rec.base.append, rec.share.append, rec.rate.append
+        inv, anchor, shift = self.inv_step, self.anchor, self.shift
+        relax_rate, reversion, eps = RELAX, REVERSION, EPS
+        momentum_weight, momentum_scale, crowd_weight = MOMENTUM_WEIGHT, 0.5 * self.momentum_scale, CROWD_WEIGHT
+        floor, ceil, tanh = math.floor, math.ceil, math.tanh
+        x, ema, rate, crowd, trans = self.x, self.ema, self.rate, self.crowd, self.trans
         premium_sum, premium_n, imbalance = self.premium_sum, self.premium_n, self.imbalance
+        hi_long, lo_short = self.hi_long, self.lo_short
+        pending_hi, pending_lo = self.pending_hi_long, self.pending_lo_short
+        forced = self.forced
         for i in range(m0 - day0, m1 - day0):
-            relax = self.trans * RELAX
-            self.trans -= relax
-            xb = x - relax + REVERSION * (anchor - x)
+            relax = trans * relax_rate
+            trans -= relax
+            if forced[0] or forced[1]:
+                forced[0] -= forced[0] * relax_rate
+                forced[1] -= forced[1] * relax_rate
+            xb = x - relax + reversion * (anchor - x)
             lo = xb + low[i]
             hi = xb + high[i]
-            shift = self.shift
-            if (lo - shift) * inv - EPS <= self.hi_long or (hi - shift) * inv + EPS >= self.lo_short:
+            if (lo - shift) * inv - eps <= hi_long or (hi - shift) * inv + eps >= lo_short:
+                self.trans, self.hi_long, self.lo_short = trans, hi_long, lo_short
+                self.pending_hi_long, self.pending_lo_short = pending_hi, pending_lo
                 close, lo, hi, top, bottom = self._forced_minute(i, xb)
+                trans, hi_long, lo_short = self.trans, self.hi_long, self.lo_short
+                pending_hi, pending_lo = self.pending_hi_long, self.pending_lo_short
             else:
                 close = xb + close_move[i]
                 top = xb + top_long[i]
                 bottom = xb + bottom_short[i]
             # the minute's new positions sit down to / up to these levels (bounds, not exact)
-            k = math.floor((top - shift) * inv) + 1
-            if k > self.hi_long:
-                self.hi_long = k
-            if k > self.pending_hi_long:
-                self.pending_hi_long = k
-            k = math.ceil((bottom - shift) * inv) - 1
-            if k < self.lo_short:
-                self.lo_short = k
-            if k < self.pending_lo_short:
-                self.pending_lo_short = k
+            k = floor((top - shift) * inv) + 1
+            if k > hi_long:
+                hi_long = k
+            if k > pending_hi:
+                pending_hi = k
+            k = ceil((bottom - shift) * inv) - 1
+            if k < lo_short:
+                lo_short = k
+            if k < pending_lo:
+                pending_lo = k
 
-            ema += MOMENTUM_WEIGHT * ((close - x) - ema)
-            trend = math.tanh(0.5 * ema * self.momentum_scale)
+            ema += momentum_weight * ((close - x) - ema)
+            trend = tanh(ema * momentum_scale)
             tilt = 0.5 * (imbalance + crowd)  # how one-sided the speculators are
             premium_sum += PREMIUM_IMBALANCE * tilt + PREMIUM_MOMENTUM * trend + PREMIUM_NOISE * premium_noise[i]
             premium_n += 1
             avg = premium_sum / premium_n
-            rate = avg + min(max(INTEREST - avg, -FUNDING_CLAMP), FUNDING_CLAMP)
-            rate = min(max(rate, -FUNDING_CAP), FUNDING_CAP)
+            # Binance's rule: premium + clamp(interest - premium, +-0.05%), capped
+            gap = INTEREST - avg
+            rate = avg + (FUNDING_CLAMP if gap > FUNDING_CLAMP else -FUNDING_CLAMP if gap < -FUNDING_CLAMP else gap)
+            rate = FUNDING_CAP if rate > FUNDING_CAP else -FUNDING_CAP if rate < -FUNDING_CAP else rate
             share = 0.5 + SHARE_MOMENTUM * trend - SHARE_FUNDING * (rate - INTEREST) + SHARE_NOISE * share_noise[i]
-            share = min(max(share, 0.15), 0.85)
-            crowd += CROWD_WEIGHT * ((2.0 * share - 1.0) - crowd)
+            share = 0.85 if share > 0.85 else 0.15 if share < 0.15 else share
+            crowd += crowd_weight * ((2.0 * share - 1.0) - crowd)
 
-            rec.open.append(x)
-            rec.high.append(hi if hi > x else x)
-            rec.low.append(lo if lo < x else x)
-            rec.close.append(close)
-            rec.base.append(xb)
-            rec.share.append(share)
-            rec.rate.append(rate)
+            put_open(x)
+            put_high(hi if hi > x else x)
+            put_low(lo if lo < x else x)
+            put_close(close)
+            put_base(xb)
+            put_share(share)
+            put_rate(rate)
             x = close
-        self.x, self.ema, self.rate, self.crowd = x, ema, rate, crowd
+        self.x, self.ema, self.rate, self.crowd, self.trans = x, ema, rate, crowd, trans
         self.premium_sum, self.premium_n = premium_sum, premium_n
+        self.hi_long, self.lo_short = hi_long, lo_short
+        self.pending_hi_long, self.pending_lo_short = pending_hi, pending_lo
         self.minute = m1
 
     # ---- the liquidation engine ---------------------------------------------------------------------
@@ -360,24 +392,33 @@ class SimulatedExchange:
                 path[j:] += move
                 impacts.append((j, move))
                 self.trans += (1.0 - PERMANENT_IMPACT) * move
-                jl, jh = int(path.argmin()), int(path.argmax())
+                # the swept extreme stays the extreme (everything after it moved with it); the other
+                # side's extreme may now be elsewhere
+                if side == LONG:
+                    jh = int(path.argmax())
+                else:
+                    jl = int(path.argmin())
         if impacts:
             self.rec.impacts[i] = impacts
             entries = path[f.entry_tick[i]]
             self.rec.adjusted.append(i)
             self.rec.entry_adjust[i] = entries - (xb + f.entry_move[i])
-            top = float(entries.max()) + self._long_reach[i]
-            bottom = float(entries.min()) + self._short_reach[i]
+            moved = entries.tolist()
+            top = max(moved) + self._long_reach[i]
+            bottom = min(moved) + self._short_reach[i]
         else:
             top = xb + self._top_long[i]
             bottom = xb + self._bottom_short[i]
-        return float(path[-1]), float(path.min()), float(path.max()), top, bottom
+        return float(path[-1]), float(path[jl]), float(path[jh]), top, bottom
 
     def _sweep(self, side: int, p: float, t0: int, tick: int, depth: float, i: int) -> float:
         """Liquidate every ``side`` level the price ``p`` has reached; forced orders move the price by
         their USD over the book depth, which may reach further levels. Returns the log move."""
         move = 0.0
         events = 0
+        direction = -1.0 if side == LONG else 1.0  # forced sells of longs push down, buys of shorts up
+        c, depth_c = IMPACT_BEND, IMPACT_BEND * depth
+        already = c * math.sqrt(1.0 + 2.0 * self.forced[side] / depth_c)
         while abs(move) < MAX_SWEEP_MOVE:
             lvl = (p + move - self.shift) * self.inv_step
             if side == LONG:
@@ -415,20 +456,20 @@ class SimulatedExchange:
                 self.liq_base.append(base)
                 self.liq_usd.append(usd)
                 events += 1
-            # forced sells of longs push the price down, forced buys of shorts push it up
-            move += (-usd if side == LONG else usd) / depth
+            self.forced[side] += usd
+            move = direction * (c * math.sqrt(1.0 + 2.0 * self.forced[side] / depth_c) - already)
         return move
 
     # ---- batched steps: new positions into the book, then settled bars ------------------------------
     def _birth_scale(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per minute in [a, b): exp(-base price) times each side's share (n, 2), and the base prices."""
+        """Per minute in [a, b): exp(-base price) times each side's share (n, 2), and the base prices.
+        (Small arrays, called often: written with ufuncs into one buffer, no stacking.)"""
         xb = np.array(self.rec.base[a:b])
-        share = np.array(self.rec.share[a:b])
-        sides = np.empty((b - a, 2))
-        sides[:, LONG] = share
-        sides[:, SHORT] = 1.0 - share
-        sides *= np.exp(-xb)[:, None]
-        return sides, xb
+        scale = np.exp(-xb)
+        per_side = np.empty((b - a, 2))
+        np.multiply(scale, self.rec.share[a:b], out=per_side[:, LONG])
+        np.subtract(scale, per_side[:, LONG], out=per_side[:, SHORT])
+        return per_side, xb
 
     def _flush(self, upto: int) -> None:
         """Put the new positions of block minutes [flushed, upto) into the book."""
@@ -436,15 +477,19 @@ class SimulatedExchange:
         if upto <= a:
             return
         per_side, xb = self._birth_scale(a, upto)
-        # funding-driven closes so far today apply to new positions too (they are folded in at midnight)
-        scale = per_side[:, :, None] * np.exp(-self.book.extra)[None, :, :]  # (n, 2, T)
-        units = self._birth_units[a:upto, None, :, :] * scale[..., None]  # (n, 2, T, E)
-        levels = self._birth_levels[a:upto] + ((xb - self.shift) * self.inv_step + 0.5)[:, None, None, None]
+        units = self._birth_units_kept[a:upto] * per_side[:, :, None, None]  # (n, 2, T, E)
+        levels = self._birth_levels[a:upto] + ((xb - self.shift) * self.inv_step)[:, None, None, None]
         for i in self.rec.adjusted_in(a, upto):  # entries that a sweep had moved
             adjust = self.rec.entry_adjust[i]
             levels[i - a] += adjust * self.inv_step
             units[i - a] *= np.exp(-adjust)
-        self.book.add_pattern(np.floor(levels).astype(np.int64), units)
+        # where these can land, without scanning them: the day's offsets around the minutes' base prices,
+        # widened by the most two sweeps can move an entry
+        base = self.rec.base[a:upto]
+        margin = 2 * MAX_SWEEP_MOVE * self.inv_step + 2
+        lo = math.floor((min(base) - self.shift) * self.inv_step + self._birth_levels_min - margin)
+        hi = math.ceil((max(base) - self.shift) * self.inv_step + self._birth_levels_max + margin)
+        self.book.add_pattern(np.floor(levels, out=levels).astype(np.int64), units, lo, hi)
         self.flushed = upto
         self.pending_hi_long, self.pending_lo_short = -FAR, FAR
 
@@ -462,13 +507,13 @@ class SimulatedExchange:
         f, rec = self.flow, self.rec
         n, T = upto - a, self.tiers
         per_side, _ = self._birth_scale(a, upto)
-        births = self._birth_units_sum[a:upto, None, :] * per_side[:, :, None]  # (n, 2, T) stored units
+        births = self._birth_units_sum[a:upto, None, :] * per_side[:, :, None]  # (n, 2, T) units at birth
         coin = self._birth_coin_sum[a:upto].copy()
         for i in rec.adjusted_in(a, upto):
             moved = np.exp(-rec.entry_adjust[i])
             births[i - a] = (self._birth_units[i] * moved[None, :]).sum(axis=1)[None, :] * per_side[i - a][:, None]
             coin[i - a] = float(self._birth_coin[i] @ moved)
-        births *= np.exp(-self.book.extra)[None, :, :]
+        births /= self._keep[None, :, :]  # stored units (see _funding_closes_changed)
         liq_stored = np.zeros((n, 2, T))
         liq_base = np.zeros((n, 2))
         for i in rec.liquidated_in(a, upto):

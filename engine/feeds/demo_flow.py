@@ -29,8 +29,10 @@ _VOL_PARTS = (("market_fast", 30.0, 0.30), ("market_slow", 720.0, 0.35), ("own_f
 _VOL_VAR = sum(sd * sd for _, _, sd in _VOL_PARTS)
 JUMPS_PER_DAY = 3.0  # news-like jumps per coin per day (fat tails beyond the volatility mixture)
 LEVERAGE_SPREAD = 0.08  # traders pick 9x or 11x as well as 10x: log-normal spread around each tier
-HEDGED_SHARE = 0.45  # part of open interest held by hedgers and market makers, never liquidated
-SPECULATIVE_TURNOVER = 0.264  # new speculative notional per day, as a share of open interest
+HEDGED_SHARE = 0.6  # part of open interest held by hedgers and market makers, never liquidated
+# New speculative notional per day, as a share of open interest: with the traders' holding times this
+# keeps the speculators' positions near the other 40% of open interest.
+SPECULATIVE_TURNOVER = 0.19
 
 
 @dataclass
@@ -56,10 +58,12 @@ class DayFlow:
 
     day: int  # UNIX day number
     sigma: np.ndarray  # (M,) volatility of a 1-minute log return in this minute
-    path: np.ndarray  # (M, TICKS) log move from the minute's base price to each tick, before forced orders
+    path: np.ndarray  # (M, TICKS) float32 log move from the minute's base price to each tick (no forced orders)
     low: np.ndarray  # (M,) lowest / highest / last tick of ``path``
     high: np.ndarray
     close: np.ndarray
+    low_tick: np.ndarray  # (M,) which tick is the lowest / the highest
+    high_tick: np.ndarray
     entry_tick: np.ndarray  # (M, ENTRIES) ticks at which new positions are opened
     entry_move: np.ndarray  # (M, ENTRIES) ``path`` at those ticks
     long_offset: np.ndarray  # (M, T) log(liquidation / entry) of this minute's longs per tier (< 0)
@@ -121,20 +125,27 @@ def day_flow(spec: SimulatedSymbol, mix: TraderMix, seed: int, sym_id: int, day:
     sigma = sigma_base * np.exp(logv - _VOL_VAR) * season
 
     # Second-by-second path: the market factor moves every coin, plus the coin's own moves and jumps.
-    # (float32: a tick's move needs 7 digits, and a day of ticks is the bulk of the drawing time)
-    shared = market.standard_normal((M, TICKS), dtype=np.float32)
-    mine = own.standard_normal((M, TICKS), dtype=np.float32)
-    step = shared * np.float32(spec.beta)
-    step += mine * np.float32(math.sqrt(1.0 - spec.beta**2))
+    # A day of ticks is the bulk of the drawing time, so: float32 (a tick's move needs 7 digits) and
+    # uniform steps of unit variance (four times cheaper than normal ones; 60 of them add up to a normal
+    # minute, and the fat tails come from the volatility regime, the jumps and the cascades).
+    shared = market.random((M, TICKS), dtype=np.float32)
+    mine = own.random((M, TICKS), dtype=np.float32)
+    root12 = math.sqrt(12.0)
+    step = shared * np.float32(spec.beta * root12)
+    step += mine * np.float32(math.sqrt(1.0 - spec.beta**2) * root12)
+    step -= np.float32(0.5 * root12 * (spec.beta + math.sqrt(1.0 - spec.beta**2)))
     step *= (sigma / math.sqrt(TICKS)).astype(np.float32)[:, None]
     jumps = own.random(M) < JUMPS_PER_DAY / M
     n_jumps = int(jumps.sum())
     jump_tick = own.integers(0, TICKS, n_jumps)
     step[np.flatnonzero(jumps), jump_tick] += (sigma[jumps] * 3.0 * own.standard_t(3, n_jumps)).astype(np.float32)
-    path = np.cumsum(step, axis=1, dtype=np.float64)
+    path = np.cumsum(step, axis=1)
+    low_tick = path.argmin(axis=1)
+    high_tick = path.argmax(axis=1)
+    rows = np.arange(M)
 
     entry_tick = own.integers(0, TICKS, (M, ENTRIES))
-    entry_move = np.take_along_axis(path, entry_tick, axis=1)
+    entry_move = np.take_along_axis(path, entry_tick, axis=1).astype(np.float64)
     leverage = np.clip(mix.leverage[None, :] * np.exp(LEVERAGE_SPREAD * own.standard_normal((M, len(mix.leverage)))), 1.5, 125.0)
     long_off, short_off = mix.liquidation_offsets(leverage)
 
@@ -152,9 +163,11 @@ def day_flow(spec: SimulatedSymbol, mix: TraderMix, seed: int, sym_id: int, day:
         day=day,
         sigma=sigma,
         path=path,
-        low=path.min(axis=1),
-        high=path.max(axis=1),
-        close=path[:, -1].copy(),
+        low=path[rows, low_tick].astype(np.float64),
+        high=path[rows, high_tick].astype(np.float64),
+        close=path[:, -1].astype(np.float64),
+        low_tick=low_tick,
+        high_tick=high_tick,
         entry_tick=entry_tick,
         entry_move=entry_move,
         long_offset=long_off,

@@ -67,6 +67,7 @@ class PositionBook:
     def _refresh_prices(self) -> None:
         k = self.units.shape[1]
         self.level_price = np.exp((self.kmin + np.arange(k)) * self.step)
+        self._ones = np.ones(k)
         # flat index of (side, level kmin, tier), shaped to add (minute, side, tier, entry) blocks
         side_tier = np.arange(2)[:, None] * (k * self.tiers) + np.arange(self.tiers)[None, :]
         self._row_start = (side_tier - self.kmin * self.tiers)[None, :, :, None]
@@ -108,9 +109,10 @@ class PositionBook:
         flat = (side.astype(np.int64) * k + (level - self.kmin)) * self.tiers + tier
         np.add.at(self.units.reshape(-1), flat, stored)
 
-    def add_pattern(self, levels: np.ndarray, stored: np.ndarray) -> None:
-        """Add cohorts shaped (n, 2, T, E): minute, side, tier, entry (in that order of addition)."""
-        self._ensure(int(levels.min()), int(levels.max()))
+    def add_pattern(self, levels: np.ndarray, stored: np.ndarray, lo: int, hi: int) -> None:
+        """Add cohorts shaped (n, 2, T, E): minute, side, tier, entry (in that order of addition).
+        ``lo``..``hi`` bounds the levels (the caller knows them without scanning)."""
+        self._ensure(lo, hi)
         np.add.at(self.units.reshape(-1), (levels * self.tiers + self._row_start).ravel(), stored.ravel())
 
     def _ensure(self, lo: int, hi: int) -> None:
@@ -131,13 +133,13 @@ class PositionBook:
         b = min(k_to, self.kmax) - self.kmin + 1
         if b <= a:
             return None
+        # (a sweep touches a few levels: ndarray.dot has the least per-call overhead for such sizes)
         block = self.units[side, a:b]  # (levels, T)
-        stored = block.sum(axis=0)
-        booked_usd = self.level_price[a:b] @ block
-        base = float(stored @ survival)
+        stored = self._ones[: b - a].dot(block)
+        base = float(stored.dot(survival))
         if base <= 0.0:
             return None
-        usd = float(booked_usd @ survival) * price_factor
+        usd = float(self.level_price[a:b].dot(block.dot(survival))) * price_factor
         block.fill(0.0)
         return stored, base, usd
 

@@ -375,8 +375,8 @@ class ExchangeFeed:
             # the stream picks up right after the last bar handed out here
             self._last_closed_ms[market.symbol] = int(candles.time_ms[-1])
             self._last_price[market.symbol] = float(candles.close[-1])
-        if funding:
-            self._last_funding[market.symbol] = max(funding)
+            if funding:
+                self._last_funding[market.symbol] = max(funding)
         return bars
 
     async def stream(self, symbol: str) -> AsyncIterator[FeedEvent]:
@@ -720,13 +720,13 @@ class _Stream:
 
     def read_frame(self, kind: str, client: Any, message: Any) -> None:
         if kind == "liquidation" and isinstance(message, dict):
-            for raw in liquidation_rows(self.feed.exchange, message):
-                if raw.market_id != self.market_id:
-                    continue
+            ours = [r for r in liquidation_rows(self.feed.exchange, message) if r.market_id == self.market_id]
+            for raw in ours:  # every row of the frame, not only the first ccxt hands back
                 liq = to_liquidation(self.feed.exchange, raw, self.symbol, self.market.contract_size)
                 if liq is not None:
                     self.queue.put_nowait(liq)
-            self.heard()
+            if ours:
+                self.heard()
         elif kind == "ohlcv" and self.feed.venue.has_taker and isinstance(message, dict):
             k = message.get("k") or {}
             if k.get("s") == self.market_id and k.get("i") == "1m":

@@ -156,12 +156,13 @@ class Cohorts:
     """Flat arrays, one entry per cohort: all longs, then all shorts (nothing else about the order is
     promised). ``birth`` indexes the bar it was opened in (global index). Entry anchors of one bar that
     snap to the same level are one cohort: they share a birth, a level and so a death, and keeping them
-    apart would only cost time."""
+    apart would only cost time. 32-bit indices: a year of 1-minute bars makes tens of millions of cohorts,
+    and memory traffic, not arithmetic, is what they cost."""
 
-    birth: np.ndarray  # int64
+    birth: np.ndarray  # int32
     side: np.ndarray  # int8: 0 long, 1 short
     tier: np.ndarray  # int8: index into the ladder
-    level: np.ndarray  # int64 level-book index of the liquidation price
+    level: np.ndarray  # int32 level-book index of the liquidation price
     usd: np.ndarray  # float64 notional at birth
 
     def __len__(self) -> int:
@@ -184,21 +185,32 @@ def build_cohorts(bars: Bars, params: ModelParams, seeds: Seeds, grid: LevelGrid
     anchors = np.asarray(params.entry_anchors, dtype=np.float64)[order]
     w_anchor = np.asarray(params.entry_weights, dtype=np.float64)[order]
     w_anchor = w_anchor / w_anchor.sum()
+    t, e = len(w_tier), len(anchors)
+    if first_index + len(bars) >= 2**31:
+        raise BarsError("more than 2^31 bars in one history")
 
-    parts = []
+    opened = []
     for side, side_usd in ((LONG, seeds.long_usd), (SHORT, seeds.short_usd)):
-        opened = np.flatnonzero(side_usd > 0)  # bars that opened anything on this side
-        if not tier_ok[side].any():
-            opened = opened[:0]
+        rows = np.flatnonzero(side_usd > 0)  # bars that opened anything on this side
+        opened.append(rows if tier_ok[side].any() else rows[:0])
+    # Written straight into arrays sized for the most cohorts there could be; np.empty does not touch
+    # the memory, so the unused tail costs address space only, and no concatenation copies it all again.
+    most = sum(len(r) for r in opened) * t * e
+    out = Cohorts(
+        np.empty(most, np.int32), np.empty(most, np.int8), np.empty(most, np.int8), np.empty(most, np.int32),
+        np.empty(most, np.float64),
+    )
+    pos = 0
+    for side, side_usd in ((LONG, seeds.long_usd), (SHORT, seeds.short_usd)):
         # in chunks of bars, so the (tier, anchor, bar) temporaries stay small
-        for lo in range(0, max(len(opened), 1), _ROWS):
-            rows = opened[lo : lo + _ROWS]
-            parts.append(
-                _side_cohorts(bars, rows, side_usd, side, log_f[side], tier_ok[side], anchors, w_anchor, w_tier, grid)
+        for lo in range(0, len(opened[side]), _ROWS):
+            rows = opened[side][lo : lo + _ROWS]
+            pos = _side_cohorts(
+                bars, rows, side_usd, side, log_f[side], tier_ok[side], anchors, w_anchor, w_tier, grid, out, pos
             )
     if first_index:
-        parts = [(p[0] + first_index, *p[1:]) for p in parts]
-    return Cohorts(*(np.concatenate([p[i] for p in parts]) for i in range(5)))  # type: ignore[arg-type]
+        out.birth[:pos] += first_index
+    return Cohorts(out.birth[:pos], out.side[:pos], out.tier[:pos], out.level[:pos], out.usd[:pos])
 
 
 _ROWS = 1 << 16  # bars per chunk when building cohorts
@@ -215,21 +227,23 @@ def _side_cohorts(
     w_anchor: np.ndarray,
     w_tier: np.ndarray,
     grid: LevelGrid,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One side's cohorts opened by the bars ``rows``."""
-    t, e = len(w_tier), len(anchors)
+    out: Cohorts,
+    pos: int,
+) -> int:
+    """Write one side's cohorts opened by the bars ``rows`` into ``out`` from ``pos``; returns the new end."""
+    t, e, r = len(w_tier), len(anchors), len(rows)
     # Layout (tier, anchor, bar): the long axis innermost keeps every numpy loop long and contiguous.
     low = bars.low[rows]
     log_entry = np.log(low[None, :] + anchors[:, None] * (bars.high[rows] - low)[None, :])  # (E, R)
     x = log_entry[None, :, :] + log_f[:, None, None]  # (T, E, R)
     x *= 1.0 / grid.step
     np.rint(x, out=x)
-    levels = x.astype(np.int64)
+    levels = x.astype(np.int32)
     del x
     usd = side_usd[rows][None, None, :] * (w_tier[:, None, None] * w_anchor[None, :, None])  # (T, E, R)
     # Anchors that snap to the same level are one cohort: levels rise with the anchor, so equal ones
     # are neighbours; each run's total goes to its first anchor and the others drop out.
-    carry = np.zeros((t, len(rows)))
+    carry = np.zeros((t, r))
     for a in range(e - 1, 0, -1):
         same = levels[:, a] == levels[:, a - 1]
         total = usd[:, a] + carry
@@ -237,12 +251,13 @@ def _side_cohorts(
         usd[:, a] = np.where(same, 0.0, total)
     usd[:, 0] += carry
     usd[~tier_ok] = 0.0
-    keep = usd > 0
-    shape = usd.shape
-    return (
-        np.broadcast_to(rows[None, None, :], shape)[keep],
-        np.full(int(np.count_nonzero(keep)), side, dtype=np.int8),
-        np.broadcast_to(np.arange(t, dtype=np.int8)[:, None, None], shape)[keep],
-        levels[keep],
-        usd[keep],
-    )
+    keep = (usd > 0).ravel()
+    kept = np.flatnonzero(keep)
+    end = pos + len(kept)
+    np.compress(keep, usd.ravel(), out=out.usd[pos:end])
+    np.compress(keep, levels.ravel(), out=out.level[pos:end])
+    np.take(np.tile(rows.astype(np.int32), t * e), kept, out=out.birth[pos:end])
+    per_tier = keep.reshape(t, -1).sum(axis=1)
+    out.tier[pos:end] = np.repeat(np.arange(t, dtype=np.int8), per_tier)
+    out.side[pos:end] = side
+    return end

@@ -263,10 +263,10 @@ class Estimate:
             at = cdg * cells + cell[gone]
             np.subtract.at(net, at, aged)
             np.subtract.at(count, at, ones[: len(at)])
-        counts = count.reshape(ncol, 2, nb, t)
+        counts: np.ndarray = count.reshape(ncol, 2, nb, t)
         alive = np.cumsum(counts, axis=0, out=counts) > 0  # cohorts present per cell
         # Walk the columns: carry the book forward with each tier's survival factor between columns.
-        grid = net.reshape(ncol, 2, nb, t)  # filled in place: column col becomes the book at times[col]
+        grid: np.ndarray = net.reshape(ncol, 2, nb, t)  # filled in place: column col becomes the book at times[col]
         state = np.zeros((2, nb, t))
         for col in range(ncol):
             if col > 0 and closed[col] > closed[col - 1] and closed[col - 1] > 0:

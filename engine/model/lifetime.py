@@ -56,8 +56,8 @@ class FirstTouch:
 
     def first(self, start: np.ndarray, q: np.ndarray) -> np.ndarray:
         """First index j >= start with reach[j] <= q; ``n`` when there is none."""
-        start = np.asarray(start, dtype=np.int64)
-        q = np.asarray(q, dtype=np.int64)
+        start = np.asarray(start)
+        q = np.asarray(q)
         if self.n == 0 or len(start) == 0:
             return np.full(len(start), self.n, dtype=np.int64)
         runs = _run_starts(self.reach, int(q.min()), int(q.max()), budget=2 * len(q) + 1_000_000)
@@ -137,8 +137,8 @@ def _first_by_runs(
     out = np.empty(len(start), dtype=np.int64)
     reach_ext = np.r_[reach, np.iinfo(np.int64).max]  # bar n (none) reaches nothing
     for lo in range(0, len(start), _CHUNK):
-        s = np.minimum(start[lo : lo + _CHUNK], n)
-        qc = q[lo : lo + _CHUNK]
+        s = np.minimum(start[lo : lo + _CHUNK], n).astype(np.int64, copy=False)
+        qc = q[lo : lo + _CHUNK].astype(np.int64, copy=False)
         # the start bar itself may reach the level (inside a run, so no run start marks it)
         direct = reach_ext[s] <= qc
         if not len(keys):

@@ -165,6 +165,7 @@ def baseline_realised(bars: Bars) -> np.ndarray:
 @dataclass(frozen=True)
 class BarScore:
     bars: int
+    active: int  # bars with any recorded liquidation (the rest are quiet bars both may agree on)
     rank_corr: float  # per bar, long + short
     rank_corr_sides: float  # per (bar, side)
     top_decile_share: float  # share of recorded USD in the top-decile predicted bars
@@ -183,6 +184,7 @@ def score_bars(predicted: np.ndarray, actual: np.ndarray, mask: np.ndarray) -> B
     k = max(1, math.ceil(0.1 * n))
     return BarScore(
         n,
+        int((a.sum(axis=0) > 0).sum()),
         rank_correlation(p.sum(axis=0), a.sum(axis=0)),
         rank_correlation(p.reshape(-1), a.reshape(-1)),
         top_share(p.sum(axis=0), a.sum(axis=0)),

@@ -165,7 +165,8 @@ function applyView() {
   const opts = { symbol: state.symbol, timeframe: state.timeframe, tier: state.tier, scale: state.scale,
                  columns: columnsFor(state.range, state.timeframe) };
   if (!heat) {
-    heat = attachLiquidationHeatmap(chart, candles, { ...opts, candles: true, profileWidth: PROFILE_WIDTH });
+    heat = attachLiquidationHeatmap(chart, candles, { ...opts, candles: true, bins: 400, profileWidth: PROFILE_WIDTH,
+                                                      autoscaleMargin: 0.03 });
     heat.on("snapshot", onSnapshot);
     heat.on("realised", (r) => { setRealised(r.time, r.long_usd, r.short_usd); renderRealised(); });
     heat.on("zones", (z) => { state.zones = z.zones; renderZones(); });

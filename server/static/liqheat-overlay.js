@@ -41,6 +41,7 @@ const DEFAULTS = {
   legend: true, // colour legend with USD values + "Estimated" label (DOM, in the chart's corner)
   tooltip: true, // hover: price band, USD long/short, tier mix
   extendLive: true, // draw the live book (last column) on to the right edge of the pane
+  autoscaleMargin: 0, // > 0: the price scale always shows at least price ± this fraction (e.g. 0.04)
 };
 
 // Colour ramp (transparent → violet → blue → teal → green → yellow), 256 RGBA entries.
@@ -264,6 +265,12 @@ class HeatmapPrimitive {
   }
   paneViews() {
     return this._views;
+  }
+  autoscaleInfo() {
+    // Keep nearby liquidation levels in view, not only the candles (merged with the series' own range).
+    const m = this.o.opts.autoscaleMargin, p = this.o.lastPrice;
+    if (!(m > 0) || !(p > 0)) return null;
+    return { priceRange: { minValue: p * (1 - m), maxValue: p * (1 + m) } };
   }
 }
 
@@ -583,6 +590,7 @@ class LiquidationHeatmap {
   }
   _loadMap(m) {
     this.mapData = m;
+    if (m && m.price > 0) this.lastPrice = m.price;
     this._updateProfile();
     this.requestUpdate();
   }

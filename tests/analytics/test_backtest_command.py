@@ -18,7 +18,7 @@ def test_backtest_on_real_okx_liquidations_prints_every_figure(capsys):
     assert main(okx_args("--horizon-hours", "4")) == 0
     out = capsys.readouterr().out
     for needle in ("rank correlation, bar", "top-decile bars", "no-levels baseline", "precision", "lift",
-                   "95% lower bound", "nearest buckets", "12 bars fully covered", "ESTIMATE"):
+                   "95% lower bound", "nearest buckets", "12 1h bars fully covered", "ESTIMATE"):
         assert needle in out
 
 
@@ -81,3 +81,21 @@ def test_multi_coin_file_without_coin_and_non_overlapping_data_are_refused(tmp_p
     assert main(["backtest", "--bars", str(bars), "--coin", "BTC", "--liquidations", str(need(OKX_LIQ))]) == 2
     err = capsys.readouterr().err
     assert "do not overlap" in err and err.count("\n") == 1
+
+
+def test_backtest_on_the_simulated_market_scores_events_and_the_true_book(capsys):
+    assert main(["backtest", "--feed", "demo", "--days", "5", "--horizon-hours", "4", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["bars"]["timeframe"] == "1m" and rep["recorded"]["score_timeframe"] == "1h"
+    assert rep["recorded"]["events"] > 100 and rep["recorded"]["bars_covered"] >= 100
+    t = rep["truth"]
+    assert t["buckets"] >= 10 and -1 <= t["rank_corr"] <= 1 and 0 <= t["top_decile_share"] <= 1
+    # the simulated traders are liquidated where price crosses their levels: the model must see "when"
+    assert rep["per_bar"]["model"]["rank_corr"] > rep["per_bar"]["no_levels_baseline"]["rank_corr"]
+    assert main(["backtest", "--feed", "demo", "--days", "5"]) == 0
+    assert "TRUE book" in capsys.readouterr().out
+
+
+def test_files_are_required_without_the_demo_feed(capsys):
+    assert main(["backtest", "--liquidations", str(need(OKX_LIQ))]) == 2
+    assert "give --bars FILE" in capsys.readouterr().err

@@ -9,12 +9,14 @@ from engine.model.scoring import (
     Events,
     ScoringError,
     actual_per_bar,
+    aggregate_bars,
     baseline_realised,
     covered_bars,
     effective_n,
     rank_correlation,
     score_bars,
     top_share,
+    truth_agreement,
     wilson_lower,
     zone_protocol,
 )
@@ -107,3 +109,24 @@ def test_zone_protocol_excludes_thin_windows_and_refuses_when_nothing_is_left(sy
     assert s.windows == 6
     risk = zone_protocol(synth_est, ev, horizon_hours=1.0, min_events=5, coverage=cov, rank="risk")
     assert risk.rank == "risk" and 0.0 <= risk.precision <= 1.0
+
+
+def test_aggregate_bars_sums_into_aligned_buckets_and_marks_coverage():
+    times = np.arange(0, 3 * 3600, 60)
+    vals = np.ones((2, len(times)))
+    t, v, cov = aggregate_bars(times, vals, 3600, start=0, end=2.5 * 3600)
+    assert t.tolist() == [0, 3600, 7200] and v[0].tolist() == [60, 60, 60]
+    assert cov.tolist() == [True, True, False]
+
+
+def test_truth_agreement_is_perfect_for_the_same_book_and_poor_for_a_mirror():
+    rng = np.random.default_rng(2)
+    prices = 100 * np.exp(rng.uniform(-0.09, 0.09, 400))
+    usd = rng.lognormal(12, 1.5, 400)
+    same = truth_agreement(prices, usd, prices, usd, 100.0)
+    assert same.rank_corr == pytest.approx(1.0) and same.top_decile_share > 0.3
+    assert same.estimated_usd == pytest.approx(same.true_usd)
+    mirrored = truth_agreement(prices, usd, 10_000 / prices, usd[::-1], 100.0)
+    assert mirrored.rank_corr < 0.5
+    with pytest.raises(ScoringError):
+        truth_agreement(prices[:1], usd[:1], prices[:1], usd[:1], 100.0)

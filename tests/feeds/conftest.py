@@ -13,26 +13,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fake_exchange import MINUTE, FakeExchange, floor_minute  # noqa: E402
+from fake_exchange import FakeClock, FakeExchange, floor_minute  # noqa: E402
 
 from engine.feeds.exchange import ExchangeFeed  # noqa: E402
 from engine.feeds.retry import Backoff  # noqa: E402
 
-VENUES = ("binanceusdm", "bybit", "okx")
-TINY_BACKOFF = Backoff(base=0.001, cap=0.01)
-
-
-class FakeClock:
-    """The feed's and the fake exchange's "now", moved by the test (seconds)."""
-
-    def __init__(self, fake: FakeExchange) -> None:
-        self.fake = fake
-
-    def __call__(self) -> float:
-        return self.fake.now_ms / 1000
-
-    def advance(self, seconds: float) -> None:
-        self.fake.now_ms += int(seconds * 1000)
+TINY_BACKOFF = Backoff(base=0.001, cap=0.01)  # retries in tests cost milliseconds, not seconds
 
 
 @pytest.fixture
@@ -67,10 +53,3 @@ async def make_feed(fake: FakeExchange, clock: FakeClock) -> AsyncIterator[Calla
     for f in feeds:
         await asyncio.wait_for(f.close(), 5)
 
-
-def now_s(fake: FakeExchange) -> int:
-    return fake.now_ms // 1000
-
-
-def last_closed_bar_ms(fake: FakeExchange) -> int:
-    return floor_minute(fake.now_ms) - MINUTE

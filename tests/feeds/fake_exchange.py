@@ -31,6 +31,7 @@ HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 
 BINANCE, BYBIT, OKX = "binanceusdm", "bybit", "okx"
+VENUES = (BINANCE, BYBIT, OKX)
 HOSTS = {
     "fapi.binance.com": BINANCE, "fstream.binance.com": BINANCE,
     "api.bybit.com": BYBIT, "stream.bybit.com": BYBIT,
@@ -234,6 +235,7 @@ class FakeExchange:
         self.requests: list[Request] = []
         self.page_cap = dict(page_cap or {})  # "bybit:oi" -> rows per page (forces cursor paging)
         self.delisted: set[str] = {"OLDUSDT", "OLD-USDT-SWAP"}
+        self.latency_s = 0.0  # added to every REST answer (benchmarks: what concurrency buys)
         self.conns: list[_Conn] = []
         self.subscriptions: dict[tuple[str, str], int] = defaultdict(int)
         self._sub_changed = asyncio.Condition()
@@ -316,6 +318,8 @@ class FakeExchange:
             return await self._websocket(request, exchange)
         path = "/" + request.match_info["tail"]
         route, handler = self._route(exchange, path)
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
         params = dict(request.query)
         if handler is None:
             self.requests.append(Request(exchange, path, params, 404))
@@ -602,6 +606,27 @@ class FakeExchange:
                     conn.topics.add(topic)
                     self.subscriptions[conn.exchange, topic] += 1
                 self._sub_changed.notify_all()
+
+
+class FakeClock:
+    """The feed's and the fake exchange's "now", moved by the test (seconds)."""
+
+    def __init__(self, fake: FakeExchange) -> None:
+        self.fake = fake
+
+    def __call__(self) -> float:
+        return self.fake.now_ms / 1000
+
+    def advance(self, seconds: float) -> None:
+        self.fake.now_ms += int(seconds * 1000)
+
+
+def now_s(fake: FakeExchange) -> int:
+    return fake.now_ms // 1000
+
+
+def last_closed_bar_ms(fake: FakeExchange) -> int:
+    return floor_minute(fake.now_ms) - MINUTE
 
 
 class _VenueError(Exception):

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import VENUES, now_s
-from fake_exchange import HTML, MALFORMED, TRUNCATE, Fault
+from fake_exchange import HTML, MALFORMED, TRUNCATE, VENUES, Fault, now_s
 
 from engine.feeds.base import FeedError, UnknownSymbol
 from engine.feeds.retry import ExchangeRejected, ExchangeUnavailable

@@ -7,8 +7,17 @@ import time
 
 import numpy as np
 import pytest
-from conftest import VENUES, FakeClock, last_closed_bar_ms, now_s
-from fake_exchange import DAY, MINUTE, FakeExchange, Tape, floor_minute
+from fake_exchange import (
+    DAY,
+    MINUTE,
+    VENUES,
+    FakeClock,
+    FakeExchange,
+    Tape,
+    floor_minute,
+    last_closed_bar_ms,
+    now_s,
+)
 
 from engine.feeds.base import Feed, UnknownSymbol
 from engine.feeds.exchange import VENUES as VENUE_LIMITS
@@ -226,3 +235,28 @@ async def test_history_hands_the_stream_its_starting_point(fake, make_feed):
     bars = await feed.history("BTC", since=now_s(fake) - 3600)
     assert feed._last_closed_ms["BTC/USDT:USDT"] == bars.time[-1] * 1000
     assert MINUTE == 60_000
+
+
+async def test_injected_markets_skip_the_markets_request(fake, make_feed):
+    first = make_feed("okx")
+    await first.markets()
+    unified = list(first._client.markets.values())
+    calls = len(fake.calls("okx", "markets"))
+    feed = make_feed("okx", markets=unified)
+    assert [m.symbol for m in await feed.markets()][:2] == ["BTC/USDT:USDT", "ETH/USDT:USDT"]
+    bars = await feed.history("BTC", since=now_s(fake) - 600)
+    assert len(bars) >= 9
+    assert len(fake.calls("okx", "markets")) == calls
+
+
+async def test_api_overrides_point_individual_urls_elsewhere(fake, make_feed):
+    import ccxt.pro
+
+    from engine.feeds.exchange import loopback_urls
+
+    overrides = loopback_urls(ccxt.pro.bybit().urls["api"], fake.base)
+    assert overrides["public"] == f"http://{fake.base}/api.{{hostname}}"
+    assert overrides["ws"]["public"]["linear"] == f"ws://{fake.base}/stream.{{hostname}}/v5/public/linear"
+    feed = make_feed("bybit", route_through=None, api_overrides=overrides)
+    bars = await feed.history("BTC", since=now_s(fake) - 600)
+    assert_matches_tape(bars, fake.tape("bybit", "BTC"))

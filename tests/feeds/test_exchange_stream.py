@@ -10,19 +10,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import VENUES, FakeClock, now_s
 from fake_exchange import (
     BINANCE,
     BYBIT,
     IDS,
     OKX,
     OKX_CT_VAL,
+    VENUES,
+    FakeClock,
     FakeExchange,
     binance_force_order,
     binance_kline_frame,
     bybit_all_liquidation,
     bybit_kline_frame,
     floor_minute,
+    now_s,
     okx_candle_frame,
     okx_liquidation_orders,
 )

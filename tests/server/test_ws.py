@@ -70,7 +70,13 @@ async def test_deltas_follow_in_sequence_and_match_rest(client, feed):
     feed.push_forming()
     bar = feed.push_close()
     feed.push_liquidation(usd=77_000.0)
-    msgs = await recv_until(ws, lambda m: m["type"] == "liquidation")
+    seen: set[str] = set()
+
+    def all_kinds(m: dict) -> bool:
+        seen.add(m["type"])
+        return {"bar", "column", "map", "realised", "liquidation"} <= seen
+
+    msgs = await recv_until(ws, all_kinds)
     deltas = [m for m in msgs if "seq" in m]
     assert [m["seq"] for m in deltas] == list(range(1, len(deltas) + 1))
     kinds = {m["type"] for m in deltas}
@@ -83,7 +89,7 @@ async def test_deltas_follow_in_sequence_and_match_rest(client, feed):
     assert newest["close"] == pytest.approx(float(bar.close[0]))
     col = [m for m in deltas if m["type"] == "column"][-1]
     assert col["time"] == newest["time"]  # the live column belongs to the forming candle
-    liq = deltas[-1]
+    liq = next(m for m in deltas if m["type"] == "liquidation")
     assert liq["usd"] == pytest.approx(77_000.0) and liq["side"] == "long"
     await ws.close()
 

@@ -19,7 +19,16 @@ from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 
-from engine.feeds.base import BarUpdate, FeedError, FeedEvent, Health, HealthChange, Liquidation, Market, UnknownSymbol
+from engine.feeds.base import (
+    BarUpdate,
+    FeedError,
+    FeedEvent,
+    Health,
+    HealthChange,
+    Liquidation,
+    Market,
+    UnknownSymbol,
+)
 from engine.model import Bars
 from engine.model.synthetic import synthetic_bars
 

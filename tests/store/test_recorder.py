@@ -107,6 +107,18 @@ async def test_a_first_start_stores_the_history_then_the_streamed_bars_and_liqui
         assert sorted(feed.history_calls) == [(BTC, None, None), (ETH, None, None)]
 
 
+async def test_a_first_start_asking_for_more_than_the_feed_keeps_begins_where_its_history_does(tmp_path):
+    feed = ClockedFeed(speed=60 * 400, warmup=100, stop_at=100, retention=40)
+    t = feed.source(BTC).time
+    with Store(tmp_path / "r.sqlite") as store:
+        run = Running(feed, store, since=int(t[0]) - 86_400 + 7)  # a day before, not on a minute
+        await until(lambda: all(store.last_time(KEY[s]) == int(t[99]) for s in SYMBOLS), what="history")
+        await run.stop()
+        assert sorted(feed.history_calls) == [(BTC, int(t[0]) - 86_400 + 60, None), (ETH, int(t[0]) - 86_400 + 60, None)]
+        assert store.read_bars(KEY[BTC]).time.tolist() == t[60:100].tolist()
+        assert store.gaps() == []  # a recording starts somewhere; that is not a hole
+
+
 async def test_a_restart_resumes_from_the_last_bar_backfills_the_hole_and_marks_lost_liquidations(tmp_path):
     db = tmp_path / "r.sqlite"
     feed, store = await _record_first(db)
@@ -182,6 +194,17 @@ async def test_a_stop_writes_everything_still_queued(tmp_path):
         for s in SYMBOLS:
             _check_bars_equal_source(store, feed, s, 130)
             assert store.count_liquidations(KEY[s]) == 2 * 30
+
+
+async def test_a_stop_in_the_middle_of_a_long_backfill_still_writes_all_of_it(tmp_path):
+    feed = ClockedFeed(speed=60 * 400, warmup=20_000, stop_at=20_000, n=20_000)
+    with Store(tmp_path / "r.sqlite") as store:
+        run = Running(feed, store, batch_rows=100)  # 400 small transactions to go
+        await until(lambda: all((p := run.progress(s)) and p.bars == 20_000 for s in SYMBOLS), what="queued")
+        assert store.count_bars(KEY[BTC]) + store.count_bars(KEY[ETH]) < 40_000  # still writing
+        await run.stop()
+        for s in SYMBOLS:
+            _check_bars_equal_source(store, feed, s, 20_000)
 
 
 async def test_an_unknown_symbol_fails_at_once_without_writing(tmp_path):
