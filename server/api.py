@@ -20,6 +20,7 @@ from engine.model import timeframe_seconds
 from engine.service import MarketService
 
 from . import __version__
+from .analytics import cascade_view, risk_view, zones_with_touch
 from .config import API_TIMEFRAMES
 from .encoding import candles_payload, finite_or_none, map_payload, realised_payload
 from .markets import compact_ticker, dumps, udf_name
@@ -263,23 +264,59 @@ async def liquidation_map(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/zones")
 async def zones(request: web.Request) -> web.Response:
+    """Graded zones, each with the chance price reaches it within 1h / 4h / 24h (touch model)."""
     q = Query(request.query)
     svc = _symbol(request, q)
     bins = q.integer("bins", 200, 10, MAX_BINS)
     span = q.number("span", 0.25, 0.001, 0.9)
     q.done()
     assert bins is not None and span is not None
+    return await _cached(request, svc, ("zones", bins, span), lambda: zones_with_touch(svc, bins, span))
 
-    def build() -> dict[str, Any]:
-        return {
-            "symbol": svc.market.key,
-            "price": svc.last_price,
-            "daily_volume_usd": finite_or_none(svc.daily_volume_usd()),
-            "zones": [z.to_dict() for z in svc.zones(bins=bins, span=span)],
-            "estimate": True,
-        }
 
-    return await _cached(request, svc, ("zones", bins, span), build)
+@routes.get("/api/v1/cascade")
+async def cascade(request: web.Request) -> web.Response:
+    """If price reaches the nearest strong zone, how far could forced selling (buying) carry it?"""
+    q = Query(request.query)
+    svc = _symbol(request, q)
+    q.done()
+    return await _cached(request, svc, ("cascade",), lambda: cascade_view(svc))
+
+
+@routes.get("/api/v1/risk")
+async def risk(request: web.Request) -> web.Response:
+    """One position against the estimate: its liquidation price, the zone it sits in, the chance price
+    gets there, and whether a cascade would carry it there."""
+    q = Query(request.query)
+    svc = _symbol(request, q)
+    side = q.choice("side", "long", ("long", "short"))
+    entry = q.number("entry", None, 0.0, 1e12, open_low=True)
+    leverage = q.number("leverage", None, 1.0, 200.0)
+    size = q.number("size", 10_000.0, 0.0, 1e12, open_low=True)
+    if entry is None or leverage is None:
+        raise BadRequest("missing parameter 'entry' or 'leverage'")
+    q.done()
+    price = svc.last_price
+    if not (price / 100 <= entry <= price * 100):
+        raise BadRequest(f"entry {entry:g} is implausibly far from the market price {price:g}")
+    assert size is not None
+    return await _cached(request, svc, ("risk", side, entry, leverage, size),
+                         lambda: risk_view(svc, side, entry, leverage, size))
+
+
+@routes.get("/api/v1/alerts")
+async def alerts(request: web.Request) -> web.Response:
+    """Recent alerts of one market (the same ones pushed over the WebSocket as `alert`)."""
+    q = Query(request.query)
+    svc = _symbol(request, q)
+    limit = q.integer("limit", 50, 1, 200)
+    q.done()
+    assert limit is not None
+    channel = request.app[LIVE].channels.get(svc.market.key)
+    recent = channel.alerts.recent(limit) if channel is not None else []
+    body = {"symbol": svc.market.key, "rules": [type(r).__name__ for r in channel.alerts.engine.rules] if channel else [],
+            "alerts": recent}
+    return json_response(dumps(body))
 
 
 @routes.get("/api/v1/realised")

@@ -17,6 +17,9 @@ from aiohttp import WSCloseCode, web
 
 from engine.feeds.base import FeedError, UnknownSymbol
 from engine.model import BarsError, LadderError, ModelParams, ViewError, parse_ladder
+from engine.model.cascade import CascadeError
+from engine.model.risk import RiskError
+from engine.model.touch import TouchError
 from engine.service import Hub, open_feed
 
 from . import api, assets, udf, ws
@@ -74,7 +77,7 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
     """Bad input → 400, unknown symbol → 404, a market still loading → 503; never a bare 500 page."""
     try:
         return await handler(request)
-    except (BadRequest, ViewError, BarsError, LadderError) as exc:
+    except (BadRequest, ViewError, BarsError, LadderError, RiskError, TouchError, CascadeError) as exc:
         return _error(400, _one_line(exc))
     except UnknownSymbol as exc:
         return _error(404, _one_line(exc))

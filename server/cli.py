@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
 
 from aiohttp import web
@@ -79,13 +80,22 @@ def run(args: argparse.Namespace) -> int:
     except (LadderError, ValueError) as exc:
         print(f"liqheat serve: {exc}", file=sys.stderr)
         return 2
+    config = ServerConfig(host=args.host, port=args.port, allow_origins=tuple(args.allow_origin))
+    if args.port:
+        # Fail before loading a month of history, not after.
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((args.host, args.port))
+        except OSError as exc:
+            print(f"liqheat serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     if not assets.installed():
         try:
             assets.ensure()
         except assets.AssetError as exc:
             print(f"liqheat serve: the chart library is missing and could not be installed: {exc}\n"
                   "  run `python -m server.assets` once with network access; the API works without it.", file=sys.stderr)
-    config = ServerConfig(host=args.host, port=args.port, allow_origins=tuple(args.allow_origin))
     try:
         return asyncio.run(serve(spec, config, args.verbose))
     except FeedError as exc:

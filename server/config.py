@@ -26,6 +26,8 @@ class ServerConfig:
     map_interval_s: float = 1.0
     # Minimum seconds between two recomputations of the live heatmap column for one view.
     column_interval_s: float = 0.25
+    # Minimum seconds between two runs of a market's alert rules.
+    alert_interval_s: float = 5.0
     # Threads for numpy work (views), so the event loop never blocks on it.
     workers: int = 4
     # Cached view responses kept per market (LRU).

@@ -105,11 +105,20 @@ def document(example_symbol: str = "demo:BTC/USDT:USDT") -> dict[str, Any]:
                                 "estimate": {"const": True}}),
         "Zone": zone,
         "Zones": _obj({"symbol": STR, "price": NUM, "daily_volume_usd": NUM_OR_NULL,
-                       "zones": {"type": "array", "items": _ref("Zone")}, "estimate": {"const": True}}),
+                       "zones": {"type": "array", "items": _ref("Zone")},
+                       "volatility": {"type": ["object", "null"]}, "estimate": {"const": True}}),
         "Realised": _obj({"symbol": STR, "timeframe": STR, "t": INTS, "long_usd": NUMS, "short_usd": NUMS,
                           "estimate": {"const": True}}),
         "Liquidations": _obj({"symbol": STR, "source": STR, "events": {"type": "array", "items": _obj(
             {"time_ms": INT, "side": {"type": "string", "enum": ["long", "short"]}, "price": NUM, "base": NUM, "usd": NUM})}}),
+        "Cascade": _obj({"symbol": STR, "price": NUM, "down": {"type": "object"}, "up": {"type": "object"},
+                         "depth": {"type": "object"}, "estimate": {"const": True}}),
+        "Risk": _obj({"symbol": STR, "position": {"type": "object"}, "price": NUM, "liquidation_price": NUM, "mmr": NUM,
+                      "distance_pct": NUM, "grade": {"type": "string", "enum": ["none", "low", "elevated", "high"]},
+                      "zone": {"oneOf": [_ref("Zone"), {"type": "null"}]}, "touch": {"type": "object"},
+                      "estimate": {"const": True}}, required=["symbol", "position", "price", "liquidation_price", "grade"]),
+        "Alerts": _obj({"symbol": STR, "rules": {"type": "array", "items": STR},
+                        "alerts": {"type": "array", "items": {"type": "object", "required": ["rule", "message", "time"]}}}),
         "Model": {"type": "object", "required": ["ladder", "tiers", "estimate", "seed_mode"],
                   "properties": {"ladder": STR, "tiers": {"type": "array"}, "estimate": {"const": True}, "seed_mode": STR}},
     }
@@ -144,6 +153,25 @@ def document(example_symbol: str = "demo:BTC/USDT:USDT") -> dict[str, Any]:
             "Liquidations",
         ),
         "/api/v1/model": op("The model's parameters (every assumption behind the estimate)", [symbol], "Model"),
+        "/api/v1/cascade": op("Cascade simulation both ways from the nearest strong zone", [symbol], "Cascade"),
+        "/api/v1/risk": op(
+            "One position against the estimate",
+            [symbol,
+             _param("side", {"type": "string", "enum": ["long", "short"], "default": "long"}, "Position side."),
+             _param("entry", {"type": "number", "exclusiveMinimum": 0, "maximum": 1e12}, "Entry price.", required=True),
+             _param("leverage", {"type": "number", "minimum": 1, "maximum": 200}, "Leverage.", required=True),
+             _param("size", {"type": "number", "exclusiveMinimum": 0, "maximum": 1e12, "default": 10000},
+                    "Notional at entry, USD.")],
+            "Risk",
+            "Liquidation price by the exchange's maintenance-margin brackets, the estimated zone it sits in, the "
+            "chance price reaches it within 1h/4h/24h, and whether a cascade from the nearest strong zone would "
+            "carry price there. 400 when the exchange would refuse the position or it is already past liquidation.",
+        ),
+        "/api/v1/alerts": op(
+            "Recent alerts (price near a strong zone, zone upgraded, large cascade risk)",
+            [symbol, _param("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}, "Newest N.")],
+            "Alerts",
+        ),
     }
     return {
         "openapi": "3.1.0",

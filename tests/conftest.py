@@ -3,8 +3,8 @@
 - ``shared_data``: the real market data in ../shared/data beside the repository (skips when absent, so a
   clone without it still runs the rest).
 - The repository root is importable (``benchmarks.reference`` is a test oracle) whatever the runner's cwd.
-- NO_COLOR and TEXTUAL_* are cleared, so colours and terminal output are the same on a developer's
-  machine and in CI.
+- NO_COLOR and TEXTUAL_* (except the snapshot plugin's own TEXTUAL_SNAPSHOT_*) are cleared, so colours
+  and terminal output are the same on a developer's machine and in CI.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+
 @pytest.fixture(autouse=True)
 def _deterministic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name == "NO_COLOR" or name.startswith("TEXTUAL_"):
+        # TEXTUAL_SNAPSHOT_* belongs to the snapshot test plugin itself, not to how anything renders
+        if name == "NO_COLOR" or (name.startswith("TEXTUAL_") and not name.startswith("TEXTUAL_SNAPSHOT")):
             monkeypatch.delenv(name, raising=False)
 
 

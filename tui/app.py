@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from rich.text import Text
-from textual import constants, work
+from textual import constants, events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -378,7 +378,8 @@ class LiqheatApp(App[int]):
         except Exception:  # analytics are a bonus; the table works without them
             touch = None
         height = self.query_one(ZonesTable).size.height
-        self.query_one(ZonesTable).show_zones(self.zones, touch, limit=max(height - 1, 3))
+        self.query_one(ZonesTable).show_zones(self.zones, touch, limit=max(height - 1, 3),
+                                              plain=self.mode is ColorMode.NONE)
         liq = self.query_one(LiquidationsList)
         liq.show_events(source.liquidations(limit=20), liq.size.height)
         alerts = source.alerts()
@@ -403,6 +404,11 @@ class LiqheatApp(App[int]):
             if self.map.message != msg:
                 self.map.show_message(msg)
                 self.live.show_message(msg)
+
+    def on_resize(self, event: events.Resize) -> None:
+        # the palette hint gives way to the quit key on narrow terminals (ctrl+p is in the help)
+        for footer in self.query(Footer):
+            footer.show_command_palette = event.size.width >= 100
 
     def on_zone_map_resized(self) -> None:
         if self._map_resize_timer is not None:

@@ -112,20 +112,24 @@ class Legend(TextPanel):
     """
 
     def show_legend(self, pal: Palette, scale: float, bin_usd: float, tier_labels: tuple[str, ...], tier: int | None) -> bool:
-        t = Text(no_wrap=True, overflow="ellipsis")
-        t.append("USD/cell ")
-        for level in (1, 4, 8, 12, LEVELS - 1):
-            ch, st = pal.swatch(level)
-            t.append(ch * 2 if ch != " " else "  ", style=st)
-            lo = level_floor_usd(level, scale)
-            t.append(f"{'≥' if level == LEVELS - 1 else ''}{fmt_usd(lo, digits=2) if level > 1 else '>0'} ")
-        t.append(f"· bin {fmt_usd(bin_usd, digits=2) if bin_usd else '—'} · ", style="dim")
-        for i, lab in enumerate(tier_labels):
-            style = pal.tier_style(i)
-            glyph = pal.tier_glyph(i)
-            dim = tier is not None and tier != i
-            t.append(glyph, style="dim" if dim else style)
-            t.append(f"{lab} ", style="dim" if dim else "")
+        """Swatches with absolute USD, the price step of one bin, the tier colours — shortened until it fits."""
+        width = max(self.size.width - 2, 20)
+        for variant in range(3):
+            t = Text(no_wrap=True, overflow="ellipsis")
+            t.append("USD/cell " if variant == 0 else "$/cell ")
+            for level in (1, 4, 8, 12, LEVELS - 1):
+                ch, st = pal.swatch(level)
+                t.append(ch * 2 if ch != " " else "  ", style=st)
+                lo = level_floor_usd(level, scale)
+                t.append(f"{'≥' if level == LEVELS - 1 else ''}{fmt_usd(lo, digits=2) if level > 1 else '>0'} ")
+            if variant < 2:
+                t.append(f"· bin {fmt_usd(bin_usd, digits=2) if bin_usd else '—'} · ", style="dim")
+            for i, lab in enumerate(tier_labels):
+                dim = tier is not None and tier != i
+                t.append(pal.tier_glyph(i), style="dim" if dim else pal.tier_style(i))
+                t.append(f"{lab} " if variant < 2 else lab, style="dim" if dim else "")
+            if t.cell_len <= width:
+                break
         return self.set_text(t)
 
 
@@ -141,34 +145,39 @@ class ZonesTable(DataTable[Text]):
         self.cursor_type = "none"
         self.zebra_stripes = False
         self._shown: object = None
-        self.set_columns(False)
+        self._widths: tuple[int, ...] = ()
+        self.touch = False
 
-    def set_columns(self, touch: bool) -> None:
+    def _set_columns(self, widths: tuple[int, ...]) -> None:
+        """Fixed widths, from the rows: auto-sized columns would jitter as live numbers change length."""
         self.clear(columns=True)
-        self.touch = touch
-        cols = ["side", "price range", "est. USD", "grade", "dist"]
-        if touch:
-            cols.append("touch 4h")
-        self.add_columns(*cols)
+        names = ["side", "price range", "est. USD", "grade", "dist", "touch 4h"][: len(widths)]
+        for name, w in zip(names, widths, strict=True):
+            self.add_column(name, width=max(w, len(name)))
+        self._widths = widths
         self._shown = None
 
-    def show_zones(self, zones: list[Zone], touch: dict[int, float] | None = None, limit: int = 12) -> bool:
-        if (touch is not None) != self.touch:
-            self.set_columns(touch is not None)
+    def show_zones(self, zones: list[Zone], touch: dict[int, float] | None = None, limit: int = 12,
+                   plain: bool = False) -> bool:
+        """``plain``: no colour (NO_COLOR / --colors none), where dim red and green read as grey."""
         rows = []
         for i, z in enumerate(zones[:limit]):
             arrow = "↓" if z.side == "long" else "↑"
             row = [
-                Text(f"{z.side} {arrow}", style="red" if z.side == "long" else "green"),
+                Text(f"{z.side} {arrow}", style="" if plain else ("red" if z.side == "long" else "green")),
                 Text(f"{fmt_price(z.price_low)}–{fmt_price(z.price_high)}"),
                 Text(fmt_usd(z.usd), justify="right"),
-                Text(z.grade, style=GRADE_STYLE.get(z.grade, "")),
+                Text(z.grade, style="bold" if plain and z.grade == "high" else "" if plain else GRADE_STYLE.get(z.grade, "")),
                 Text(f"{z.distance_pct:+.2f}%", justify="right"),
             ]
             if touch is not None:
                 p = touch.get(i)
                 row.append(Text("—" if p is None else f"{p * 100:.0f}%", justify="right"))
             rows.append(row)
+        ncols = 6 if touch is not None else 5
+        widths = tuple(max([len(r[c].plain) for r in rows] + [4]) for c in range(ncols))
+        if widths != self._widths:
+            self._set_columns(widths)
         key = [[c.plain for c in r] for r in rows]
         if key == self._shown:
             return False
@@ -177,7 +186,7 @@ class ZonesTable(DataTable[Text]):
         for r in rows:
             self.add_row(*r)
         if not rows:
-            self.add_row(Text("no zones yet", style="dim"), *[Text("")] * (len(self.columns) - 1))
+            self.add_row(Text("none", style="dim"), *[Text("")] * (len(self.columns) - 1))
         return True
 
 

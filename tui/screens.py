@@ -39,12 +39,15 @@ class HelpScreen(ModalScreen[None]):
         t.append("  ctrl+p        command palette (every action above, by name)\n\n")
         t.append("Reading the map\n", style="bold underline")
         t.append(
-            "  Time runs left to right (one column per candle of the timeframe; the rightmost column is the\n"
-            "  live book), price bottom to top (two price bins per row). Colour or glyph density is the\n"
-            "  estimated USD of leveraged positions that would be liquidated in that cell; the legend gives\n"
-            "  absolute USD, not a relative scale. The white trace is the price. Beside the map, the\n"
-            "  liquidation map now: longs below the price, shorts above, stacked by leverage tier. Under it,\n"
-            "  the estimated realised liquidations per candle (red: longs, green: shorts).\n\n"
+            "Time runs left to right: one column per candle of the timeframe, the rightmost column is the live "
+            "book. Price runs bottom to top, two price bins per row. Colour (or glyph density without colour) is "
+            "the estimated USD of leveraged positions that would be liquidated in that cell; the legend gives "
+            "absolute USD, not a relative scale. The white trace is the price.\n\n"
+            "Beside the map: the liquidation map now, longs below the price and shorts above, stacked by leverage "
+            "tier, with its USD scale. Under the map: estimated realised liquidations per candle (red: longs, "
+            "green: shorts). The feed list shows liquidations the exchange reported (L long, S short; simulated "
+            "on the demo market). The zones table grades clusters low / elevated / high by their share of daily "
+            "traded USD; 'touch 4h' is the chance price reaches the zone within 4 hours.\n\n"
         )
         t.append("Everything here is an ESTIMATE\n", style="bold underline")
         t.append(self.model_text + "\n")

@@ -235,12 +235,12 @@ def render(rep: dict[str, Any]) -> str:
         f"recorded  {rec['events']:,} events, ${rec['usd']:,.0f} ({rec['long_usd'] / rec['usd']:.0%} longs)  "
         f"{_iso(rec['from'])} → {_iso(rec['to'])} UTC; {rec['bars_covered']} {rec['score_timeframe']} bars fully covered",
         "",
-        f"when — per {rec['score_timeframe']} bar (n = {pm['bars']}, {pm['active']} with liquidations)"
-        "      model   no-levels baseline   random",
-        f"  rank correlation, bar                {_num(pm['rank_corr']):>6}   {_num(pb['rank_corr']):>6}               0",
-        f"  rank correlation, bar x side         {_num(pm['rank_corr_sides']):>6}   {_num(pb['rank_corr_sides']):>6}               0",
-        f"  recorded USD in top-decile bars      {_pct(pm['top_decile_share'])}   {_pct(pb['top_decile_share'])}"
-        f"               {_pct(pm['random_share'])}",
+        f"when — per {rec['score_timeframe']} bar (n = {pm['bars']}, {pm['active']} with liquidations)",
+        f"  {'':36} {'model':>7} {'no-levels baseline':>19} {'random':>8}",
+        f"  {'rank correlation, bar':36} {_num(pm['rank_corr']):>7} {_num(pb['rank_corr']):>19} {'0':>8}",
+        f"  {'rank correlation, bar x side':36} {_num(pm['rank_corr_sides']):>7} {_num(pb['rank_corr_sides']):>19} {'0':>8}",
+        f"  {'recorded USD in top-decile bars':36} {_pct(pm['top_decile_share']):>7} "
+        f"{_pct(pb['top_decile_share']):>19} {_pct(pm['random_share']):>8}",
         "",
         f"where — zone protocol: top 10% of {z['bucket_pct']:g}% price buckets (±{z['span_pct']:g}%), "
         f"next {z['horizon_hours']:g}h, hourly",

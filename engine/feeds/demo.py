@@ -15,6 +15,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class DemoFeed:
         history_days: float = 30,
         now: float | None = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,  # wall seconds the simulated clock runs on (tests)
     ) -> None:
         if not isinstance(seed, int) or seed < 0:
             raise FeedError(f"demo seed must be a non-negative integer, got {seed!r}")
@@ -130,8 +131,9 @@ class DemoFeed:
         return ex.bars(self.history_start if since is None else int(since), until)
 
     def ground_truth(self, symbol: str) -> GroundTruth:
-        """What the simulated traders really hold now: liquidation USD per price level, long and short,
-        as of the newest simulated minute (the history end until the stream moves on)."""
+        """What the simulated traders really hold: liquidation USD per price level, long and short, as
+        of the newest simulated minute (the history end until a stream moves on; while streaming, the
+        end of the forming minute). Not to be called while :meth:`history` is backfilling the symbol."""
         ex = self.exchange_for(symbol)
         if ex.minute * 60 < self.history_end:
             _advance(ex, self.history_end // 60)
@@ -177,34 +179,39 @@ class DemoFeed:
         yield HealthChange(Health.DEMO, f"simulated market (seed {self.seed}, {self.speed:g}x speed)")
         lock = self._lock(spec.symbol)
         ex = self.exchange_for(spec.symbol)
-        next_closed = self.history_end // 60  # the first minute this stream has not closed yet
-        next_liq_ms = self.history_end * 1000  # liquidations before this were history
+        cursor = _Cursor(self.history_end // 60, self.history_end * 1000)
         while not self._closed:
             now = self.now()
-            current = int(now // 60)
+            # Simulate and read under the lock (a backfill may be running in a worker thread), then hand
+            # the events out without holding it.
             async with lock:
-                if current + 1 - ex.minute > BULK_MINUTES:
-                    await asyncio.to_thread(_advance, ex, current + 1)
+                if int(now // 60) + 1 - ex.minute > BULK_MINUTES:
+                    await asyncio.to_thread(_advance, ex, int(now // 60) + 1)
                 else:
-                    _advance(ex, current + 1)
-            emitted = 0
-            while next_closed < current and emitted < MAX_CATCH_UP:
-                end_ms = (next_closed + 1) * 60_000
-                for liq in self._liquidations_between(ex, next_liq_ms, end_ms):
-                    yield liq
-                next_liq_ms = end_ms
-                yield BarUpdate(ex.bars(next_closed * 60, end_ms // 1000), closed=True)
-                next_closed += 1
-                emitted += 1
-            if next_closed == current:
-                now_ms = int(now * 1000) + 1
-                for liq in self._liquidations_between(ex, next_liq_ms, now_ms):
-                    yield liq
-                next_liq_ms = max(next_liq_ms, now_ms)
-                yield BarUpdate(self._forming(ex, current, now), closed=False)
-                await asyncio.sleep(self._tick_seconds())
-            else:
-                await asyncio.sleep(0)  # still catching up: let other streams run
+                    _advance(ex, int(now // 60) + 1)
+                events, caught_up = self._tick_events(ex, cursor, now)
+            for event in events:
+                yield event
+            # one update per simulated second; while catching up, just let the other streams run
+            await asyncio.sleep(self._tick_seconds() if caught_up else 0)
+
+    def _tick_events(self, ex: SimulatedExchange, cursor: _Cursor, now: float) -> tuple[list[FeedEvent], bool]:
+        """Liquidations and closed bars since the cursor, in time order, then the forming bar."""
+        events: list[FeedEvent] = []
+        current = int(now // 60)
+        while cursor.minute < current and len(events) < MAX_CATCH_UP:
+            end_ms = (cursor.minute + 1) * 60_000
+            events.extend(self._liquidations_between(ex, cursor.liq_ms, end_ms))
+            cursor.liq_ms = end_ms
+            events.append(BarUpdate(ex.bars(cursor.minute * 60, end_ms // 1000), closed=True))
+            cursor.minute += 1
+        if cursor.minute < current:
+            return events, False
+        now_ms = int(now * 1000) + 1
+        events.extend(self._liquidations_between(ex, cursor.liq_ms, now_ms))
+        cursor.liq_ms = max(cursor.liq_ms, now_ms)
+        events.append(BarUpdate(self._forming(ex, current, now), closed=False))
+        return events, True
 
     def _liquidations_between(self, ex: SimulatedExchange, a_ms: int, b_ms: int) -> list[Liquidation]:
         a, b = ex.liquidation_index(a_ms), ex.liquidation_index(b_ms)
@@ -220,7 +227,7 @@ class DemoFeed:
             price = bar.open
             high = low = close = price
         else:
-            ticks = ex._round(np.exp(ex.minute_path(minute)[:seen]))
+            ticks = ex.round_price(np.exp(ex.minute_path(minute)[:seen]))
             close = ticks[-1:]
             high = np.maximum(bar.open, ticks.max(keepdims=True))
             low = np.minimum(bar.open, ticks.min(keepdims=True))
@@ -238,6 +245,14 @@ class DemoFeed:
             funding_rate=bar.funding_rate,
             **vol,
         )
+
+
+@dataclass
+class _Cursor:
+    """Where one stream is: the first minute it has not closed, the first liquidation time not sent."""
+
+    minute: int
+    liq_ms: int
 
 
 def _advance(ex: SimulatedExchange, to_minute: int) -> None:

@@ -6,7 +6,7 @@ this one process.
 Speed: the exchange steps one minute at a time in plain Python scalars (about two microseconds a
 minute). Numpy work happens only where it pays: drawing a day of flow at once (demo_flow.py), sweeping
 the cohort book (demo_traders.py) in the minutes whose price reaches it, adding new positions to the book
-in batches just before anything reads them, and settling bars once an hour.
+in batches just before a sweep reads them, and settling bars at each funding time or when asked.
 
 Reproducibility: the random draws are keyed by day, the minute loop is the same code in a bulk backfill
 and when ticking live, and every batched step (adding cohorts, settling bars) gives the same numbers
@@ -24,7 +24,15 @@ import numpy as np
 from engine.model import Bars
 from engine.model.cohorts import LevelGrid
 
-from .demo_flow import ENTRIES, MINUTES_PER_DAY, SPECULATIVE_TURNOVER, DayFlow, FlowCarry, day_flow
+from .demo_flow import (
+    ENTRIES,
+    LEVERAGE_SPREAD,
+    MINUTES_PER_DAY,
+    SPECULATIVE_TURNOVER,
+    DayFlow,
+    FlowCarry,
+    day_flow,
+)
 from .demo_markets import SimulatedSymbol, TraderMix
 from .demo_traders import LONG, SHORT, GroundTruth, PositionBook
 
@@ -58,7 +66,7 @@ SHARE_FUNDING = 100.0  # ... unless funding makes longs expensive
 SHARE_NOISE = 0.06
 CROWD_WEIGHT = 1.0 / FUNDING_MINUTES  # memory of the new positions' tilt: one funding interval
 FUNDING_CLOSE = 25.0  # share of the paying side that closes at a settlement, per unit of rate
-MIN_EVENT_USD = 50.0  # smaller forced closes still count, but are not reported one by one
+MIN_EVENT_USD = 100.0  # smaller forced closes still count, but are not reported one by one
 
 
 @dataclass
@@ -195,7 +203,7 @@ class SimulatedExchange:
             for side in (LONG, SHORT):
                 age = np.minimum(rng.exponential(life_days, n), 30.0)
                 entry = self.anchor + self.spec.daily_vol * np.sqrt(age) * rng.standard_normal(n)
-                lev = np.clip(self.mix.leverage[tier] * np.exp(0.08 * rng.standard_normal((n, 1))), 1.5, 125.0)
+                lev = np.clip(self.mix.leverage[tier] * np.exp(LEVERAGE_SPREAD / 2 * rng.standard_normal((n, 1))), 1.5, 125.0)
                 long_off, short_off = self.mix.liquidation_offsets(np.repeat(lev, self.tiers, axis=1))
                 liq = entry + (long_off if side == LONG else short_off)[:, tier]
                 alive = liq < self.anchor if side == LONG else liq > self.anchor
@@ -278,8 +286,6 @@ class SimulatedExchange:
     def _funding_closes_changed(self) -> None:
         """The book's funding-driven closes changed (a settlement, or a new day folded them in)."""
         self._keep = np.exp(self.book.extra)  # (2, T) share left by funding-driven closes
-        # New positions are stored divided by the survival the book will apply to them.
-        self._birth_units_kept = self._birth_units[:, None, :, :] * (1.0 / self._keep)[None, :, :, None]  # (M, 2, T, E)
 
     def _refresh_imbalance(self) -> None:
         longs, shorts = float(self.tot_real[LONG].sum()), float(self.tot_real[SHORT].sum())
@@ -442,21 +448,22 @@ class SimulatedExchange:
             taken = self.book.take(side, k_from, k_to, self._survival[side], math.exp(self.shift))
             if taken is None:
                 continue
-            stored, base, usd = taken
             if i not in self.rec.liq_stored:
                 self.rec.liquidated.append(i)
                 self.rec.liq_stored[i] = np.zeros((2, self.tiers))
                 self.rec.liq_base[i] = [0.0, 0.0]
-            self.rec.liq_stored[i][side] += stored
-            self.rec.liq_base[i][side] += base
-            if usd >= MIN_EVENT_USD:
-                self.liq_time.append((t0 + tick) * 1000 + min(10 * events, 990))
-                self.liq_side.append(side)
-                self.liq_price.append(round(usd / base, self.decimals))
-                self.liq_base.append(base)
-                self.liq_usd.append(usd)
-                events += 1
-            self.forced[side] += usd
+            self.rec.liq_stored[i][side] += taken.stored
+            self.rec.liq_base[i][side] += sum(taken.base)
+            # one reported liquidation per leverage tier swept (different traders' orders)
+            for base, usd in zip(taken.base, taken.usd, strict=True):
+                if usd >= MIN_EVENT_USD:
+                    self.liq_time.append((t0 + tick) * 1000 + min(10 * events, 990))
+                    self.liq_side.append(side)
+                    self.liq_price.append(round(usd / base, self.decimals))
+                    self.liq_base.append(base)
+                    self.liq_usd.append(usd)
+                    events += 1
+            self.forced[side] += sum(taken.usd)
             move = direction * (c * math.sqrt(1.0 + 2.0 * self.forced[side] / depth_c) - already)
         return move
 
@@ -477,7 +484,9 @@ class SimulatedExchange:
         if upto <= a:
             return
         per_side, xb = self._birth_scale(a, upto)
-        units = self._birth_units_kept[a:upto] * per_side[:, :, None, None]  # (n, 2, T, E)
+        # new positions are stored divided by the survival the book applies (funding closes so far)
+        scale = per_side[:, :, None] / self._keep[None, :, :]  # (n, 2, T)
+        units = self._birth_units[a:upto, None, :, :] * scale[..., None]  # (n, 2, T, E)
         levels = self._birth_levels[a:upto] + ((xb - self.shift) * self.inv_step)[:, None, None, None]
         for i in self.rec.adjusted_in(a, upto):  # entries that a sweep had moved
             adjust = self.rec.entry_adjust[i]
@@ -539,10 +548,10 @@ class SimulatedExchange:
         sell = churn * (1.0 - buy_share) + coin * per_side[:, SHORT] + closed[:, LONG] + liq_base[:, LONG]
         self.log.append(
             time=(f.day * MINUTES_PER_DAY + np.arange(a, upto)) * 60,
-            open=self._round(np.exp(log_open)),
-            high=self._round(np.exp(np.array(rec.high[a:upto]))),
-            low=self._round(np.exp(np.array(rec.low[a:upto]))),
-            close=self._round(close_px),
+            open=self.round_price(np.exp(log_open)),
+            high=self.round_price(np.exp(np.array(rec.high[a:upto]))),
+            low=self.round_price(np.exp(np.array(rec.low[a:upto]))),
+            close=self.round_price(close_px),
             volume=buy + sell,
             taker_buy_volume=buy,
             taker_sell_volume=sell,
@@ -551,7 +560,8 @@ class SimulatedExchange:
         )
         self.derived = upto
 
-    def _round(self, price: np.ndarray) -> np.ndarray:
+    def round_price(self, price: np.ndarray) -> np.ndarray:
+        """To the symbol's tick (as the exchange prints prices)."""
         return np.round(np.round(price / self.spec.tick) * self.spec.tick, self.decimals)
 
     # ---- reading ------------------------------------------------------------------------------------

@@ -27,8 +27,11 @@ ENTRIES = 4  # moments in each minute where new positions are opened
 # by the whole market and some per coin (persistence in minutes, stationary standard deviation).
 _VOL_PARTS = (("market_fast", 30.0, 0.30), ("market_slow", 720.0, 0.35), ("own_fast", 20.0, 0.20), ("own_slow", 1440.0, 0.25))
 _VOL_VAR = sum(sd * sd for _, _, sd in _VOL_PARTS)
+EXOGENOUS_VOL = 0.85
 JUMPS_PER_DAY = 3.0  # news-like jumps per coin per day (fat tails beyond the volatility mixture)
-LEVERAGE_SPREAD = 0.08  # traders pick 9x or 11x as well as 10x: log-normal spread around each tier
+# Most traders pick the round leverage the slider offers; some pick 8x or 12x instead of 10x.
+ODD_LEVERAGE_SHARE = 0.3
+LEVERAGE_SPREAD = 0.15  # log-normal spread of the odd ones around the tier
 HEDGED_SHARE = 0.6  # part of open interest held by hedgers and market makers, never liquidated
 # New speculative notional per day, as a share of open interest: with the traders' holding times this
 # keeps the speculators' positions near the other 40% of open interest.
@@ -110,7 +113,8 @@ def day_flow(spec: SimulatedSymbol, mix: TraderMix, seed: int, sym_id: int, day:
     own = np.random.default_rng([seed, 1, sym_id, day])
     market = np.random.default_rng([seed, 2, day])
     M = MINUTES_PER_DAY
-    sigma_base = spec.daily_vol / math.sqrt(M)
+    # the market's own moves; liquidation cascades add the rest of the catalogue's daily volatility
+    sigma_base = EXOGENOUS_VOL * spec.daily_vol / math.sqrt(M)
 
     # Volatility regime: shared and own mean-reverting parts, each continuing from yesterday.
     logv = np.zeros(M)
@@ -146,7 +150,10 @@ def day_flow(spec: SimulatedSymbol, mix: TraderMix, seed: int, sym_id: int, day:
 
     entry_tick = own.integers(0, TICKS, (M, ENTRIES))
     entry_move = np.take_along_axis(path, entry_tick, axis=1).astype(np.float64)
-    leverage = np.clip(mix.leverage[None, :] * np.exp(LEVERAGE_SPREAD * own.standard_normal((M, len(mix.leverage)))), 1.5, 125.0)
+    T = len(mix.leverage)
+    odd = own.random((M, T)) < ODD_LEVERAGE_SHARE
+    spread = np.where(odd, np.exp(LEVERAGE_SPREAD * own.standard_normal((M, T))), 1.0)
+    leverage = np.clip(mix.leverage[None, :] * spread, 1.5, 125.0)
     long_off, short_off = mix.liquidation_offsets(leverage)
 
     activity = sigma / sigma_base

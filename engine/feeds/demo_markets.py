@@ -24,7 +24,7 @@ class SimulatedSymbol:
     daily_vol: float  # standard deviation of daily log returns
     oi_usd: float  # typical open interest
     turnover_usd: float  # typical traded USD per day
-    depth_usd: float  # USD of forced orders it takes to move the price 1% (book depth plus dip buyers)
+    depth_usd: float  # forced-order USD that moves the price 1% (book plus dip buyers; bigger sweeps move less per USD)
     tick: float
     beta: float  # share of the moves that come from the common market factor (crypto moves together)
 
@@ -32,18 +32,18 @@ class SimulatedSymbol:
 # Figures are round numbers of the order seen on large USDT-margined venues; they make a plausible
 # market, they are not a forecast. BTC, ETH and SOL come first: faces show the first three by default.
 CATALOGUE: tuple[SimulatedSymbol, ...] = (
-    SimulatedSymbol("BTC/USDT:USDT", "BTC", 90_000.0, 0.025, 8.0e9, 15e9, 400e6, 0.1, 0.95),
-    SimulatedSymbol("ETH/USDT:USDT", "ETH", 3_000.0, 0.035, 5.0e9, 10e9, 240e6, 0.01, 0.85),
-    SimulatedSymbol("SOL/USDT:USDT", "SOL", 150.0, 0.050, 2.0e9, 4e9, 90e6, 0.01, 0.75),
-    SimulatedSymbol("BNB/USDT:USDT", "BNB", 600.0, 0.030, 6.0e8, 8e8, 28e6, 0.01, 0.70),
-    SimulatedSymbol("XRP/USDT:USDT", "XRP", 2.2, 0.050, 1.5e9, 3e9, 65e6, 0.0001, 0.70),
-    SimulatedSymbol("DOGE/USDT:USDT", "DOGE", 0.16, 0.060, 1.2e9, 2e9, 50e6, 0.00001, 0.70),
-    SimulatedSymbol("ADA/USDT:USDT", "ADA", 0.70, 0.055, 5.0e8, 8e8, 22e6, 0.0001, 0.70),
-    SimulatedSymbol("AVAX/USDT:USDT", "AVAX", 30.0, 0.060, 4.0e8, 6e8, 18e6, 0.001, 0.70),
-    SimulatedSymbol("LINK/USDT:USDT", "LINK", 18.0, 0.055, 4.0e8, 6e8, 18e6, 0.001, 0.70),
-    SimulatedSymbol("LTC/USDT:USDT", "LTC", 90.0, 0.045, 3.0e8, 5e8, 14e6, 0.01, 0.65),
-    SimulatedSymbol("DOT/USDT:USDT", "DOT", 6.0, 0.055, 2.5e8, 3e8, 11e6, 0.001, 0.65),
-    SimulatedSymbol("SUI/USDT:USDT", "SUI", 3.5, 0.070, 6.0e8, 1e9, 25e6, 0.0001, 0.60),
+    SimulatedSymbol("BTC/USDT:USDT", "BTC", 90_000.0, 0.025, 8.0e9, 15e9, 600e6, 0.1, 0.95),
+    SimulatedSymbol("ETH/USDT:USDT", "ETH", 3_000.0, 0.035, 5.0e9, 10e9, 360e6, 0.01, 0.85),
+    SimulatedSymbol("SOL/USDT:USDT", "SOL", 150.0, 0.050, 2.0e9, 4e9, 135e6, 0.01, 0.75),
+    SimulatedSymbol("BNB/USDT:USDT", "BNB", 600.0, 0.030, 6.0e8, 8e8, 42e6, 0.01, 0.70),
+    SimulatedSymbol("XRP/USDT:USDT", "XRP", 2.2, 0.050, 1.5e9, 3e9, 98e6, 0.0001, 0.70),
+    SimulatedSymbol("DOGE/USDT:USDT", "DOGE", 0.16, 0.060, 1.2e9, 2e9, 75e6, 0.00001, 0.70),
+    SimulatedSymbol("ADA/USDT:USDT", "ADA", 0.70, 0.055, 5.0e8, 8e8, 33e6, 0.0001, 0.70),
+    SimulatedSymbol("AVAX/USDT:USDT", "AVAX", 30.0, 0.060, 4.0e8, 6e8, 27e6, 0.001, 0.70),
+    SimulatedSymbol("LINK/USDT:USDT", "LINK", 18.0, 0.055, 4.0e8, 6e8, 27e6, 0.001, 0.70),
+    SimulatedSymbol("LTC/USDT:USDT", "LTC", 90.0, 0.045, 3.0e8, 5e8, 21e6, 0.01, 0.65),
+    SimulatedSymbol("DOT/USDT:USDT", "DOT", 6.0, 0.055, 2.5e8, 3e8, 16e6, 0.001, 0.65),
+    SimulatedSymbol("SUI/USDT:USDT", "SUI", 3.5, 0.070, 6.0e8, 1e9, 38e6, 0.0001, 0.60),
 )
 
 DEFAULT_SYMBOLS: tuple[str, ...] = tuple(s.symbol for s in CATALOGUE[:3])

@@ -51,6 +51,15 @@ class GroundTruth:
         return float(self.long_usd.sum()), float(self.short_usd.sum())
 
 
+@dataclass(frozen=True)
+class Taken:
+    """What one sweep force-closed, per tier."""
+
+    stored: np.ndarray  # (T,) stored units (for open-interest bookkeeping)
+    base: list[float]  # base coin
+    usd: list[float]  # USD at the liquidation prices
+
+
 class PositionBook:
     """Stored units per (side, level, tier); levels are contiguous so a sweep reads one block."""
 
@@ -125,10 +134,10 @@ class PositionBook:
         self.units, self.kmin = grown, new_min
         self._refresh_prices()
 
-    def take(self, side: int, k_from: int, k_to: int, survival: np.ndarray, price_factor: float) -> tuple[np.ndarray, float, float] | None:
+    def take(self, side: int, k_from: int, k_to: int, survival: np.ndarray, price_factor: float) -> Taken | None:
         """Force-close every cohort of ``side`` on levels k_from..k_to (inclusive). ``survival`` is
         exp(log_survival) of the side's tiers now; ``price_factor`` turns booked prices into real ones.
-        Returns (stored units per tier, base coin, USD at the liquidation prices), None if empty."""
+        None if nothing was there."""
         a = max(k_from, self.kmin) - self.kmin
         b = min(k_to, self.kmax) - self.kmin + 1
         if b <= a:
@@ -136,12 +145,12 @@ class PositionBook:
         # (a sweep touches a few levels: ndarray.dot has the least per-call overhead for such sizes)
         block = self.units[side, a:b]  # (levels, T)
         stored = self._ones[: b - a].dot(block)
-        base = float(stored.dot(survival))
-        if base <= 0.0:
+        base = stored * survival
+        if not base.any():
             return None
-        usd = float(self.level_price[a:b].dot(block.dot(survival))) * price_factor
+        usd = self.level_price[a:b].dot(block) * survival * price_factor
         block.fill(0.0)
-        return stored, base, usd
+        return Taken(stored, base.tolist(), usd.tolist())
 
     def occupied(self, side: int) -> tuple[int, int] | None:
         """Lowest and highest level holding anything on one side."""

@@ -117,6 +117,17 @@ VENUES: dict[str, Venue] = {
 }
 
 
+@dataclass(frozen=True)
+class Funding:
+    rate: float  # fraction per interval, last settled
+    time: int  # UNIX s of that settlement
+    interval_hours: float | None  # None until two settlements have been seen
+
+    @property
+    def next_time(self) -> int | None:
+        return None if self.interval_hours is None else self.time + int(self.interval_hours * 3600)
+
+
 class Gap(NamedTuple):
     """A stretch of time with no data that could not be recovered (UNIX seconds, end exclusive)."""
 
@@ -317,6 +328,7 @@ class ExchangeFeed:
         self._last_closed_ms: dict[str, int] = {}
         self._last_funding: dict[str, tuple[int, float]] = {}
         self._last_price: dict[str, float] = {}
+        self._funding_interval_ms: dict[str, int] = {}
         self._health = Health.RECONNECTING
         self._health_reason = "not connected yet"
         self._streams: set[_Stream] = set()
@@ -377,6 +389,9 @@ class ExchangeFeed:
             self._last_price[market.symbol] = float(candles.close[-1])
             if funding:
                 self._last_funding[market.symbol] = max(funding)
+        if len(funding) >= 2:
+            gaps = np.diff([t for t, _ in funding[-4:]])
+            self._funding_interval_ms[market.symbol] = int(np.median(gaps))
         return bars
 
     async def stream(self, symbol: str) -> AsyncIterator[FeedEvent]:
@@ -429,9 +444,16 @@ class ExchangeFeed:
             raise UnknownSymbol(f"{self.venue.name} has no perpetual {unified} (asked for {symbol!r}){hint}")
         return found
 
-    async def funding_now(self, symbol: str) -> tuple[int, float] | None:
-        """The last settled funding (time ms, rate) seen for ``symbol`` by history or a stream."""
-        return self._last_funding.get(parse_symbol(symbol))
+    def funding_info(self, symbol: str) -> Funding | None:
+        """The last settled funding seen for ``symbol`` (by history or a stream) and the venue's interval
+        for it, read from the settlement times — 8h on most symbols, 4h or 1h on some; never assumed."""
+        unified = parse_symbol(symbol)
+        last = self._last_funding.get(unified)
+        if last is None:
+            return None
+        interval = self._funding_interval_ms.get(unified)
+        return Funding(rate=last[1], time=last[0] // 1000,
+                       interval_hours=None if interval is None else interval / HOUR_MS)
 
     # -- ccxt plumbing ------------------------------------------------------------------------------
     async def _ccxt(self) -> Any:
@@ -515,9 +537,9 @@ class ExchangeFeed:
                     async with gate:
                         more = await self._candle_page(client, market, hs, he)
                     tracker.done("candles")
-                    if len(more):
-                        page = merge_candles([page, more], self.venue.has_taker)
-                        grew = True
+                    before = len(page)
+                    page = merge_candles([page, window_rows(more, s, e)], self.venue.has_taker)
+                    grew = grew or len(page) > before
                 if not grew:
                     break
             return page
@@ -946,4 +968,4 @@ def open_exchange_feed(exchange_id: str, **kwargs: Any) -> ExchangeFeed:
     return ExchangeFeed(exchange_id, **kwargs)
 
 
-__all__ = ["VENUES", "ExchangeFeed", "Gap", "Progress", "Venue", "loopback_urls", "open_exchange_feed"]
+__all__ = ["VENUES", "ExchangeFeed", "Funding", "Gap", "Progress", "Venue", "loopback_urls", "open_exchange_feed"]

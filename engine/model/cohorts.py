@@ -231,7 +231,7 @@ def _side_cohorts(
     pos: int,
 ) -> int:
     """Write one side's cohorts opened by the bars ``rows`` into ``out`` from ``pos``; returns the new end."""
-    t, e, r = len(w_tier), len(anchors), len(rows)
+    t, e = len(w_tier), len(anchors)
     # Layout (tier, anchor, bar): the long axis innermost keeps every numpy loop long and contiguous.
     low = bars.low[rows]
     log_entry = np.log(low[None, :] + anchors[:, None] * (bars.high[rows] - low)[None, :])  # (E, R)
@@ -243,19 +243,17 @@ def _side_cohorts(
     usd = side_usd[rows][None, None, :] * (w_tier[:, None, None] * w_anchor[None, :, None])  # (T, E, R)
     # Anchors that snap to the same level are one cohort: levels rise with the anchor, so equal ones
     # are neighbours; each run's total goes to its first anchor and the others drop out.
-    carry = np.zeros((t, r))
-    for a in range(e - 1, 0, -1):
-        same = levels[:, a] == levels[:, a - 1]
-        total = usd[:, a] + carry
-        carry = np.where(same, total, 0.0)
-        usd[:, a] = np.where(same, 0.0, total)
-    usd[:, 0] += carry
-    usd[~tier_ok] = 0.0
+    for a in range(e - 1, 0, -1):  # from the last anchor down, so a run collects into its first
+        moved = usd[:, a] * (levels[:, a] == levels[:, a - 1])  # plain arithmetic beats masked ufuncs
+        usd[:, a - 1] += moved
+        usd[:, a] -= moved  # exactly 0 where moved
+    if not tier_ok.all():
+        usd[~tier_ok] = 0.0
     keep = (usd > 0).ravel()
     kept = np.flatnonzero(keep)
     end = pos + len(kept)
-    np.compress(keep, usd.ravel(), out=out.usd[pos:end])
-    np.compress(keep, levels.ravel(), out=out.level[pos:end])
+    np.take(usd.ravel(), kept, out=out.usd[pos:end])
+    np.take(levels.ravel(), kept, out=out.level[pos:end])
     np.take(np.tile(rows.astype(np.int32), t * e), kept, out=out.birth[pos:end])
     per_tier = keep.reshape(t, -1).sum(axis=1)
     out.tier[pos:end] = np.repeat(np.arange(t, dtype=np.int8), per_tier)

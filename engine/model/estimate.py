@@ -128,9 +128,9 @@ class Estimate:
         pieces: list[Cohorts] = []
         deaths: list[np.ndarray] = []
         for share, (long_reach, short_reach) in zip(shares, reaches, strict=True):
-            death = np.empty(len(base), dtype=np.int64)
-            death[:nlong] = FirstTouch(long_reach).first(base.birth[:nlong] + 1, base.level[:nlong])
-            death[nlong:] = FirstTouch(short_reach).first(base.birth[nlong:] + 1, -base.level[nlong:])
+            death = np.empty(len(base), dtype=np.int32)  # bar index, len(bars) = never (in the data)
+            FirstTouch(long_reach).first(base.birth[:nlong] + 1, base.level[:nlong], out=death[:nlong])
+            FirstTouch(short_reach).first(base.birth[nlong:] + 1, -base.level[nlong:], out=death[nlong:])
             pieces.append(Cohorts(base.birth, base.side, base.tier, base.level, base.usd * share if share != 1.0 else base.usd))
             deaths.append(death)
         # piece[i]: 0 = cleared by any touch (wick), 1 = cleared only by a candle body (wick_clear < 1)

@@ -54,16 +54,21 @@ class FirstTouch:
             self._table = table
         return self._table
 
-    def first(self, start: np.ndarray, q: np.ndarray) -> np.ndarray:
-        """First index j >= start with reach[j] <= q; ``n`` when there is none."""
+    def first(self, start: np.ndarray, q: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """First index j >= start with reach[j] <= q; ``n`` when there is none. Written into ``out``
+        (any integer dtype that holds n) when given."""
         start = np.asarray(start)
         q = np.asarray(q)
+        if out is None:
+            out = np.empty(len(start), dtype=np.int64)
         if self.n == 0 or len(start) == 0:
-            return np.full(len(start), self.n, dtype=np.int64)
+            out[:] = self.n
+            return out
         runs = _run_starts(self.reach, int(q.min()), int(q.max()), budget=2 * len(q) + 1_000_000)
         if runs is not None:
-            return _first_by_runs(self.reach, runs, int(q.min()), start, q)
-        return self.first_by_table(start, q)
+            return _first_by_runs(self.reach, runs, int(q.min()), start, q, out)
+        out[:] = self.first_by_table(start, q)
+        return out
 
     def first_by_table(self, start: np.ndarray, q: np.ndarray) -> np.ndarray:
         """:meth:`first` by galloping over the sparse table (any input; the fallback)."""
@@ -130,11 +135,10 @@ _CHUNK = 1 << 20  # queries per chunk: temporaries stay small enough for the all
 
 
 def _first_by_runs(
-    reach: np.ndarray, runs: tuple[np.ndarray, int], kmin: int, start: np.ndarray, q: np.ndarray
+    reach: np.ndarray, runs: tuple[np.ndarray, int], kmin: int, start: np.ndarray, q: np.ndarray, out: np.ndarray
 ) -> np.ndarray:
     keys, shift = runs
     n = len(reach)
-    out = np.empty(len(start), dtype=np.int64)
     reach_ext = np.r_[reach, np.iinfo(np.int64).max]  # bar n (none) reaches nothing
     for lo in range(0, len(start), _CHUNK):
         s = np.minimum(start[lo : lo + _CHUNK], n).astype(np.int64, copy=False)
@@ -162,5 +166,8 @@ def _first_by_runs(
         found = (hit >> shift) == rel  # the next run start is of this level (else: none after start)
         found &= ~beyond
         hit &= (1 << shift) - 1
-        out[lo : lo + _CHUNK] = np.where(direct, s, np.where(found, hit, n))
+        dst = out[lo : lo + _CHUNK]
+        np.copyto(dst, n)
+        np.copyto(dst, hit, where=found)
+        np.copyto(dst, s, where=direct)
     return out

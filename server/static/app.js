@@ -86,19 +86,30 @@ function renderZones() {
     const tr = document.createElement("tr");
     tr.className = z.side;
     tr.innerHTML = `<td>${z.side}</td><td>${fmtPrice(z.price_low)}–${fmtPrice(z.price_high)}</td>` +
-      `<td>${formatUsd(z.usd)}</td><td class="grade-${z.grade}">${z.grade}${z.touch_probability != null ? ` · ${Math.round(z.touch_probability * 100)}%` : ""}</td>` +
+      `<td>${formatUsd(z.usd)}</td><td class="grade-${z.grade}">${z.grade}</td>` +
+      `<td title="chance price reaches it within 24h (touch model)">${z.touch_probability != null ? Math.round(z.touch_probability * 100) + "%" : "–"}</td>` +
       `<td>${z.distance_pct >= 0 ? "+" : ""}${z.distance_pct.toFixed(2)}%</td>`;
-    tr.title = `peak ${fmtPrice(z.peak_price)}, ${z.percentile}th percentile` +
+    tr.title = (z.touch_1h != null ? `touch 1h ${pctText(z.touch_1h)}, 4h ${pctText(z.touch_4h)}, 24h ${pctText(z.touch_24h)}; ` : "") + `peak ${fmtPrice(z.peak_price)}, ${z.percentile}th percentile` +
       (z.share_of_daily_volume != null ? `, ${(z.share_of_daily_volume * 100).toFixed(2)}% of daily volume` : "");
     body.appendChild(tr);
   }
-  if (!state.zones.length) body.innerHTML = `<tr><td colspan="5" style="color:#8a90a6">no zones yet</td></tr>`;
+  if (!state.zones.length) body.innerHTML = `<tr><td colspan="6" style="color:#8a90a6">no zones yet</td></tr>`;
+}
+
+function escapeText(s) {
+  const d = document.createElement("div");
+  d.textContent = String(s);
+  return d.innerHTML;
 }
 
 function fmtPrice(p) {
   const a = Math.abs(p);
   const d = a >= 1000 ? 0 : a >= 10 ? 2 : 4;
   return p.toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d });
+}
+
+function pctText(p) {
+  return p < 0.01 ? "<1%" : Math.round(p * 100) + "%";
 }
 
 function renderModel(m) {
@@ -127,6 +138,18 @@ function liquidationLine(e) {
   return `${t} <span class="${e.side}">${e.side}</span> ${formatUsd(e.usd)} @ ${fmtPrice(e.price)}`;
 }
 
+// The REST zones add the chance price reaches each zone within 24h (touch model).
+let zonesTimer = null;
+function refreshZones() {
+  clearTimeout(zonesTimer);
+  zonesTimer = setTimeout(async () => {
+    try {
+      const r = await (await fetch("/api/v1/zones?" + new URLSearchParams({ symbol: state.symbol }))).json();
+      if (!r.error && r.symbol === state.symbol) { state.zones = r.zones; renderZones(); }
+    } catch (e) { /* keep the zones we have */ }
+  }, 250);
+}
+
 async function refreshStats() {
   if (!state.symbol) return;
   try {
@@ -149,6 +172,10 @@ async function refreshStats() {
 async function loadLiquidations() {
   $("events").innerHTML = "";
   try {
+    const a = await (await fetch("/api/v1/alerts?" + new URLSearchParams({ symbol: state.symbol, limit: 20 }))).json();
+    for (const x of a.alerts || []) addEvent(`⚠ ${escapeText(x.message)}`, "alert");
+  } catch (e) { /* alerts also arrive live */ }
+  try {
     const r = await (await fetch("/api/v1/liquidations?" + new URLSearchParams({ symbol: state.symbol, limit: 40 }))).json();
     $("liq-source").textContent = r.source ? `(${r.source})` : "";
     for (const e of r.events || []) addEvent(liquidationLine(e));
@@ -169,11 +196,11 @@ function applyView() {
                                                       autoscaleMargin: 0.03 });
     heat.on("snapshot", onSnapshot);
     heat.on("realised", (r) => { setRealised(r.time, r.long_usd, r.short_usd); renderRealised(); });
-    heat.on("zones", (z) => { state.zones = z.zones; renderZones(); });
+    heat.on("zones", (z) => { state.zones = z.zones; renderZones(); refreshZones(); });
     heat.on("health", (h) => healthBadge(h));
     heat.on("status", (s) => { if (!["live", "demo", "replay", "delayed", "stale", "reconnecting"].includes(s)) healthBadge(s); });
     heat.on("liquidation", (e) => addEvent(liquidationLine(e)));
-    heat.on("alert", (a) => addEvent(`⚠ ${a.message || a.kind}`, "alert"));
+    heat.on("alert", (a) => addEvent(`⚠ ${escapeText(a.message || a.kind)}`, "alert"));
     window.liqheat.heat = heat;
   } else {
     heat.setOptions(opts);
@@ -188,6 +215,7 @@ function onSnapshot(s) {
   renderRealised();
   state.zones = s.zones || [];
   renderZones();
+  refreshZones();
   renderModel(s.model);
   healthBadge(s.health);
   if (s.reason !== "range" && s.reason !== "overflow") {
@@ -263,16 +291,30 @@ async function setupRisk() {
     const f = new FormData(ev.target);
     const q = new URLSearchParams({ symbol: state.symbol, side: f.get("side"), entry: f.get("entry"), leverage: f.get("leverage"), size: f.get("size") });
     const r = await (await fetch("/api/v1/risk?" + q)).json();
-    $("risk-out").innerHTML = r.error ? `<span class="short">${r.error}</span>` : renderRisk(r);
+    $("risk-out").innerHTML = r.error ? `<span class="short">${escapeText(r.error)}</span>` : renderRisk(r);
   };
   const entry = document.querySelector("#risk-form [name=entry]");
   const price = state.symbols.find((m) => m.key === state.symbol)?.price;
   if (price && !entry.value) entry.value = Math.round(price);
 }
 
+let riskLine = null;
 function renderRisk(r) {
-  const rows = Object.entries(r).filter(([k, v]) => typeof v !== "object" && k !== "symbol" && k !== "estimate");
-  return `<dl>${rows.map(([k, v]) => `<dt>${k.replaceAll("_", " ")}</dt><dd>${typeof v === "number" ? (Math.abs(v) > 1000 ? formatUsd(v) : +v.toFixed(4)) : v}</dd>`).join("")}</dl>`;
+  if (riskLine) candles.removePriceLine(riskLine);
+  riskLine = candles.createPriceLine({ price: r.liquidation_price, color: "#fde725", lineWidth: 1, lineStyle: 2,
+                                        axisLabelVisible: true, title: `your ${r.position.side} liq.` });
+  const z = r.zone;
+  const t = r.touch || {};
+  const c = r.cascade;
+  const rows = [
+    ["liquidation price", `${fmtPrice(r.liquidation_price)} (${r.distance_pct.toFixed(2)}%)`],
+    ["maintenance margin", `${(r.mmr * 100).toFixed(2)}%`],
+    ["sits in", z ? `<span class="grade-${z.grade}">${z.grade}</span> ${z.side} zone ${fmtPrice(z.price_low)}–${fmtPrice(z.price_high)} (${formatUsd(z.usd)})` : "no estimated zone"],
+    ["reach it within", t["1h"] != null ? `1h ${pctText(t["1h"])} · 4h ${pctText(t["4h"])} · 24h ${pctText(t["24h"])}` : "–"],
+    ["high zones on the way", String(r.high_between)],
+    ["cascade", c ? `${r.cascade_reaches ? "<b class=\"short\">would reach it</b>" : "would stop short"} (to ${fmtPrice(c.end_price)}, ${formatUsd(c.total_usd)})` : "–"],
+  ];
+  return `<dl>${rows.map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join("")}</dl><p style="color:#8a90a6">estimated</p>`;
 }
 
 main();

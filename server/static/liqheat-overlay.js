@@ -514,7 +514,7 @@ class LiquidationHeatmap {
     this.stats.deltas++;
     switch (m.type) {
       case "bar":
-        if (this.opts.candles) this.series.update({ time: m.time, open: m.open, high: m.high, low: m.low, close: m.close });
+        if (this.opts.candles) upsertCandle(this.series, m);
         break;
       case "column":
         this._applyColumn(m);
@@ -729,7 +729,16 @@ class LiquidationHeatmap {
     const B = m.edges.length - 1;
     const y = new Array(B + 1);
     for (let b = 0; b <= B; b++) y[b] = this.series.priceToCoordinate(m.edges[b]);
-    this.profile = { bins: B, y, long: m.long, short: m.short, longTiers: m.long_tiers, shortTiers: m.short_tiers };
+    // With one leverage tier chosen, the profile shows that tier too (same colour as in the full stack).
+    const tier = String(this.opts.tier);
+    const t = tier === "all" ? -1 : /^\d+$/.test(tier) ? Number(tier) : (m.tiers || []).indexOf(tier);
+    if (t >= 0 && t < (m.long_tiers || []).length) {
+      const pick = (rows) => rows.map((r, i) => (i === t ? r : r.map(() => 0)));
+      this.profile = { bins: B, y, long: m.long_tiers[t], short: m.short_tiers[t],
+                       longTiers: pick(m.long_tiers), shortTiers: pick(m.short_tiers) };
+    } else {
+      this.profile = { bins: B, y, long: m.long, short: m.short, longTiers: m.long_tiers, shortTiers: m.short_tiers };
+    }
   }
 
   // ---- DOM: legend and tooltip ---------------------------------------------------------------------
@@ -832,6 +841,17 @@ class LiquidationHeatmap {
       } catch (e) { /* the tooltip keeps its USD figures */ }
       if (this.mixPending === key) this.mixPending = null;
     }, 120);
+  }
+}
+
+// A server `bar` is an upsert by time; Lightweight Charts appends or replaces the last bar, and needs
+// `historicalUpdate` for an older one (a closed candle finalised just after a newer snapshot).
+export function upsertCandle(series, m) {
+  const bar = { time: m.time, open: m.open, high: m.high, low: m.low, close: m.close };
+  const last = series.dataByIndex(1e9, -1); // MismatchDirection.NearestLeft: the newest bar
+  if (!last || m.time >= last.time) series.update(bar);
+  else {
+    try { series.update(bar, true); } catch (e) { /* a bar the chart never had: nothing to correct */ }
   }
 }
 

@@ -84,8 +84,10 @@ def server_url() -> Iterator[str]:
             proc.wait(timeout=5)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    # Module scope, not session: sync Playwright runs an event loop in this thread while it is open,
+    # which would stop the asyncio tests of other folders from running their own.
     from playwright.sync_api import sync_playwright
 
     if not os.access(CHROMIUM, os.X_OK):

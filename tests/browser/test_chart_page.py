@@ -187,3 +187,21 @@ def test_the_overlay_module_attaches_to_another_pages_chart_and_detaches(server_
     page.click("#toggle")
     page.wait_for_function("() => window.example.heat && window.example.heat.stats.draws > 0", timeout=30_000)
     assert offline.blocked == [] and offline.errors == []
+
+
+def test_position_risk_form_marks_the_liquidation_price(server_url, offline):
+    page = offline.page()
+    page.goto(server_url + "/")
+    page.wait_for_function(READY, timeout=30_000)
+    page.wait_for_selector("#risk-section:not([hidden])", timeout=10_000)
+    price = page.evaluate("window.liqheat.candles.data().at(-1).close")
+    page.fill("#risk-form [name=entry]", str(round(price)))
+    page.fill("#risk-form [name=leverage]", "20")
+    page.click("#risk-form button")
+    page.wait_for_selector("#risk-out dl", timeout=10_000)
+    text = page.inner_text("#risk-out")
+    assert "liquidation price" in text and "reach it within" in text and "estimated" in text
+    lines = page.evaluate("window.liqheat.candles.priceLines().map((l) => l.options())")
+    liq = [line for line in lines if "liq." in line["title"]]
+    assert len(liq) == 1 and liq[0]["price"] < price  # a long is liquidated below its entry
+    assert offline.blocked == [] and offline.errors == []

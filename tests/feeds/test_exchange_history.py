@@ -260,3 +260,16 @@ async def test_api_overrides_point_individual_urls_elsewhere(fake, make_feed):
     feed = make_feed("bybit", route_through=None, api_overrides=overrides)
     bars = await feed.history("BTC", since=now_s(fake) - 600)
     assert_matches_tape(bars, fake.tape("bybit", "BTC"))
+
+
+@pytest.mark.parametrize(("venue", "coin", "hours"), [("binanceusdm", "BTC", 8), ("bybit", "ETH", 4)])
+async def test_the_funding_interval_is_read_from_the_settlements(venue, coin, hours, fake, make_feed):
+    feed = make_feed(venue)
+    assert feed.funding_info(coin) is None
+    await feed.history(coin, since=now_s(fake) - 86_400)
+    info = feed.funding_info(coin)
+    tape = fake.tape(venue, coin)
+    last = tape.funding_t[tape.funding_t <= fake.now_ms][-1]
+    assert info.interval_hours == hours and info.time == last // 1000
+    assert info.next_time == last // 1000 + hours * 3600
+    assert info.rate == tape.funding_rate[tape.funding_t == last][0]

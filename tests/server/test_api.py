@@ -234,3 +234,36 @@ async def test_big_answers_are_gzipped_once_and_revalidate_with_etags(client):
     etag = plain.headers["ETag"]
     again = await client.get(q, headers={"If-None-Match": etag})
     assert again.status == 304 and again.headers["ETag"] == etag
+
+
+async def test_zones_carry_touch_probabilities_that_grow_with_the_horizon(client):
+    body = await get_json(client, "/api/v1/zones?symbol=BTC")
+    assert body["volatility"]["sigma_hour_pct"] > 0
+    for z in body["zones"]:
+        assert 0 <= z["touch_1h"] <= z["touch_4h"] <= z["touch_24h"] <= 1
+        assert z["touch_probability"] == z["touch_24h"]
+    near = min(body["zones"], key=lambda z: abs(z["distance_pct"]))
+    far = max(body["zones"], key=lambda z: abs(z["distance_pct"]))
+    assert near["touch_24h"] >= far["touch_24h"]
+
+
+async def test_position_risk(client, hub):
+    price = hub.get("BTC").last_price
+    long = await get_json(client, f"/api/v1/risk?symbol=BTC&side=long&entry={price}&leverage=20&size=10000")
+    assert long["liquidation_price"] < price and long["distance_pct"] < 0
+    assert long["liquidation_price"] == pytest.approx(price * (1 - 1 / 20) / (1 - long["mmr"]), rel=1e-6)
+    assert set(long["touch"]) == {"1h", "4h", "24h"} and long["grade"] in ("none", "low", "elevated", "high")
+    short = await get_json(client, f"/api/v1/risk?symbol=BTC&side=short&entry={price}&leverage=50")
+    assert short["liquidation_price"] > price
+    # already past its liquidation price at the current price: a one-line 400, not a silly number
+    bad = await get_json(client, f"/api/v1/risk?symbol=BTC&side=long&entry={price * 1.5}&leverage=50", 400)
+    assert "already reached" in bad["error"]
+    refused = await get_json(client, f"/api/v1/risk?symbol=BTC&entry={price}&leverage=125&size=900000000", 400)
+    assert "allows at most" in refused["error"] or "bracket" in refused["error"]
+
+
+async def test_cascade_and_alerts(client):
+    casc = await get_json(client, "/api/v1/cascade?symbol=BTC")
+    assert casc["down"]["end_price"] <= casc["price"] <= casc["up"]["end_price"]
+    alerts = await get_json(client, "/api/v1/alerts?symbol=BTC")
+    assert alerts["rules"] == ["ProximityRule", "GradeChangeRule", "CascadeRule"] and isinstance(alerts["alerts"], list)

@@ -303,3 +303,59 @@ def test_protocol_doc_names_every_message_type():
                  "alert", "health", "resync", "heartbeat", "unsubscribed", "pong", "error"):
         assert f"`{kind}`" in doc or f'"{kind}"' in doc, kind
     assert np.__name__  # numpy import used by the decode helpers above
+
+
+async def test_live_columns_equal_the_rest_heatmap_on_the_same_rows(client, feed):
+    """The cheap live path (live book on the view's bins) and the REST heatmap agree on the forming candle."""
+    ws, snap = await subscribed(client)
+    edges = snap["heatmap"]["edges"]
+    feed.push_forming()
+    msgs = await recv_until(ws, lambda m: m["type"] == "column")
+    col = msgs[-1]
+    got = decode_sqrt_u8(base64.b64decode(col["long"]), col["max_usd"], (1, 60))[0]
+    q = f"symbol=BTC&timeframe=5m&bins=60&columns=40&price_low={edges[0]}&price_high={edges[-1]}&encoding=json"
+    rest = await (await client.get(f"/api/v1/heatmap?{q}")).json()
+    assert rest["times"][-1] == col["time"]
+    want = np.array(rest["long"][-1])
+    assert np.max(np.abs(got - want)) <= col["max_usd"] * 2.5 / 255
+    await ws.close()
+
+
+async def test_batched_frames_carry_the_same_messages(client, feed):
+    ws = await client.ws_connect("/api/v1/ws?batch=1")
+    frame = await ws.receive_json(timeout=5)
+    assert isinstance(frame, list) and frame[0]["type"] == "hello" and frame[0]["batch"] is True
+    await ws.send_json(SUB)
+    seen: list[dict] = []
+    async with asyncio.timeout(10):
+        while not any(m["type"] == "snapshot" for m in seen):
+            seen += await ws.receive_json()
+    feed.push_forming()
+    feed.push_close()
+    async with asyncio.timeout(10):
+        while not any(m["type"] == "column" for m in seen):
+            frame = await ws.receive_json()
+            assert isinstance(frame, list)
+            seen += [m for m in frame if m["type"] != "heartbeat"]
+    seqs = [m["seq"] for m in seen if "seq" in m]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    await ws.close()
+
+
+async def test_alerts_reach_subscribers_and_the_api(client, feed):
+    from engine.alerts import ProximityRule
+    from server.analytics import MarketAlerts
+    from server.state import LIVE
+
+    live = client.app[LIVE]
+    channel = live.channels["test:BTC/USDT:USDT"]
+    # a rule any zone within 50% satisfies, checked on every change
+    channel.alerts = MarketAlerts(channel.svc, 0.0, (ProximityRule(within_pct=50.0),))
+    ws, _ = await subscribed(client)
+    feed.push_close()
+    msgs = await recv_until(ws, lambda m: m["type"] == "alert", within=10)
+    alert = msgs[-1]
+    assert alert["kind"] == "proximity" and "zone" in alert["message"] and alert["zone"]["usd"] > 0
+    body = await (await client.get("/api/v1/alerts?symbol=BTC")).json()
+    assert any(a["key"] == alert["key"] for a in body["alerts"])
+    await ws.close()

@@ -58,7 +58,8 @@ async def test_timeframe_keys_redraw_at_once(make_tui, key, tf):
         assert app.query_one("#time-axis").plain != before_axis
         if tf != "1w":  # three days of history: the weekly map has a single (live) column
             steps = np.diff(app.backdrop.times)
-            assert len(steps) and set(steps.tolist()) == {dict(zip("123456", (300, 900, 3600, 14400, 86400, 604800)))[key]}
+            seconds = {"5m": 300, "15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400}[tf]
+            assert len(steps) and set(steps.tolist()) == {seconds}
 
 
 async def test_tier_keys_cycle_all_then_each_ladder_tier(make_tui):

@@ -7,7 +7,11 @@ fixed seed, then exactly the live events the test pushes. Nothing depends on the
 from __future__ import annotations
 
 import asyncio
+import shlex
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -112,3 +116,59 @@ def liqheat_script() -> Path:
     """The venv's ``liqheat`` console script: next to the interpreter running the tests (not resolved
     through symlinks, which would leave the venv)."""
     return Path(sys.executable).parent / "liqheat"
+
+
+class Tmux:
+    """A private tmux server (``tmux -L name``) running one command in a real pty of a given size."""
+
+    def __init__(self, name: str, width: int = 120, height: int = 40) -> None:
+        self.name = name
+        self.width = width
+        self.height = height
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["tmux", "-L", self.name, "-f", "/dev/null", *args], capture_output=True, text=True,
+                              check=check, timeout=20)
+
+    def start(self, command: str, env: dict[str, str] | None = None) -> None:
+        # Textual draws on stderr: the command's stderr must stay on the pane (no 2> redirection).
+        env_prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
+        self._run("new-session", "-d", "-x", str(self.width), "-y", str(self.height),
+                  f"env {env_prefix} {command}" if env_prefix else command)
+        self._run("set-option", "-g", "remain-on-exit", "on", check=False)
+
+    def capture(self, escapes: bool = False) -> str:
+        args = ["capture-pane", "-p", "-t", "0"] + (["-e"] if escapes else [])
+        return self._run(*args).stdout
+
+    def send(self, *keys: str) -> None:
+        self._run("send-keys", "-t", "0", *keys)
+
+    def wait_for(self, predicate: Callable[[str], bool], seconds: float = 60.0, what: str = "",
+                 escapes: bool = False) -> str:
+        end = time.monotonic() + seconds
+        text = ""
+        while time.monotonic() < end:
+            text = self.capture(escapes)
+            if predicate(text):
+                return text
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; the pane shows:\n{text}")
+
+    def kill(self) -> None:
+        self._run("kill-server", check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_file(path: Path, seconds: float = 30.0) -> str:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        time.sleep(0.1)
+    raise AssertionError(f"{path} was not written")
