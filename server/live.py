@@ -248,7 +248,8 @@ class MarketChannel:
         view.snapshot_task, view.snapshot_gen = task, gen
 
         def fix_range(t: asyncio.Future[tuple[ViewSpec, str, int, int]]) -> None:
-            if not t.cancelled() and t.exception() is None:
+            # A snapshot overtaken by a range change must not bring its old edges back.
+            if view.snapshot_task is t and not t.cancelled() and t.exception() is None:
                 # deltas use the snapshot's edges from now on, and start from its newest candle
                 view.spec, _, last_bar, last_col = t.result()
                 view.last_bar = max(view.last_bar, last_bar)

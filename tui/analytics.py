@@ -5,32 +5,64 @@ they are installed, and the zones table simply has no touch column then."""
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from engine.model import Bars, LiquidationMap, Zone
 
 TOUCH_HORIZON_HOURS = 4.0
 
 
+ALERT_EVERY_S = 5.0
+
+
+def _optional(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
 @dataclass
 class Analytics:
     touch: Any = None
     risk: Any = None
+    alerts: Any = None  # engine.alerts
+    cascade: Any = None  # engine.model.cascade
     _vol_key: tuple[int, int] = (-1, -1)
     _vol: Any = None
+    _engine: Any = None
+    _last_alert_check: float = field(default=-1e9)
 
     @classmethod
     def load(cls) -> Analytics:
-        try:
-            touch = importlib.import_module("engine.model.touch")
-        except ImportError:
-            touch = None
-        try:
-            risk = importlib.import_module("engine.model.risk")
-        except ImportError:
-            risk = None
-        return cls(touch, risk)
+        return cls(_optional("engine.model.touch"), _optional("engine.model.risk"), _optional("engine.alerts"),
+                   _optional("engine.model.cascade"))
+
+    def check_alerts(self, symbol: str, price: float, zones: list[Zone], lmap: LiquidationMap | None,
+                     now: float | None = None) -> list[dict[str, Any]]:
+        """Price near a strong zone, a zone upgraded, a cascade that would move price 3%+ (the server's
+        default rules, same cooldowns); checked at most every few seconds."""
+        if self.alerts is None:
+            return []
+        mono = time.monotonic()
+        if mono - self._last_alert_check < ALERT_EVERY_S:
+            return []
+        self._last_alert_check = mono
+        if self._engine is None or self._engine.symbol != symbol:
+            a = self.alerts
+            rules = [a.ProximityRule(within_pct=1.0, min_grade="elevated"), a.GradeChangeRule(upgrades_only=True)]
+            if self.cascade is not None:
+                rules.append(a.CascadeRule(min_move_pct=3.0))
+            self._engine = a.AlertEngine(rules, symbol=symbol)
+        summary = None
+        if self.cascade is not None and lmap is not None:
+            with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+                summary = self.cascade.cascade_risk(lmap, zones)
+        return list(self._engine.feed(price, zones, summary, now=now))
 
     @property
     def available(self) -> bool:
@@ -41,14 +73,18 @@ class Analytics:
         return self.risk is not None
 
     def volatility(self, bars: Bars) -> Any:
-        """Recent volatility, measured once per new bar (it needs days of returns)."""
+        """Recent volatility from hourly candles (the touch model is calibrated on hourly returns),
+        measured once per new bar."""
         if self.touch is None or len(bars) < 11:
             return None
         key = (len(bars), int(bars.time[-1]))
         if key != self._vol_key:
+            hourly = bars
+            if bars.timeframe < 3600 and 3600 % bars.timeframe == 0:
+                hourly = bars.resample("1h")
             try:
-                self._vol = self.touch.realised_volatility(bars)
-            except ValueError:
+                self._vol = self.touch.realised_volatility(hourly)
+            except ValueError:  # too little history to measure it: no probabilities, not a guess
                 self._vol = None
             self._vol_key = key
         return self._vol
@@ -58,7 +94,8 @@ class Analytics:
         vol = self.volatility(bars) if self.touch is not None else None
         if vol is None or not zones:
             return None if self.touch is None else {}
-        touches = self.touch.zone_touch(zones, price, vol, horizons=(TOUCH_HORIZON_HOURS,))
+        with np.errstate(over="ignore", under="ignore"):  # far zones underflow to 0: fine
+            touches = self.touch.zone_touch(zones, price, vol, horizons=(TOUCH_HORIZON_HOURS,))
         return {i: t.probability[TOUCH_HORIZON_HOURS] for i, t in enumerate(touches)}
 
     def position_risk(
@@ -79,4 +116,5 @@ class Analytics:
             raise ValueError("position risk needs engine/model/risk.py, which is not installed")
         pos = self.risk.Position(side, entry, leverage, size_usd, exchange=exchange, coin=coin)
         vol = self.volatility(bars) if bars is not None else None
-        return self.risk.position_risk(pos, price, zones=zones, lmap=lmap, vol=vol)
+        with np.errstate(over="ignore", under="ignore"):
+            return self.risk.position_risk(pos, price, zones=zones, lmap=lmap, vol=vol)

@@ -362,7 +362,20 @@ class LocalSource:
         return None if not ref else price / ref - 1.0
 
     async def zones(self) -> list[Zone]:
-        return await asyncio.to_thread(self.svc.zones)
+        zones = await asyncio.to_thread(self.svc.zones)
+        an = self.analytics()
+        if an.alerts is not None:
+            svc = self.svc
+            # market time (the book's), not the wall clock: replays and the sped-up demo keep sane cooldowns
+            fired = await asyncio.to_thread(
+                lambda: an.check_alerts(self.market, float(svc.last_price), zones, svc.liquidation_map(bins=400),
+                                        now=float(svc.live_book().time))
+            )
+            for a in fired:
+                level = "warning" if a.get("rule") in ("proximity", "cascade") else "info"
+                self._push_alert(Alert(float(a.get("time", time.time())), str(a.get("rule", "alert")),
+                                       str(a.get("message", "")), level))
+        return zones
 
     def liquidations(self, limit: int = 20) -> list[LiquidationEvent]:
         return [LiquidationEvent(e.time_ms, e.side, e.price, e.usd) for e in self.svc.liquidations(limit=limit)]

@@ -556,7 +556,7 @@ class SimulatedExchange:
             taker_buy_volume=buy,
             taker_sell_volume=sell,
             oi_usd=oi_usd,
-            funding_rate=np.array(rec.rate[a:upto]),
+            funding_rate=np.round(rec.rate[a:upto], 8),  # published to 8 decimals, as exchanges do
         )
         self.derived = upto
 

@@ -215,6 +215,14 @@ async def test_forming_bar_grows_through_the_minute():
         bar.validate()
 
 
+def test_speed_multiplies_simulated_time():
+    wall = [100.0]
+    feed = DemoFeed(now=NOW, speed=60, history_days=1, clock=lambda: wall[0])
+    assert feed.now() == NOW
+    wall[0] += 10.0  # ten wall seconds are ten simulated minutes at 60x
+    assert feed.now() == NOW + 600
+
+
 async def test_close_ends_the_stream():
     feed = DemoFeed(now=NOW, history_days=1, speed=60)
     await feed.history(BTC)

@@ -359,3 +359,20 @@ async def test_alerts_reach_subscribers_and_the_api(client, feed):
     body = await (await client.get("/api/v1/alerts?symbol=BTC")).json()
     assert any(a["key"] == alert["key"] for a in body["alerts"])
     await ws.close()
+
+
+async def test_price_leaving_the_rows_brings_a_range_snapshot(client, feed):
+    from engine.feeds.base import BarUpdate
+
+    ws, snap = await subscribed(client)
+    low, high = snap["heatmap"]["edges"][0], snap["heatmap"]["edges"][-1]
+    bar = feed.bar()
+    jump = high * 1.05 / float(bar.close[0])  # a candle closing above the top row
+    moved = bar.with_columns(open=bar.open * jump, high=bar.high * jump, low=bar.low * jump, close=bar.close * jump)
+    feed.queues["BTC/USDT:USDT"].put_nowait(BarUpdate(moved, closed=True))
+    msgs = await recv_until(ws, lambda m: m["type"] == "snapshot" and m["reason"] == "range", within=10)
+    new = msgs[-1]
+    edges = new["heatmap"]["edges"]
+    assert edges[0] < new["price"] < edges[-1] and edges[-1] > high
+    assert new["seq"] >= snap["seq"]
+    await ws.close()

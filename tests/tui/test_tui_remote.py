@@ -1,0 +1,126 @@
+"""``liqheat tui --connect``: the dashboard on a real ``liqheat serve`` app (aiohttp, loopback) over its
+WebSocket protocol and REST API, with the server's engine on the scripted feed."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestServer
+from tui_support import N_HISTORY, ScriptedFeed, free_port, loaded, wait_for
+
+from engine.service import Hub
+from server.app import create_app
+from tui.app import make_app
+from tui.remote import RemoteError, base_url, decode_grid, rebin
+
+SIZE = (120, 40)
+
+
+def header(app) -> str:
+    return app.query_one("#header").plain
+
+
+@pytest.fixture
+async def served(feed: ScriptedFeed):
+    """A running server on a free loopback port; ``restart()`` brings it back on the same port."""
+    hub = Hub(feed, history_days=0)
+    await hub.start()
+    port = free_port()
+
+    class Served:
+        server: TestServer | None = None
+        url = f"http://127.0.0.1:{port}"
+
+        async def start(self) -> None:
+            self.server = TestServer(create_app(hub), host="127.0.0.1", port=port)
+            await self.server.start_server()
+
+        async def stop(self) -> None:
+            if self.server is not None:
+                await self.server.close()
+                self.server = None
+
+    s = Served()
+    await s.start()
+    yield s
+    await s.stop()
+    await hub.stop()
+
+
+def test_url_forms():
+    assert base_url("127.0.0.1:8000") == "http://127.0.0.1:8000"
+    assert base_url("ws://127.0.0.1:8000/api/v1/ws") == "http://127.0.0.1:8000"
+    assert base_url("https://example.org/") == "https://example.org"
+    with pytest.raises(RemoteError):
+        base_url("ftp://x")
+
+
+def test_sqrt_u8_decoding_gives_absolute_usd():
+    levels = np.array([[0, 255], [128, 1]], dtype=np.uint8)
+    payload = {"encoding": "sqrt-u8", "max_usd": 4e6, "long": base64.b64encode(levels.tobytes()).decode()}
+    usd = decode_grid(payload, "long", (2, 2))
+    assert usd[0, 0] == 0 and usd[0, 1] == pytest.approx(4e6)
+    assert usd[1, 0] == pytest.approx(4e6 * (128 / 255) ** 2)
+
+
+def test_rebin_keeps_the_usd_that_falls_inside():
+    src = np.array([100.0, 110.0, 120.0, 130.0])
+    vals = np.array([[10.0, 1.0], [20.0, 2.0], [30.0, 3.0]])
+    out = rebin(src, vals, np.array([100.0, 105.0, 130.0]))
+    assert out.shape == (2, 2)
+    assert out.sum(axis=0) == pytest.approx(vals.sum(axis=0))
+    assert out[0] == pytest.approx([5.0, 0.5])
+    part = rebin(src, vals, np.array([115.0, 125.0]))
+    assert part[0] == pytest.approx([10.0 + 15.0, 1.0 + 1.5])
+
+
+async def test_connect_shows_the_servers_market_and_follows_it(served, feed):
+    app = make_app(connect=served.url, colors="truecolor", clock=lambda: 0.0)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        text = header(app)
+        assert "test:BTC/USDT:USDT" in text and "ESTIMATED" in text and "(server)" in text
+        last = float(feed.bars["BTC/USDT:USDT"].close[N_HISTORY - 1])
+        assert f"{last:,.1f}" in text
+        bd = app.backdrop
+        assert bd.window.low < last < bd.window.high
+        assert len(bd.edges) - 1 == 2 * app.map.size.height
+        assert bd.usd.sum() > 0 and app.query_one("#zones").row_count > 0
+        # live deltas reach the live column and the header
+        frames = app.frames
+        part = feed.push_forming(frac=0.9)
+        await wait_for(pilot, lambda: app.pulse is not None and app.pulse.price == pytest.approx(float(part.close[0])),
+                       what="the forming bar's price")
+        assert app.frames > frames
+        # one tier at a time over the wire: switching asks the server again
+        r = app.reloads
+        await pilot.press("l", "l", "l")
+        await wait_for(pilot, lambda: app.reloads > r and app.backdrop.data_tier == 2, what="the 25x view")
+        assert "25x only" in header(app)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: app.backdrop.view.timeframe == "1h", what="1h from the server")
+        assert set(np.diff(app.backdrop.times).tolist()) == {3600}
+
+
+async def test_connect_survives_a_server_restart(served, feed):
+    app = make_app(connect=served.url, colors="truecolor")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        picture = list(app.map.keys)
+        await served.stop()
+        await wait_for(pilot, lambda: "RECONNECTING" in header(app), seconds=15, what="the reconnecting badge")
+        assert list(app.map.keys) == picture  # the last map stays on screen
+        await served.start()
+        await wait_for(pilot, lambda: "RECONNECTING" not in header(app), seconds=30, what="reconnected")
+        frames = app.frames
+        feed.push_forming(frac=0.3)
+        await wait_for(pilot, lambda: app.frames > frames, seconds=15, what="live frames after the restart")
+
+
+async def test_connect_to_nothing_says_so(make_tui):
+    app = make_app(connect=f"http://127.0.0.1:{free_port()}", colors="truecolor")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "could not start" in app.loading, seconds=15, what="the error")
+        assert "could not start" in app.map.message
