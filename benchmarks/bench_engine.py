@@ -68,6 +68,7 @@ def child_recompute(n: int, with_oi: bool, runs: int) -> dict[str, Any]:
         "bars": n, "cohorts": cohorts, "seed_mode": mode, "cold_wall": walls[0], "cold_cpu": cpus[0],
         "warm_wall": statistics.median(walls[1:]) if runs > 1 else walls[0],
         "warm_cpu": statistics.median(cpus[1:]) if runs > 1 else cpus[0],
+        "best_cpu": min(cpus[1:]) if runs > 1 else cpus[0],
         "warm_estimate_cpu": statistics.median(est_cpu[1:]) if runs > 1 else est_cpu[0],
         "warm_heatmap_cpu": statistics.median(hm_cpu[1:]) if runs > 1 else hm_cpu[0],
         "peak_rss_mb": peak_rss / 1024, "engine_rss_mb": (peak_rss - base_rss) / 1024,
@@ -176,10 +177,11 @@ def _row(what: str, value: str, goal: str = "", ok: bool | None = None) -> str:
 def main() -> None:
     print(f"machine: {os.cpu_count()} cores, numpy {np.__version__}, python {sys.version.split()[0]}")
     print(_row("measure", "value", "goal"))
-    year = _spawn("recompute", n=YEAR_1M, with_oi=True, runs=4)
+    year = _spawn("recompute", n=YEAR_1M, with_oi=True, runs=6)
     print(_row(f"year of 1m bars ({year['bars']:,}), OI seeds: cohorts", f"{year['cohorts']:,}"))
-    print(_row(f"  full recompute -> {COLUMNS} cols x {BINS} bins, warm CPU", f"{year['warm_cpu']:.2f} s",
+    print(_row(f"  full recompute -> {COLUMNS} cols x {BINS} bins, warm CPU (median)", f"{year['warm_cpu']:.2f} s",
                f"<= {GOAL_RECOMPUTE_S:g} s", year["warm_cpu"] <= GOAL_RECOMPUTE_S))
+    print(_row("  full recompute, warm CPU (best run)", f"{year['best_cpu']:.2f} s"))
     print(_row("    of which estimate / heatmap (warm CPU)",
                f"{year['warm_estimate_cpu']:.2f} / {year['warm_heatmap_cpu']:.2f} s"))
     print(_row("  full recompute, warm wall", f"{year['warm_wall']:.2f} s"))
@@ -189,9 +191,11 @@ def main() -> None:
                f"<= {GOAL_PEAK_GB:g} GB", year["peak_rss_mb"] / 1024 <= GOAL_PEAK_GB))
     traced = _spawn("traced", n=YEAR_1M)
     print(_row("  peak of the engine's allocations (tracemalloc)", f"{traced['traced_peak_mb']:.0f} MB"))
-    vol = _spawn("recompute", n=YEAR_1M, with_oi=False, runs=3)
+    vol = _spawn("recompute", n=YEAR_1M, with_oi=False, runs=4)
     print(_row("year of 1m bars, volume proxy (every bar seeds): cohorts", f"{vol['cohorts']:,}"))
-    print(_row("  full recompute, warm CPU / wall", f"{vol['warm_cpu']:.2f} / {vol['warm_wall']:.2f} s"))
+    print(_row("  full recompute, warm CPU (median)", f"{vol['warm_cpu']:.2f} s", f"<= {GOAL_RECOMPUTE_S:g} s",
+               vol["warm_cpu"] <= GOAL_RECOMPUTE_S))
+    print(_row("  full recompute, warm CPU (best run) / wall (median)", f"{vol['best_cpu']:.2f} / {vol['warm_wall']:.2f} s"))
     print(_row("  peak memory (maxrss)", f"{vol['peak_rss_mb'] / 1024:.2f} GB", f"<= {GOAL_PEAK_GB:g} GB",
                vol["peak_rss_mb"] / 1024 <= GOAL_PEAK_GB))
     app = _spawn("append", n=YEAR_1M, appends=300)

@@ -6,10 +6,11 @@ market until the market changes, and the numpy work runs in the view pool.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,23 @@ def encoded_response(request: web.Request, enc: Encoded) -> web.Response:
 async def _cached(request: web.Request, svc: MarketService, key: tuple[Any, ...], build: Callable[[], Any]) -> web.Response:
     markets = request.app[MARKETS]
     enc = await markets.cached(svc, key, lambda: Encoded.of(build()))
+    if markets.is_current(svc, key, enc):  # never pin a stale-while-revalidate answer to the query string
+        markets.remember(request.path, request.query_string, svc.market.key, markets.gen(svc.market.key), enc)
     return encoded_response(request, enc)
+
+
+def memoized(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Answer a query string seen before, while its market has not changed, without validating it again
+    (a chart polling the same view is the common case); anything else goes through the handler."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.Response:
+        enc = request.app[MARKETS].recall(request.path, request.query_string)
+        if enc is not None:
+            return encoded_response(request, enc)
+        return await handler(request)
+
+    return wrapper
 
 
 def _symbol(request: web.Request, q: Query) -> MarketService:
@@ -134,6 +151,7 @@ async def symbols(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/market")
+@memoized
 async def market(request: web.Request) -> web.Response:
     q = Query(request.query)
     svc = _symbol(request, q)
@@ -156,6 +174,7 @@ async def market(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/candles")
+@memoized
 async def candles(request: web.Request) -> web.Response:
     q = Query(request.query)
     svc = _symbol(request, q)
@@ -191,6 +210,7 @@ def view_spec(svc: MarketService, q: Query, default_bins: int, default_columns: 
 
 
 @routes.get("/api/v1/heatmap")
+@memoized
 async def heatmap(request: web.Request) -> web.Response:
     q = Query(request.query)
     svc = _symbol(request, q)
@@ -204,6 +224,7 @@ async def heatmap(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/heatmap/cell")
+@memoized
 async def heatmap_cell(request: web.Request) -> web.Response:
     """USD by leverage tier in one price band of one column (the chart's hover tooltip)."""
     q = Query(request.query)
@@ -245,6 +266,7 @@ async def heatmap_cell(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/map")
+@memoized
 async def liquidation_map(request: web.Request) -> web.Response:
     q = Query(request.query)
     svc = _symbol(request, q)
@@ -263,6 +285,7 @@ async def liquidation_map(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/zones")
+@memoized
 async def zones(request: web.Request) -> web.Response:
     """Graded zones, each with the chance price reaches it within 1h / 4h / 24h (touch model)."""
     q = Query(request.query)
@@ -275,6 +298,7 @@ async def zones(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/cascade")
+@memoized
 async def cascade(request: web.Request) -> web.Response:
     """If price reaches the nearest strong zone, how far could forced selling (buying) carry it?"""
     q = Query(request.query)
@@ -284,6 +308,7 @@ async def cascade(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/risk")
+@memoized
 async def risk(request: web.Request) -> web.Response:
     """One position against the estimate: its liquidation price, the zone it sits in, the chance price
     gets there, and whether a cascade would carry it there."""
@@ -320,6 +345,7 @@ async def alerts(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/realised")
+@memoized
 async def realised(request: web.Request) -> web.Response:
     """Estimated liquidations per candle (what the model says was force-closed)."""
     q = Query(request.query)

@@ -145,7 +145,7 @@ def create_app(source: Hub | Sequence[Hub] | FeedSpec, config: ServerConfig | No
     app = web.Application(middlewares=[cors, errors_as_json], client_max_size=64 * 1024)
     owned = isinstance(source, FeedSpec)
     hubs: list[Hub] = [] if owned else ([source] if isinstance(source, Hub) else list(source))
-    markets = Markets(hubs, workers=config.workers, cache_entries=config.cache_entries)
+    markets = Markets(hubs, workers=config.workers, cache_entries=config.cache_entries, max_stale_s=config.max_stale_s)
     app[CONFIG] = config
     app[MARKETS] = markets
     app[LIVE] = LiveHub(markets, config)

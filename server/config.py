@@ -30,6 +30,10 @@ class ServerConfig:
     alert_interval_s: float = 5.0
     # Threads for numpy work (views), so the event loop never blocks on it.
     workers: int = 4
+    # While a market's views are recomputed after a change, REST callers may get the previous answer if
+    # it is at most this many seconds old (stale-while-revalidate; 0 = always wait for the new one).
+    # The WebSocket is the live path; this keeps REST latency flat when a feed ticks several times a second.
+    max_stale_s: float = 1.0
     # Cached view responses kept per market (LRU).
     cache_entries: int = 256
     # Default heatmap size for the page and the API.

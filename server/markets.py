@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,13 +38,19 @@ def dumps(obj: Any) -> str:
 
 
 class Markets:
-    def __init__(self, hubs: Sequence[Hub], workers: int = 4, cache_entries: int = 256) -> None:
+    def __init__(self, hubs: Sequence[Hub], workers: int = 4, cache_entries: int = 256, max_stale_s: float = 0.0) -> None:
         self.hubs = list(hubs)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="liqheat-view")
         self.cache_entries = cache_entries
         self._cache: OrderedDict[Hashable, Any] = OrderedDict()
         self._inflight: dict[Hashable, asyncio.Future[Any]] = {}
         self.generation: dict[str, int] = {}
+        # Stale-while-revalidate: while a newer answer is being computed, callers get the previous one if
+        # it is at most this old (0: always wait). Keeps REST latency flat on a market that ticks fast.
+        self.max_stale_s = max_stale_s
+        self._latest: dict[tuple[str, Hashable], tuple[float, Any]] = {}
+        # (path, query string) -> (market key, generation, answer): repeated identical requests
+        self._memo: OrderedDict[tuple[str, str], tuple[str, int, Any]] = OrderedDict()
 
     # ---- lookup -------------------------------------------------------------------------------------
     def services(self) -> list[MarketService]:
@@ -77,6 +84,19 @@ class Markets:
     def gen(self, key: str) -> int:
         return self.generation.get(key, 0)
 
+    def remember(self, path: str, query: str, market: str, gen: int, answer: Any) -> None:
+        if self.gen(market) != gen:
+            return  # the market moved while this was computed: do not pin a stale answer
+        self._memo[(path, query)] = (market, gen, answer)
+        if len(self._memo) > 4 * self.cache_entries:
+            self._memo.popitem(last=False)
+
+    def recall(self, path: str, query: str) -> Any | None:
+        hit = self._memo.get((path, query))
+        if hit is None or self.gen(hit[0]) != hit[1]:
+            return None
+        return hit[2]
+
     # ---- computation --------------------------------------------------------------------------------
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -94,13 +114,25 @@ class Markets:
             task = asyncio.ensure_future(self.run(fn))
             self._inflight[full] = task
             task.add_done_callback(lambda t: self._store(full, t))
+        if self.max_stale_s > 0:
+            previous = self._latest.get((svc.market.key, key))
+            if previous is not None and time.monotonic() - previous[0] <= self.max_stale_s:
+                return previous[1]  # type: ignore[no-any-return]
         return await asyncio.shield(task)  # type: ignore[no-any-return]
+
+    def is_current(self, svc: MarketService, key: Hashable, value: Any) -> bool:
+        """Whether ``value`` is the answer for the market as it is now (not a stale-while-revalidate one)."""
+        return self._cache.get((svc.market.key, key, self.gen(svc.market.key))) is value
 
     def _store(self, full: Hashable, task: asyncio.Future[Any]) -> None:
         self._inflight.pop(full, None)
         if task.cancelled() or task.exception() is not None:
             return
         self._cache[full] = task.result()
+        market, key, _ = full  # type: ignore[misc]
+        self._latest[(market, key)] = (time.monotonic(), task.result())
+        if len(self._latest) > 4 * self.cache_entries:
+            self._latest.pop(next(iter(self._latest)))
         while len(self._cache) > self.cache_entries * max(1, len(self.services())):
             self._cache.popitem(last=False)
 

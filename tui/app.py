@@ -47,6 +47,7 @@ from .zonemap import LiveColumn, PriceAxis, RealisedStrip, ZoneMap
 TIMEFRAMES = ("5m", "15m", "1h", "4h", "1d", "1w")
 TF_SECONDS = {"5m": 300, "15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400, "1w": 604_800}
 COLORS = ("auto", "truecolor", "256", "16", "none")
+SLOW_EVERY_S = 2.0  # zones table, touch probabilities, alert rules
 _RICH_SYSTEM = {"truecolor": "truecolor", "256": "256", "16": "standard"}
 
 TF_GROUP = Binding.Group("timeframe", compact=True)
@@ -132,6 +133,7 @@ class LiqheatApp(App[int]):
         self.mode = ColorMode.TRUECOLOR
         self._dirty: set[str] = set()
         self._busy = False
+        self._slow_busy = False
         self._generation = 0
         self._last_live = 0.0
         self._last_slow = 0.0
@@ -263,54 +265,70 @@ class LiqheatApp(App[int]):
         self._paint_history()
         self._paint_pulse(pulse)
         self._refresh_header()
-        await self._refresh_slow(force=True)
+        # the table waits until the new map is on the screen (its numpy work would slow this frame)
+        self.call_after_refresh(self._start_slow)
 
     def _note_error(self, exc: BaseException) -> None:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         self.error = msg
-        self.query_one(AlertsLine).set_text(Text(f"⚑ {msg}", style="bold red"))
+        for line in self.query(AlertsLine):  # none while the app is shutting down
+            line.set_text(Text(f"⚑ {msg}", style="bold red"))
 
     def _tick(self) -> None:
         """Timer: fetch and paint the live parts if the service said something changed (or every second
-        for the header's clocks)."""
+        for the header's clocks); the zones table and lists at most every SLOW_EVERY_S seconds."""
         if self.source is None or self.backdrop is None:
             self._show_loading()
             return
-        if self.paused or self._busy:
+        if self.paused:
             return
         now = time.monotonic()
-        live = bool(self._dirty & {"book", "bar", "market"}) or now - self._last_live >= 1.0
-        slow = now - self._last_slow >= 1.0
-        if live or slow:
+        if not self._busy and (bool(self._dirty & {"book", "bar", "market"}) or now - self._last_live >= 1.0):
             self._busy = True
-            self._update(self._generation, live, slow)
+            self._dirty -= {"book", "bar", "market"}
+            self._update(self._generation)
+        if self._dirty & {"liquidation", "health", "alert"}:
+            self._dirty -= {"liquidation", "health", "alert"}
+            self._refresh_lists()
+        if not self._slow_busy and now - self._last_slow >= SLOW_EVERY_S:
+            self._start_slow()
 
     @work(group="live", exit_on_error=False)
-    async def _update(self, generation: int, live: bool, slow: bool) -> None:
+    async def _update(self, generation: int) -> None:
         try:
             source, bd = self.source, self.backdrop
             if source is None or bd is None:
                 return
-            dirty, self._dirty = self._dirty, set()
-            if live:
-                self._last_live = time.monotonic()
-                pulse = await source.pulse(bd)
-                if generation != self._generation or bd is not self.backdrop or self.paused:
-                    return
-                if pulse.bucket != bd.bucket or not bd.window.contains(pulse.price, 0.02):
-                    # a candle closed (the time axis shifts) or the price left the window
-                    self.request_reload()
-                    return
-                self._paint_pulse(pulse)
-                self.facts = await source.facts()
-                self._refresh_header()
-            if slow:
-                self._last_slow = time.monotonic()
-                await self._refresh_slow(force=bool(dirty & {"zones", "liquidation", "health", "realised", "alert"}))
+            self._last_live = time.monotonic()
+            pulse = await source.pulse(bd)
+            if generation != self._generation or bd is not self.backdrop or self.paused:
+                return
+            if pulse.bucket != bd.bucket or not bd.window.contains(pulse.price, 0.02):
+                # a candle closed (the time axis shifts) or the price left the window
+                self.request_reload()
+                return
+            self._paint_pulse(pulse)
+            self.facts = await source.facts()
+            self._refresh_header()
         except Exception as exc:
             self._note_error(exc)
         finally:
             self._busy = False
+
+    def _start_slow(self) -> None:
+        self._slow_busy = True
+        self._last_slow = time.monotonic()
+        self._slow_update()
+
+    @work(group="slow", exit_on_error=False)
+    async def _slow_update(self) -> None:
+        """Zones (with touch probabilities and the alert rules): numpy work in a thread, off the frame path."""
+        try:
+            await self._refresh_slow()
+        except Exception as exc:
+            self._note_error(exc)
+        finally:
+            self._slow_busy = False
 
     def _paint_history(self) -> None:
         bd = self.backdrop
@@ -365,21 +383,30 @@ class LiqheatApp(App[int]):
             self._paint_realised(pulse)
         self.frames += 1
 
-    async def _refresh_slow(self, force: bool = False) -> None:
+    async def _refresh_slow(self) -> None:
         source = self.source
         if source is None:
             return
         self.zones = await source.zones()
+        if source is not self.source:
+            return
         touch = None
         try:
             an = source.analytics()
-            if an is not None and an.available and self.pulse is not None and hasattr(source, "bars"):
-                touch = an.zone_touch(self.zones, self.pulse.price, source.bars())
+            bars = source.bars() if hasattr(source, "bars") else None
+            if an is not None and an.available and self.pulse is not None and bars is not None:
+                touch = an.zone_touch(self.zones, self.pulse.price, bars)
         except Exception:  # analytics are a bonus; the table works without them
             touch = None
         height = self.query_one(ZonesTable).size.height
         self.query_one(ZonesTable).show_zones(self.zones, touch, limit=max(height - 1, 3),
                                               plain=self.mode is ColorMode.NONE)
+        self._refresh_lists()
+
+    def _refresh_lists(self) -> None:
+        source = self.source
+        if source is None:
+            return
         liq = self.query_one(LiquidationsList)
         liq.show_events(source.liquidations(limit=20), liq.size.height)
         alerts = source.alerts()
@@ -566,6 +593,7 @@ class LiqheatApp(App[int]):
                 await source.stop()
 
     async def on_unmount(self) -> None:
+        self.workers.cancel_all()
         await self._stop_source()
 
     # ---- help and palette ---------------------------------------------------------------------------

@@ -49,6 +49,7 @@ HELP = "write the estimate (heatmap, liquidation map, zones or realised liquidat
 
 WHATS = ("heatmap", "map", "zones", "realised")
 LONG_INPUT_BARS = 100_000  # from this many bars on, stage lines are printed even when stderr is not a TTY
+LONG_INPUT_BYTES = 8_000_000  # ... and from this file size on, before reading it
 
 
 class ExportError(Exception):
@@ -57,7 +58,7 @@ class ExportError(Exception):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.description = (__doc__ or "").split("\n\n", 1)[1]
+    p.description = (__doc__ or "").split("\n\n", 1)[1].replace("``", "")
     src = p.add_argument_group("input (one of)")
     src.add_argument("--bars", metavar="FILE", help="candles: CSV, CSV.gz, Parquet or JSON (see engine/feeds/files.py)")
     src.add_argument("--store", metavar="DB", help="a liqheat store (SQLite) recorded by 'liqheat record' / 'import'")
@@ -101,8 +102,10 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, progress)
     except KeyboardInterrupt:
         raise
-    except Exception as exc:  # every failure is one line, never a traceback
+    except Exception as exc:  # every failure is one line, never a traceback (LIQHEAT_DEBUG=1 shows it)
         progress.clear()
+        if os.environ.get("LIQHEAT_DEBUG"):
+            raise
         print(f"liqheat export: {_one_line(exc)}", file=sys.stderr)
         return 2
 
@@ -122,9 +125,11 @@ def _run(args: argparse.Namespace, progress: Progress) -> int:
     writer = output_writer(args.out)
     ladder = load_ladder(args.ladder)
 
-    progress.stage("reading")
+    if args.bars and os.path.isfile(args.bars):
+        progress.long_input = os.path.getsize(args.bars) > LONG_INPUT_BYTES
+    progress.stage(f"reading {args.bars or args.market}")
     bars, source, exchange, coin = _load(args)
-    progress.long_input = len(bars) >= LONG_INPUT_BARS
+    progress.long_input = progress.long_input or len(bars) >= LONG_INPUT_BARS
     tf = _duration(args.timeframe, "--timeframe") if args.timeframe else bars.timeframe
     if tf < bars.timeframe or tf % bars.timeframe:
         raise ExportError(

@@ -146,15 +146,22 @@ class Estimate:
     # ---- views ------------------------------------------------------------------------------------
     @property
     def realised(self) -> Realised:
+        """Each cohort's value when the bar that reached it closed out, summed per bar and side."""
         n = len(self.bars)
-        c, d = self.cohorts, self.death
-        dead = d < n
-        dd, b, tier = d[dead], c.birth[dead], c.tier[dead]
-        value = c.usd[dead] * np.exp(self.F[tier, dd - 1] - self.F[tier, b])
-        side = c.side[dead]
-        long_usd = np.bincount(dd[side == LONG], weights=value[side == LONG], minlength=n)
-        short_usd = np.bincount(dd[side == SHORT], weights=value[side == SHORT], minlength=n)
-        return Realised(self.bars.time.copy(), long_usd, short_usd)
+        c = self.cohorts
+        f = self.F.ravel()
+        out = np.zeros(2 * n)  # long bars, then short bars
+        for lo in range(0, len(c), _CHUNK):
+            sl = slice(lo, lo + _CHUNK)
+            d = self.death[sl]
+            dead = np.flatnonzero(d < n)
+            dd = d[dead].astype(np.int64)
+            row = c.tier[sl][dead].astype(np.int64) * n
+            value = f[row + dd - 1] - f[row + c.birth[sl][dead]]  # aged up to the bar before the touch
+            np.exp(value, out=value)
+            value *= c.usd[sl][dead]
+            np.add.at(out, c.side[sl][dead].astype(np.int64) * n + dd, value)
+        return Realised(self.bars.time.copy(), out[:n].copy(), out[n:].copy())
 
     def book(self, n: int | None = None) -> LevelBook:
         """The level book after the first ``n`` bars closed (default: all)."""
@@ -232,41 +239,42 @@ class Estimate:
         cells = 2 * nb * t  # per column: (side, bin, tier)
         # net[col, cell]: USD born minus USD died at each column; count: cohorts born minus died (exact,
         # so a cell whose cohorts all died is zero, not rounding dust)
-        net = np.zeros(ncol * cells)
-        count = np.zeros(ncol * cells, dtype=np.int32)
+        size = ncol * cells
+        net = np.zeros(size + 1)  # the last slot takes what no column sees (cheaper than filtering it out)
+        count = np.zeros(size + 1, dtype=np.int32)
         ones = np.ones(min(len(c), _CHUNK), dtype=np.int32)  # ufunc.at's fast path wants matching dtypes
         # In chunks: every temporary stays small enough to be reused by the allocator instead of being
         # mapped and page-faulted afresh (that, not the arithmetic, dominated a year of 1-minute bars).
         for lo in range(0, len(c), _CHUNK):
             sl = slice(lo, lo + _CHUNK)
+            birth = c.birth[sl]
             disp = lut[c.level[sl] - kmin]
-            cb = col_of[c.birth[sl]]  # first column that sees the birth
+            cb = col_of[birth]  # first column that sees the birth (ncol: none)
             cd = col_of[self.death[sl]]  # first column that sees the death (ncol: none)
-            live = np.flatnonzero((disp >= 0) & (cb < cd))
-            if not len(live):
-                continue
-            disp, cb, cd = disp[live], cb[live], cd[live]
-            tier = c.tier[sl][live].astype(np.int64)
-            born_val = c.usd[sl][live] * to_first[tier * n + c.birth[sl][live]]
-            cell = (c.side[sl][live].astype(np.int64) * nb + disp) * t + tier
-            at = cb * cells + cell
+            live = (disp >= 0) & (cb < cd)
+            tier = c.tier[sl].astype(np.int64)
+            born_val = c.usd[sl] * to_first[tier * n + birth]
+            cell = (c.side[sl].astype(np.int64) * nb + disp) * t + tier
+            one = ones[: len(cell)]
+            at = np.where(live, cb * cells + cell, size)
             np.add.at(net, at, born_val)
-            np.add.at(count, at, ones[: len(at)])
-            gone = np.flatnonzero(cd < ncol)
-            row = tier[gone] * ncol
-            cdg = cd[gone]
+            np.add.at(count, at, one)
             # value when the death column sees it: the birth value aged between the two columns
-            aged = h[row + cdg] - h[row + cb[gone]]
+            tier *= ncol
+            np.minimum(cb, ncol - 1, out=cb)
+            aged = h[tier + np.minimum(cd, ncol - 1)] - h[tier + cb]
             np.minimum(aged, 0.0, out=aged)
             np.exp(aged, out=aged)
-            aged *= born_val[gone]
-            at = cdg * cells + cell[gone]
+            aged *= born_val
+            at = np.where(live & (cd < ncol), cd * cells + cell, size)
             np.subtract.at(net, at, aged)
-            np.subtract.at(count, at, ones[: len(at)])
+            np.subtract.at(count, at, one)
+        net = net[:size]
+        count = count[:size]
         counts: np.ndarray = count.reshape(ncol, 2, nb, t)
         alive = np.cumsum(counts, axis=0, out=counts) > 0  # cohorts present per cell
         # Walk the columns: carry the book forward with each tier's survival factor between columns.
-        grid: np.ndarray = net.reshape(ncol, 2, nb, t)  # filled in place: column col becomes the book at times[col]
+        grid: np.ndarray = net.reshape(ncol, 2, nb, t)  # filled in place: column col = the book at times[col]
         state = np.zeros((2, nb, t))
         for col in range(ncol):
             if col > 0 and closed[col] > closed[col - 1] and closed[col - 1] > 0:

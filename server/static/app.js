@@ -196,7 +196,7 @@ function applyView() {
                                                       autoscaleMargin: 0.03 });
     heat.on("snapshot", onSnapshot);
     heat.on("realised", (r) => { setRealised(r.time, r.long_usd, r.short_usd); renderRealised(); });
-    heat.on("zones", (z) => { state.zones = z.zones; renderZones(); refreshZones(); });
+    heat.on("zones", () => refreshZones()); // the REST zones are the same plus touch probabilities
     heat.on("health", (h) => healthBadge(h));
     heat.on("status", (s) => { if (!["live", "demo", "replay", "delayed", "stale", "reconnecting"].includes(s)) healthBadge(s); });
     heat.on("liquidation", (e) => addEvent(liquidationLine(e)));

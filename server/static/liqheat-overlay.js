@@ -405,8 +405,9 @@ class LiquidationHeatmap {
   }
   _wsUrl() {
     const base = this._base();
-    if (!base) return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/api/v1/ws";
-    return base.replace(/^http/, "ws") + "/api/v1/ws";
+    // batch=1: the server packs what is waiting into one frame (a JSON array), fewer frames per update
+    if (!base) return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/api/v1/ws?batch=1";
+    return base.replace(/^http/, "ws") + "/api/v1/ws?batch=1";
   }
   _subscribeMsg() {
     const o = this.opts;
@@ -424,7 +425,11 @@ class LiquidationHeatmap {
     this.ws = ws;
     let opened = false;
     ws.onopen = () => { opened = true; this.retry = 0; this.stats.transport = "websocket"; ws.send(JSON.stringify(this._subscribeMsg())); };
-    ws.onmessage = (ev) => this._message(JSON.parse(ev.data));
+    ws.onmessage = (ev) => {
+      const data = JSON.parse(ev.data);
+      if (Array.isArray(data)) for (const m of data) this._message(m);
+      else this._message(data);
+    };
     ws.onclose = () => {
       if (this.ws !== ws || this.closed) return;
       this.ws = null;

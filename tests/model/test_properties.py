@@ -127,3 +127,16 @@ def test_first_touch_equals_a_plain_scan(reach, queries):
     want = [next((j for j in range(s, len(reach)) if reach[j] <= k), len(reach)) for s, k in queries]
     assert ft.first(start, q).tolist() == want
     assert ft.first_by_table(start, q).tolist() == want
+    ft.per_level_min = 0  # the per-level search over run starts even for a handful of queries
+    assert ft.first(start, q).tolist() == want
+    out = np.full(len(q), -1, dtype=np.int32)
+    ft.first(start.astype(np.int32), q.astype(np.int32), out=out)
+    assert out.tolist() == want
+
+
+def test_first_touch_falls_back_to_the_table_when_runs_would_be_too_many(monkeypatch):
+    reach = np.tile([0, 1000], 50)  # every bar a 1000-level swing: 50,000 run starts for 2 queries
+    ft = FirstTouch(reach)
+    monkeypatch.setattr(FirstTouch, "run_budget", 0)
+    monkeypatch.setattr(FirstTouch, "first_by_table", lambda self, s, q: np.array([1, 2]))
+    assert ft.first(np.array([1, 2]), np.array([500, 999])).tolist() == [1, 2]  # the table answered

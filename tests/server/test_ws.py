@@ -365,7 +365,7 @@ async def test_price_leaving_the_rows_brings_a_range_snapshot(client, feed):
     from engine.feeds.base import BarUpdate
 
     ws, snap = await subscribed(client)
-    low, high = snap["heatmap"]["edges"][0], snap["heatmap"]["edges"][-1]
+    high = snap["heatmap"]["edges"][-1]
     bar = feed.bar()
     jump = high * 1.05 / float(bar.close[0])  # a candle closing above the top row
     moved = bar.with_columns(open=bar.open * jump, high=bar.high * jump, low=bar.low * jump, close=bar.close * jump)
