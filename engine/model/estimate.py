@@ -111,6 +111,8 @@ def daily_volume_usd(bars: Bars, days: float = 30.0) -> float | None:
 class Estimate:
     """Batch estimate over a whole history. Build with :func:`estimate`."""
 
+    NORMALISED_SPAN = 600.0  # see heatmap(): exp(600) * any USD amount stays far below float overflow
+
     def __init__(self, bars: Bars, params: ModelParams) -> None:
         self.bars = bars
         self.params = params
@@ -231,18 +233,29 @@ class Estimate:
         kmin, kmax = int(c.level.min()), int(c.level.max())
         lut = bin_of(edges, self.grid.price(np.arange(kmin, kmax + 1)))
         # H[tier, col]: log survival at the column; a cohort seen at column col is worth
-        # usd * exp(H[tier, col] - F[tier, birth]). Per bar, the factor to its first column is <= 1.
+        # usd * exp(H[tier, col] - F[tier, birth]).
         H = self.F[:, np.maximum(closed - 1, 0)]  # (T, C)
-        h = H.ravel()
-        first_col = np.minimum(col_of[:n], ncol - 1)
-        to_first = np.exp(np.minimum(H[:, first_col] - self.F, 0.0)).ravel()  # (T * n)
         cells = 2 * nb * t  # per column: (side, bin, tier)
-        # net[col, cell]: USD born minus USD died at each column; count: cohorts born minus died (exact,
-        # so a cell whose cohorts all died is zero, not rounding dust)
         size = ncol * cells
-        net = np.zeros(size + 1)  # the last slot takes what no column sees (cheaper than filtering it out)
+        # net[col, cell]: USD born minus USD died at each column; count: cohorts born minus died (exact,
+        # so a cell whose cohorts all died is zero, not rounding dust). The last slot takes what no
+        # column sees (cheaper than filtering it out).
+        net = np.zeros(size + 1)
         count = np.zeros(size + 1, dtype=np.int32)
         ones = np.ones(min(len(c), _CHUNK), dtype=np.int32)  # ufunc.at's fast path wants matching dtypes
+        # Normalised units: a cohort weighs usd * exp(F[tier, 0] - F[tier, birth]) from birth to death
+        # and the column scales it back by exp(H - F[tier, 0]), so a death takes away exactly what the
+        # birth added, with no ageing to compute per cohort. Needs the weights to stay finite: fine while
+        # a tier's log survival spans less than NORMALISED_SPAN over the history (a year of 1-minute bars
+        # spans ~500 for the 12-hour half-life); beyond that each death is aged to its column instead.
+        ref = self.F[:, :1]
+        normalised = bool(np.all(ref[:, 0] - self.F[:, -1] < self.NORMALISED_SPAN))
+        if normalised:
+            weight = np.exp(ref - self.F).ravel()  # (T * n), >= 1
+        else:
+            first_col = np.minimum(col_of[:n], ncol - 1)
+            weight = np.exp(np.minimum(H[:, first_col] - self.F, 0.0)).ravel()  # value at its first column
+            h = H.ravel()
         # In chunks: every temporary stays small enough to be reused by the allocator instead of being
         # mapped and page-faulted afresh (that, not the arithmetic, dominated a year of 1-minute bars).
         for lo in range(0, len(c), _CHUNK):
@@ -253,34 +266,38 @@ class Estimate:
             cd = col_of[self.death[sl]]  # first column that sees the death (ncol: none)
             live = (disp >= 0) & (cb < cd)
             tier = c.tier[sl].astype(np.int64)
-            born_val = c.usd[sl] * to_first[tier * n + birth]
+            born = c.usd[sl] * weight[tier * n + birth]
             cell = (c.side[sl].astype(np.int64) * nb + disp) * t + tier
             one = ones[: len(cell)]
             at = np.where(live, cb * cells + cell, size)
-            np.add.at(net, at, born_val)
+            np.add.at(net, at, born)
             np.add.at(count, at, one)
-            # value when the death column sees it: the birth value aged between the two columns
-            tier *= ncol
-            np.minimum(cb, ncol - 1, out=cb)
-            aged = h[tier + np.minimum(cd, ncol - 1)] - h[tier + cb]
-            np.minimum(aged, 0.0, out=aged)
-            np.exp(aged, out=aged)
-            aged *= born_val
+            if not normalised:  # the value when the death column sees it: aged between the two columns
+                tier *= ncol
+                np.minimum(cb, ncol - 1, out=cb)
+                aged = h[tier + np.minimum(cd, ncol - 1)] - h[tier + cb]
+                np.minimum(aged, 0.0, out=aged)
+                np.exp(aged, out=aged)
+                born *= aged
             at = np.where(live & (cd < ncol), cd * cells + cell, size)
-            np.subtract.at(net, at, aged)
+            np.subtract.at(net, at, born)
             np.subtract.at(count, at, one)
-        net = net[:size]
-        count = count[:size]
-        counts: np.ndarray = count.reshape(ncol, 2, nb, t)
+        counts: np.ndarray = count[:size].reshape(ncol, 2, nb, t)
         alive = np.cumsum(counts, axis=0, out=counts) > 0  # cohorts present per cell
-        # Walk the columns: carry the book forward with each tier's survival factor between columns.
-        grid: np.ndarray = net.reshape(ncol, 2, nb, t)  # filled in place: column col = the book at times[col]
+        # Walk the columns: the book at each column is everything born and not yet dead by then.
+        grid: np.ndarray = net[:size].reshape(ncol, 2, nb, t)  # filled in place: column col = times[col]
         state = np.zeros((2, nb, t))
-        for col in range(ncol):
-            if col > 0 and closed[col] > closed[col - 1] and closed[col - 1] > 0:
-                state *= np.exp(H[:, col] - H[:, col - 1])[None, None, :]
-            state += grid[col]
-            grid[col] = state
+        if normalised:
+            scale = np.exp(H - ref)  # (T, C), <= 1
+            for col in range(ncol):
+                state += grid[col]
+                np.multiply(state, scale[:, col], out=grid[col])
+        else:  # state in current USD: carried forward with each tier's survival between columns
+            for col in range(ncol):
+                if col > 0 and closed[col] > closed[col - 1] and closed[col - 1] > 0:
+                    state *= np.exp(H[:, col] - H[:, col - 1])[None, None, :]
+                state += grid[col]
+                grid[col] = state
         np.maximum(grid, 0.0, out=grid)
         grid[~alive] = 0.0  # cells whose cohorts all died hold only rounding dust
         return Heatmap(times, edges, grid[:, LONG], grid[:, SHORT], self.tiers)

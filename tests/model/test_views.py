@@ -134,3 +134,17 @@ def test_heatmap_container_totals():
     g = np.arange(24, dtype=float).reshape(2, 3, 4)
     hm = Heatmap(np.array([1, 2]), np.array([1.0, 2.0, 3.0, 4.0]), g, g * 2, ("a", "b", "c", "d"))
     assert np.array_equal(hm.total()[1], (g * 2).sum(axis=2))
+
+
+def test_both_ways_of_ageing_the_heatmap_agree(est, monkeypatch):
+    """Normalised weights (short histories) and per-death ageing (histories whose survival spans too many
+    e-folds for normalised weights to stay finite) give the same grid."""
+    edges = price_edges(40_000, 90_000, 180, log=True)
+    times = est.column_times(1800)
+    fast = est.heatmap(times=times, edges=edges)
+    monkeypatch.setattr(type(est), "NORMALISED_SPAN", 0.0)
+    aged = est.heatmap(times=times, edges=edges)
+    top = fast.long_usd.max()
+    assert np.allclose(fast.long_usd, aged.long_usd, rtol=1e-9, atol=1e-9 * top)
+    assert np.allclose(fast.short_usd, aged.short_usd, rtol=1e-9, atol=1e-9 * top)
+    assert np.array_equal(fast.long_usd > 0, aged.long_usd > 0)
