@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -166,6 +166,8 @@ class MarketService:
         self._seq = 0
         self._liquidations: deque[Liquidation] = deque(maxlen=20_000)
         self._zones_key: tuple[Any, ...] = ()
+        self._books: OrderedDict[int, LevelBook] = OrderedDict()  # book at recent 5m closes
+        self._closed_hm: dict[tuple[Any, ...], Heatmap] = {}  # newest closed columns per grid
         self.loaded = asyncio.Event()
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -234,6 +236,7 @@ class MarketService:
             if update.closed:
                 self._bars = self._bars.concat(bar)
                 self._engine.append(bar)
+                self._snapshot_book(int(bar.close_time[0]))
                 self._forming = None
                 self._version += 1
                 self._trim()
@@ -254,6 +257,15 @@ class MarketService:
         self._publish("book", {"time": t, "price": float(bar.close[0])})
         if update.closed:
             self._maybe_publish_zones()
+
+    def _snapshot_book(self, close_time: int) -> None:
+        """Keep the book as it stood at recent 5-minute boundaries: every timeframe the faces offer closes
+        on one, so a new heatmap column comes from here instead of a fresh batch estimate."""
+        if close_time % _SNAPSHOT_EVERY == 0:
+            assert self._engine is not None
+            self._books[close_time] = self._engine.book()
+            while len(self._books) > _SNAPSHOTS_KEPT:
+                self._books.popitem(last=False)
 
     def _trim(self) -> None:
         """Keep memory bounded on long runs: drop bars older than the history window (+10%)."""
@@ -344,10 +356,13 @@ class MarketService:
     ) -> Bars:
         tf = timeframe_seconds(timeframe)
         with self._lock:
-            bars = self.bars
-            if self._forming is not None:
-                bars = bars.concat(self._forming)
-        out = bars.resample(tf)
+            bars, forming, version = self.bars, self._forming, self._version
+        key = ("candles", tf, version)
+        closed = self._cache.get(key)
+        if closed is None:
+            closed = bars.resample(tf)
+            self._cache[key] = closed
+        out = closed if forming is None else _merge_forming(closed, forming.resample(tf))
         return _window(out, since, until, limit)
 
     def live_book(self) -> LevelBook:
@@ -401,13 +416,7 @@ class MarketService:
         with self._lock:
             last_closed = int(self.bars.close_time[-1])
         closed_cols = closes[closes <= last_closed]
-        # Closed columns never change (no look-ahead): cache them until a new candle closes.
-        ckey = ("hm-closed", tf, bins, lo, hi, log, len(closed_cols), int(closed_cols[-1]) if len(closed_cols) else 0)
-        closed = self._cache.get(ckey)
-        if closed is None:
-            est = self._current_estimate(int(closed_cols[-1]) if len(closed_cols) else 0)
-            closed = est.heatmap(times=closed_cols, edges=edges) if len(closed_cols) else None
-            self._cache[ckey] = closed
+        closed = self._closed_columns(closed_cols, edges, (tf, bins, lo, hi, log)) if len(closed_cols) else None
         t = len(self.params.ladder.leverage)
         longs = [closed.long_usd] if closed is not None else [np.zeros((0, bins, t))]
         shorts = [closed.short_usd] if closed is not None else [np.zeros((0, bins, t))]
@@ -422,6 +431,32 @@ class MarketService:
             long_usd, short_usd, tiers = long_usd[:, :, tier : tier + 1], short_usd[:, :, tier : tier + 1], (tiers[tier],)
         out = Heatmap(closes, edges, long_usd, short_usd, tiers)
         self._cache[key] = out
+        return out
+
+    def _closed_columns(self, times: np.ndarray, edges: np.ndarray, grid_key: tuple[Any, ...]) -> Heatmap:
+        """Columns at closed candle times. Closed columns never change (no look-ahead), so the newest set
+        for this grid is kept and only columns it lacks are added — from the book snapshots when they
+        are at the end, else from one batch estimate."""
+        prev = self._closed_hm.get(grid_key)
+        if prev is not None and len(prev.times):
+            have = np.isin(times, prev.times)
+            missing = times[~have]
+            ends_only = not len(missing) or (have.sum() == 0 or missing[0] > prev.times[-1])
+            if ends_only and all(int(m) in self._books for m in missing):
+                keep = np.isin(prev.times, times)
+                longs, shorts = [prev.long_usd[keep]], [prev.short_usd[keep]]
+                for m in missing:
+                    lb, sb = self._books[int(m)].binned(edges)
+                    longs.append(lb[None])
+                    shorts.append(sb[None])
+                out = Heatmap(times, edges, np.concatenate(longs), np.concatenate(shorts), prev.tiers)
+                self._closed_hm[grid_key] = out
+                return out
+        est = self._current_estimate(int(times[-1]))
+        out = est.heatmap(times=times, edges=edges)
+        self._closed_hm[grid_key] = out
+        if len(self._closed_hm) > 32:
+            self._closed_hm.pop(next(iter(self._closed_hm)))
         return out
 
     def liquidation_map(self, bins: int = 200, span: float = 0.25, log: bool = False) -> LiquidationMap:
@@ -457,6 +492,8 @@ class MarketService:
         return Realised(out.time[sel], out.long_usd[sel], out.short_usd[sel])
 
 
+_SNAPSHOT_EVERY = 300  # seconds: 5m, 15m, 1h, 4h, 1d and 1w candles all close on 5-minute boundaries
+_SNAPSHOTS_KEPT = 24
 _NICE = 0.02  # default heatmap ranges snap to 2% steps so a moving price does not change the bins
 
 
@@ -466,6 +503,26 @@ def _nice_floor(price: float) -> float:
 
 def _nice_ceil(price: float) -> float:
     return float(np.exp(np.ceil(np.log(price) / _NICE) * _NICE))
+
+
+def _merge_forming(closed: Bars, forming: Bars) -> Bars:
+    """Closed candles plus the forming base bar: it extends the last candle if it falls in the same
+    bucket, else opens a new one."""
+    if len(closed) and forming.time[0] == closed.time[-1]:
+        last = closed.slice(len(closed) - 1)
+        merged = Bars(
+            closed.timeframe,
+            last.time,
+            last.open,
+            np.maximum(last.high, forming.high),
+            np.minimum(last.low, forming.low),
+            forming.close,
+            None if last.volume is None or forming.volume is None else last.volume + forming.volume,
+            oi_usd=forming.oi_usd if forming.oi_usd is not None else last.oi_usd,
+            funding_rate=forming.funding_rate if forming.funding_rate is not None else last.funding_rate,
+        )
+        return closed.slice(0, len(closed) - 1).concat(merged)
+    return closed.concat(forming)
 
 
 def _window(bars: Bars, since: int | None, until: int | None, limit: int | None) -> Bars:

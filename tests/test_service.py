@@ -160,3 +160,28 @@ async def test_unknown_symbols_and_feeds_are_one_line_errors():
 def test_default_params_name_the_margin_table_per_coin():
     p = ModelParams(coin="ETH")
     assert "ETH" in p.describe()["margin_table"]
+
+
+async def test_heatmap_columns_added_live_equal_a_fresh_batch():
+    """New closed columns come from book snapshots, not a recompute; they must match the batch."""
+    from engine.service import MarketService
+
+    feed = ScriptedFeed()
+    svc = MarketService(feed, (await feed.markets())[0], ModelParams(), history_days=0)
+    await svc.load()
+    first = svc.heatmap("5m", bins=60)
+    est_before = svc._estimate
+    for j in range(N_HISTORY, N_HISTORY + N_LIVE):
+        svc.ingest(BarUpdate(feed.all.slice(j, j + 1), closed=True))
+        svc.heatmap("5m", bins=60, price_low=float(first.edges[0]), price_high=float(first.edges[-1]))
+    live = svc.heatmap("5m", bins=60, price_low=float(first.edges[0]), price_high=float(first.edges[-1]))
+    assert svc._books, "no 5-minute snapshots were taken"
+    assert svc._estimate is est_before, "new columns should not need a batch recompute"
+    closed_times = live.times[live.times <= int(feed.all.close_time[-1])]
+    fresh = estimate(feed.all, svc.params).heatmap(times=closed_times, edges=live.edges)
+    n = len(closed_times)
+    assert np.allclose(live.long_usd[:n], fresh.long_usd, rtol=1e-9, atol=1e-3)
+    assert np.allclose(live.short_usd[:n], fresh.short_usd, rtol=1e-9, atol=1e-3)
+    # candles include every closed bar once, bucketed
+    c = svc.candles("5m")
+    assert c.close[-1] == feed.all.close[-1] and np.all(np.diff(c.time) == 300)

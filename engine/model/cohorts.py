@@ -213,7 +213,7 @@ def build_cohorts(bars: Bars, params: ModelParams, seeds: Seeds, grid: LevelGrid
     return Cohorts(out.birth[:pos], out.side[:pos], out.tier[:pos], out.level[:pos], out.usd[:pos])
 
 
-_ROWS = 1 << 16  # bars per chunk when building cohorts
+_ROWS = 1 << 14  # bars per chunk when building cohorts (fastest measured: temporaries stay in cache)
 
 
 def _side_cohorts(
