@@ -51,6 +51,8 @@ def child(out: str, speed: float, seconds: float, naive: bool) -> None:
     paint_pulse, paint_history, display = app._paint_pulse, app._paint_history, app._display
 
     def timed_pulse(pulse: Any) -> None:
+        # an update that changed nothing on screen never reaches the terminal: it is not a frame
+        pending[:] = [p for p in pending if p[0] != "live"]
         pending.append(("live", time.perf_counter()))
         paint_pulse(pulse)
         stats["pulses"] += 1

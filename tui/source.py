@@ -201,7 +201,9 @@ class LocalSource:
                     opts[k] = getattr(self, k)
             if self.history_days is not None:
                 opts["history_days"] = self.history_days
-            feed = open_feed(self.feed, **opts) if isinstance(self.feed, str) else self.feed
+            # open_feed imports ccxt for the exchanges (a second or more): in a thread, so the loading
+            # screen keeps drawing meanwhile
+            feed = await asyncio.to_thread(open_feed, self.feed, **opts) if isinstance(self.feed, str) else self.feed
             params = ModelParams(ladder=parse_ladder(self.ladder)) if self.ladder else ModelParams()
             kw: dict[str, Any] = {"params": params}
             if self.history_days is not None:

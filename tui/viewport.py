@@ -59,7 +59,9 @@ quarter). Snapped to
     half = math.ceil(half / step) * step
     # pan moves in whole steps (a quarter of the half-span, rounded to a round number): one key press, one step
     centre = round(price / step) * step + round(pan * 4) * step
-    low_edge = max(centre - half, step)
+    # a zoomed-out or panned-down window must not reach zero: it stops at a tenth of the price, same height
+    floor = price * (1 - MAX_HALF_SPAN)
+    low_edge = max(centre - half, floor)
     return Window(low_edge, low_edge + 2 * half)
 
 

@@ -18,8 +18,8 @@ from .lifetime import FirstTouch
 from .margin import LONG, SHORT
 from .views import Heatmap, LiquidationMap, ViewError, Zone, bin_levels, bin_of, find_zones, price_edges
 
-WICK, BODY = 0, 1
-_CHUNK = 1 << 20  # cohorts per chunk in the heatmap pass  # which part of a bar clears a piece (body only matters with partial wick clearing)
+WICK, BODY = 0, 1  # which part of a bar clears a piece (body only matters with partial wick clearing)
+_CHUNK = 1 << 18  # cohorts per chunk in the heatmap and realised passes (temporaries stay in cache)
 
 
 @dataclass(frozen=True)

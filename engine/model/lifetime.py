@@ -139,7 +139,7 @@ def _run_starts(reach: np.ndarray, kmin: int, kmax: int, budget: int) -> tuple[n
     return bars, offsets
 
 
-_CHUNK = 1 << 21  # queries per chunk: temporaries stay small enough for the allocator to reuse
+_CHUNK = 1 << 19  # queries per chunk: temporaries stay small (and in cache); fastest measured
 
 
 def _first_by_runs(
