@@ -58,9 +58,9 @@ class ScriptedFeed:
         self.closed = True
 
 
-async def _drain_until(sub, kind: str, count: int, timeout: float = 10.0):
+async def _drain_until(sub, kind: str, count: int, within: float = 10.0):
     seen = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         async for ev in sub:
             seen.append(ev)
             if sum(e.kind == kind for e in seen) >= count:
@@ -112,7 +112,7 @@ async def test_a_dropped_stream_shows_reconnecting_then_recovers():
         svc = hub.get("BTC")
         sub = svc.subscribe(maxsize=10_000)
         feed.released.set()
-        events = await _drain_until(sub, "health", 2, timeout=15)
+        events = await _drain_until(sub, "health", 2, within=15)
         states = [e.data["state"] for e in events if e.kind == "health"]
         assert "reconnecting" in states
         assert states[-1] == "live"  # the stream came back
