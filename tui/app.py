@@ -10,6 +10,7 @@ the price leaves the window, or the user changes the view — so an idle SSH ses
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -25,7 +26,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
-from .palette import ColorMode, mode_for, palette
+from .palette import ColorMode, Palette, mode_for, palette
 from .panels import AlertsLine, LiquidationsList, MarketHeader, TextPanel, ZonesTable
 from .panels import Legend as LegendPanel
 from .profile import Profile
@@ -134,6 +135,7 @@ class LiqheatApp(App[int]):
         self._dirty: set[str] = set()
         self._busy = False
         self._slow_busy = False
+        self._frozen = False
         self._generation = 0
         self._last_live = 0.0
         self._last_slow = 0.0
@@ -189,7 +191,7 @@ class LiqheatApp(App[int]):
         return self.query_one(LiveColumn)
 
     @property
-    def pal(self):  # type: ignore[no-untyped-def]
+    def pal(self) -> Palette:
         return palette(self.mode)
 
     # ---- sources ----------------------------------------------------------------------------------
@@ -218,11 +220,19 @@ class LiqheatApp(App[int]):
         self.error = ""
         self.backdrop = None
         self.pulse = None
+        if self.tier is not None and self.tier >= len(new.tiers):
+            self.tier = None  # another ladder: its tiers are not the old ones
         self._generation += 1
         if old is not None:
             await old.stop()
         self._listen(new)
         self.call_after_refresh(self.request_reload)
+        if not self._frozen:
+            # start-up objects (history, caches, widgets) live as long as the app: keep them out of the
+            # collector's full passes, which otherwise stall a frame for tens of milliseconds
+            self._frozen = True
+            gc.collect()
+            gc.freeze()
 
     @work(group="events", exclusive=True, exit_on_error=False)
     async def _listen(self, source: Source) -> None:

@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
         except LadderError as exc:
             print(f"liqheat tui: {exc}", file=sys.stderr)
             return 2
-    if args.connect and args.feed != "demo":
-        print("liqheat tui: --connect shows the server's feeds; drop --feed", file=sys.stderr)
+    if args.connect and (args.feed != "demo" or args.ladder or args.speed):
+        print("liqheat tui: with --connect the server decides feed, ladder and speed; drop --feed/--ladder/--speed",
+              file=sys.stderr)
         return 2
     if not (0.2 <= args.refresh <= 30):
         print("liqheat tui: --refresh must be between 0.2 and 30 per second", file=sys.stderr)

@@ -113,8 +113,9 @@ class Zone:
         }
 
 
-# Grade thresholds: share of average daily traded USD sitting in one zone.
-HIGH_SHARE, ELEVATED_SHARE = 0.02, 0.005
+# Grade thresholds: share of average daily traded USD sitting in one zone. Chosen so that on a month of
+# BTC only the few largest clusters (several % of a day's volume) read "high".
+HIGH_SHARE, ELEVATED_SHARE = 0.05, 0.015
 # Without volume: percentile of the zone's peak bin.
 HIGH_PCT, ELEVATED_PCT = 97.0, 90.0
 

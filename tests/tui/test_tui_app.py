@@ -40,7 +40,14 @@ async def test_first_frame_shows_market_price_and_estimate_label(make_tui, feed)
         assert len(bd.edges) - 1 == 2 * app.map.size.height
         assert len(app.map.keys) == app.map.size.height
         assert bd.usd.sum() > 0
-        assert app.query_one("#zones").row_count > 0
+        table = app.query_one("#zones")
+        await wait_for(pilot, lambda: table.row_count > 0, what="the zones table")
+        labels = [str(c.label) for c in table.columns.values()]
+        assert labels[:5] == ["side", "price range", "est. USD", "grade", "dist"]
+        if app.source.analytics().available:  # engine/model/touch.py installed: P(touch within 4h) per zone
+            assert labels[5] == "touch 4h"
+            cells = [str(table.get_row_at(i)[5]) for i in range(table.row_count)]
+            assert all(c.endswith("%") for c in cells)
         legend = app.query_one("#legend").plain
         assert "USD/cell" in legend and "$" in legend and "5x" in legend and "100x" in legend
 

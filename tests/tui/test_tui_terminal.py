@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -73,15 +74,24 @@ def test_tui_in_tmux_switches_views_and_quits_cleanly(tmux, tmp_path):
     assert "demo:BTC/USDT:USDT" in before
 
 
-def test_tui_colour_depths_in_a_real_terminal(tmux, tmp_path):
-    """256 colours emit palette codes (38;5), 16 colours and NO_COLOR draw the map with glyphs."""
+@pytest.mark.parametrize("depth", ["16", "NO_COLOR"])
+def test_tui_colour_depths_in_a_real_terminal(tmux, tmp_path, depth):
+    """16 colours and NO_COLOR draw the map with the glyph ramp; 16 colours use only the base palette,
+    NO_COLOR only greys (Textual's reading of it) — the intensity is in the glyphs either way."""
     status = tmp_path / "status"
-    cmd = f"sh -c {shlex.quote(f'{_script()} {TUI_ARGS} --colors 16; echo $? > {status}')}"
-    tmux.start(cmd, env={"TERM": "xterm-256color"})
-    screen = tmux.wait_for(lambda s: "◀" in s and "5m · all tiers" in s, what="the 16-colour map")
+    flag = "--colors 16" if depth == "16" else ""
+    cmd = f"sh -c {shlex.quote(f'{_script()} {TUI_ARGS} {flag}; echo $? > {status}')}"
+    env = {"TERM": "xterm-256color"} | ({"NO_COLOR": "1"} if depth == "NO_COLOR" else {})
+    tmux.start(cmd, env=env)
+    screen = tmux.wait_for(lambda s: "◀" in s and "5m · all tiers" in s, what=f"the {depth} map")
     assert "▀" not in screen and any(g in screen for g in "░▒▓█")
     coloured = tmux.capture(escapes=True)
-    assert "38;2;" not in coloured and "38;5;" not in coloured  # only the 16 base colours
+    assert "38;2;" not in coloured and "48;2;" not in coloured
+    palette_codes = {int(n) for n in re.findall(r"\x1b\[(?:[0-9;]*;)?[34]8;5;(\d+)", coloured)}
+    if depth == "16":
+        assert not palette_codes  # only the 16 base colours (30-37, 90-97...)
+    else:
+        assert palette_codes <= set(range(232, 256)) | {0, 7, 8, 15, 16, 231}, palette_codes  # greys only
     tmux.send("q")
     assert wait_for_file(status) == "0"
 
