@@ -53,7 +53,7 @@ from engine.model.views import ViewError
 
 log = logging.getLogger("liqheat.service")
 
-FEEDS = ("demo", "binanceusdm", "bybit", "okx", "file:PATH")
+FEEDS = ("demo", "binanceusdm", "bybit", "okx", "binanceusdm+bybit+okx", "all", "file:PATH")
 
 
 def open_feed(spec: str, **options: Any) -> Feed:
@@ -67,6 +67,17 @@ def open_feed(spec: str, **options: Any) -> Feed:
         from engine.feeds.exchange import ExchangeFeed
 
         return ExchangeFeed("binanceusdm" if spec == "binance" else spec)
+    if spec == "all" or ("+" in spec and not spec.startswith("file:")):
+        # One coin summed across venues ("binanceusdm+bybit+okx", or "all" of them): each venue keeps its
+        # own ccxt feed and the aggregate combines their bars (engine/feeds/aggregate.py).
+        from engine.feeds.aggregate import AggregateFeed
+        from engine.feeds.exchange import VENUES, ExchangeFeed
+
+        names = list(VENUES) if spec == "all" else [{"binance": "binanceusdm"}.get(n, n) for n in spec.split("+")]
+        unknown = [n for n in names if n not in VENUES]
+        if unknown:
+            raise FeedError(f"unknown exchange {unknown[0]!r} in {spec!r}; join some of {', '.join(VENUES)} with +")
+        return AggregateFeed([ExchangeFeed(n) for n in names])
     if spec.startswith("file:"):
         path = spec[len("file:") :]
         if not path:
@@ -328,6 +339,11 @@ class MarketService:
         now = int(self.bars.close_time[-1]) if self._forming is None else int(self._forming.time[0])
         step = int(interval_hours * 3600)
         return {"rate": rate, "next_time": (now // step + 1) * step, "interval_hours": interval_hours}
+
+    def breakdown(self) -> dict[str, Any] | None:
+        """Each venue's share when the feed sums several exchanges (``AggregateFeed``); None otherwise."""
+        of = getattr(self.feed, "breakdown", None)
+        return of(self.market.symbol) if callable(of) else None
 
     def health_info(self) -> dict[str, Any]:
         age = time.time() - self.last_update

@@ -168,6 +168,8 @@ async def market(request: web.Request) -> web.Response:
                 "estimate": True,
             }
         )
+        if (venues := svc.breakdown()) is not None:  # per-exchange shares when the feed sums several
+            out["venues"] = venues
         return out
 
     return await _cached(request, svc, ("market",), build)

@@ -22,7 +22,7 @@ HELP = "serve the live liquidation heatmap in the browser (+ REST/WebSocket/UDF 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feed", action="append", metavar="FEED",
-                        help="demo (default) | binanceusdm | bybit | okx | file:PATH; repeat to serve several")
+                        help="demo (default) | binanceusdm | bybit | okx | binanceusdm+bybit+okx or all (one coin across venues) | file:PATH; repeat to serve several")
     parser.add_argument("--symbols", nargs="+", metavar="SYMBOL",
                         help="markets to serve, e.g. BTC ETH or BTC/USDT:USDT (default: the feed's main ones)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")

@@ -53,7 +53,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
                             content_type="application/json")
     batch = request.query.get("batch", "0") in ("1", "true", "yes")
     await ws.prepare(request)
-    conn = Connection(ws, cfg.queue_size, batch=batch)
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    conn = Connection(ws, cfg.queue_size, batch=batch, sock=sock)
     live.connections.add(conn)
     writer = asyncio.create_task(conn.writer(), name="ws writer")
     conn.send(dumps({

@@ -55,6 +55,11 @@ TF_GROUP = Binding.Group("timeframe", compact=True)
 ZOOM_GROUP = Binding.Group("zoom", compact=True)
 PAN_GROUP = Binding.Group("pan", compact=True)
 TIER_GROUP = Binding.Group("tier", compact=True)
+# One key per ladder tier, by position (lowest leverage first): plain bottom-row letters, because a letter
+# arrives as the same single byte over SSH/tmux on any layout (shifted digits move between layouts, F-keys
+# get eaten by some terminals). `c` (recentre) is skipped; a ladder longer than this is reached with l/L.
+TIER_KEYS = ("z", "x", "v", "b", "n", "m")
+DEFAULT_TIER_COUNT = 5  # the default ladder: shown (disabled) in the footer until the source says otherwise
 
 
 class LiqheatApp(App[int]):
@@ -69,9 +74,14 @@ class LiqheatApp(App[int]):
             Binding(str(i + 1), f"timeframe('{tf}')", tf, group=TF_GROUP, tooltip=f"{tf} candles")
             for i, tf in enumerate(TIMEFRAMES)
         ],
-        Binding("l", "next_tier", "tier", group=TIER_GROUP),
+        # the footer shows the direct keys ("azxvbn tier"); l/L cycling stays, listed in the help
+        Binding("a,0", "tier_all", "all tiers", group=TIER_GROUP, key_display="a", tooltip="all tiers"),
+        *[
+            Binding(key, f"set_tier({i})", f"tier {i + 1}", group=TIER_GROUP, tooltip=f"leverage tier {i + 1}")
+            for i, key in enumerate(TIER_KEYS)
+        ],
+        Binding("l", "next_tier", "tier", group=TIER_GROUP, show=False),
         Binding("L", "prev_tier", "tier", group=TIER_GROUP, show=False),
-        Binding("a,0", "tier_all", "all tiers", show=False),
         Binding("s", "pick_symbol", "symbol"),
         Binding("e", "pick_exchange", "exchange", show=False),
         Binding("plus,equals_sign", "zoom(1)", "zoom", group=ZOOM_GROUP, key_display="+"),
@@ -226,6 +236,7 @@ class LiqheatApp(App[int]):
         if old is not None:
             await old.stop()
         self._listen(new)
+        self.refresh_bindings()  # the footer shows one key per tier of this ladder
         self.call_after_refresh(self.request_reload)
         if not self._frozen:
             # start-up objects (history, caches, widgets) live as long as the app: keep them out of the
@@ -496,6 +507,21 @@ class LiqheatApp(App[int]):
         if 0 <= index < self._tier_count():
             self._set_tier(index)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Direct tier keys exist only for the tiers of the ladder in use (hidden beyond it); before the
+        source has started they show, greyed, for the default ladder."""
+        if action == "set_tier" and parameters and isinstance(parameters[0], int):
+            index = parameters[0]
+            if self.source is None:
+                return None if index < DEFAULT_TIER_COUNT else False
+            return index < len(self.source.tiers)
+        return True
+
+    def tier_keys(self) -> list[tuple[str, str]]:
+        """(key, tier label) for every tier that has a direct key."""
+        labels = self.source.tiers if self.source is not None else ()
+        return list(zip(TIER_KEYS, labels, strict=False))
+
     def action_zoom(self, direction: int) -> None:
         self.zoom = clamp_zoom(self.zoom * (ZOOM_STEP if direction > 0 else 1 / ZOOM_STEP))
         if abs(self.zoom - 1.0) < 1e-9:
@@ -549,6 +575,9 @@ class LiqheatApp(App[int]):
         self.pulse = None
         self.facts = None
         self.loading = ""
+        if self.tier is not None and self.source is not None and self.tier >= len(self.source.tiers):
+            self.tier = None
+        self.refresh_bindings()  # a served market may use another ladder
         self.request_reload()
 
     def action_pick_exchange(self) -> None:
@@ -609,10 +638,18 @@ class LiqheatApp(App[int]):
     # ---- help and palette ---------------------------------------------------------------------------
     def key_help(self) -> list[tuple[str, str]]:
         tiers = ", ".join(self.source.tiers) if self.source else "the ladder's tiers"
+        direct = self.tier_keys()
+        if direct:
+            keys, what = " ".join(k for k, _ in direct), " · ".join(f"{k} {lab}" for k, lab in direct)
+            if self.source is not None and len(self.source.tiers) > len(direct):
+                what += " (further tiers with l / L)"
+        else:
+            keys, what = " ".join(TIER_KEYS[:DEFAULT_TIER_COUNT]), "one leverage tier each, lowest leverage first"
         return [
             ("1 2 3 4 5 6", "timeframe 5m, 15m, 1h, 4h, 1d, 1w"),
+            ("a or 0", "all leverage tiers"),
+            (keys, f"only that tier: {what}"),
             ("l / L", f"next / previous leverage tier (all, then {tiers})"),
-            ("a or 0", "all tiers"),
             ("s", "symbol picker"),
             ("e", "exchange picker (demo, binanceusdm, bybit, okx)"),
             ("+ / -", "zoom the price axis in / out"),
@@ -646,9 +683,10 @@ class LiqheatApp(App[int]):
         yield from super().get_system_commands(screen)
         for tf in TIMEFRAMES:
             yield SystemCommand(f"Timeframe {tf}", f"one column per {tf} candle", lambda tf=tf: self.action_timeframe(tf))
-        yield SystemCommand("Tier: all", "every leverage tier stacked", self.action_tier_all)
+        yield SystemCommand("Tier: all", "every leverage tier stacked (key a)", self.action_tier_all)
         for i, lab in enumerate(self.source.tiers if self.source else ()):
-            yield SystemCommand(f"Tier: {lab}", f"only the {lab} tier", lambda i=i: self.action_set_tier(i))
+            key = f" (key {TIER_KEYS[i]})" if i < len(TIER_KEYS) else ""
+            yield SystemCommand(f"Tier: {lab}", f"only the {lab} tier{key}", lambda i=i: self.action_set_tier(i))
         yield SystemCommand("Pick symbol", "switch market", self.action_pick_symbol)
         yield SystemCommand("Pick exchange", "switch feed", self.action_pick_exchange)
         yield SystemCommand("Zoom in", "narrower price range", lambda: self.action_zoom(1))

@@ -10,7 +10,10 @@ import sys
 
 HELP = "live terminal dashboard of estimated liquidation zones (works over SSH; demo market by default)"
 
-FEED_HELP = "demo (simulated, default) | binanceusdm | bybit | okx | file:PATH (replay a recorded file)"
+FEED_HELP = (
+    "demo (simulated, default) | binanceusdm | bybit | okx | binanceusdm+bybit+okx or all (one coin across venues)"
+    " | file:PATH (replay a recorded file)"
+)
 
 
 def _speed(text: str) -> float:

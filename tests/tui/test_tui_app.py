@@ -95,6 +95,61 @@ async def test_tier_keys_cycle_all_then_each_ladder_tier(make_tui):
         assert app.reloads == 1
 
 
+def footer_keys(app) -> list[str]:
+    """The keys the footer shows, left to right, skipping greyed ones."""
+    from textual.widgets._footer import FooterKey
+
+    return [k.key_display for k in app.screen.query(FooterKey) if not k.has_class("-disabled")]
+
+
+@pytest.mark.parametrize(("key", "index", "label"),
+                         [("z", 0, "5x"), ("x", 1, "10x"), ("v", 2, "25x"), ("b", 3, "50x"), ("n", 4, "100x")])
+async def test_each_tier_has_its_own_key_and_redraws_at_once(make_tui, key, index, label):
+    app = make_tui(paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        assert [k for k in footer_keys(app) if k in "azxvbnm"] == ["a", "z", "x", "v", "b", "n"]
+        all_codes = codes(app)
+        await pilot.press(key)
+        assert app.tier == index
+        assert f" · {label} only" in header(app)
+        shown = codes(app)
+        assert shown != all_codes  # the map shows that tier alone, without waiting for a tick
+        # the same picture as reaching the tier by cycling, and no refetch of the history
+        await pilot.press("a")
+        assert app.tier is None and "all tiers" in header(app) and codes(app) == all_codes
+        for _ in range(index + 1):
+            await pilot.press("l")
+        assert app.tier == index and codes(app) == shown
+        assert app.reloads == 1
+
+
+async def test_tier_keys_jump_between_tiers_and_follow_the_ladder(feed):
+    """Direct keys go by position on the ladder in use; a key past its last tier does nothing."""
+    from tui_support import FIXED_NOW
+
+    from tui.app import make_app
+    from tui.source import LocalSource
+
+    app = make_app(source=LocalSource(feed, None, ladder="high", history_days=0), clock=lambda: FIXED_NOW,
+                   colors="truecolor", paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        assert app.source.tiers == ("25x", "50x", "100x", "125x")
+        await pilot.pause()
+        assert [k for k in footer_keys(app) if k in "azxvbnm"] == ["a", "z", "x", "v", "b"]
+        seen = {}
+        for key, label in (("b", "125x"), ("z", "25x"), ("v", "100x"), ("x", "50x")):
+            await pilot.press(key)
+            assert f" · {label} only" in header(app), key
+            seen[label] = codes(app)
+        assert len({repr(c) for c in seen.values()}) == 4  # four tiers, four different maps
+        await pilot.press("n", "m")  # no fifth or sixth tier here
+        assert app.tier == 1 and "50x only" in header(app)
+        await pilot.press("0")
+        assert app.tier is None
+
+
 async def test_zoom_pan_and_recentre_change_the_price_window(make_tui):
     app = make_tui(paused=True)
     async with app.run_test(size=SIZE) as pilot:
@@ -178,7 +233,8 @@ async def test_help_screen_lists_every_key_and_the_model(make_tui):
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = str(app.screen.query_one("Static").render())
-        for words in ("timeframe 5m, 15m, 1h, 4h, 1d, 1w", "leverage tier", "symbol picker", "exchange picker",
+        for words in ("timeframe 5m, 15m, 1h, 4h, 1d, 1w", "leverage tier", "z 5x · x 10x · v 25x · b 50x · n 100x",
+                      "all leverage tiers", "symbol picker", "exchange picker",
                       "zoom", "pan", "pause", "quit", "ESTIMATE", "maintenance margin", "command palette"):
             assert words in text, words
         await pilot.press("escape")

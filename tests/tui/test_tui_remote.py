@@ -99,6 +99,10 @@ async def test_connect_shows_the_servers_market_and_follows_it(served, feed):
         await pilot.press("l", "l", "l")
         await wait_for(pilot, lambda: app.reloads > r and app.backdrop.data_tier == 2, what="the 25x view")
         assert "25x only" in header(app)
+        r = app.reloads
+        await pilot.press("b")  # straight to 50x with its own key: the server is asked for that tier
+        await wait_for(pilot, lambda: app.reloads > r and app.backdrop.data_tier == 3, what="the 50x view")
+        assert "50x only" in header(app)
         await pilot.press("3")
         await wait_for(pilot, lambda: app.backdrop.view.timeframe == "1h", what="1h from the server")
         assert set(np.diff(app.backdrop.times).tolist()) == {3600}

@@ -57,6 +57,14 @@ def _switches_timeframe_and_tier(tmux: Tmux) -> None:
     tmux.wait_for(lambda s: " 1h · 25x only" in s, what="the 25x tier")
     tmux.send("6")
     tmux.wait_for(lambda s: " 1w · 25x only" in s, what="1w after pressing 6")
+    # one key per tier, straight to it (the footer lists them: a, then the ladder's tiers in order)
+    assert "azxvbn tier" in screen
+    tmux.send("b")
+    tmux.wait_for(lambda s: " 1w · 50x only" in s, what="the 50x tier after pressing b")
+    tmux.send("z")
+    tmux.wait_for(lambda s: " 1w · 5x only" in s, what="the 5x tier after pressing z")
+    tmux.send("n")
+    tmux.wait_for(lambda s: " 1w · 100x only" in s, what="the 100x tier after pressing n")
     tmux.send("a")
     tmux.wait_for(lambda s: " 1w · all tiers" in s, what="all tiers again")
 
