@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTHON3 ?= python3
 
-.PHONY: help run test lint typecheck bench system-deps assets clean
+.PHONY: help run test lint typecheck bench snapshots system-deps assets clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ typecheck: $(STAMP)  ## mypy on engine/
 
 bench: $(STAMP)  ## performance runs; they print tables of measured ratios
 	$(PY) -m benchmarks
+
+snapshots: $(STAMP)  ## re-record the TUI snapshot tests after an intended visual change (review the diff)
+	$(PY) -m pytest -q tests/tui --snapshot-update
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts
