@@ -459,15 +459,23 @@ class MarketService:
             missing = times[~have]
             ends_only = not len(missing) or (have.sum() == 0 or missing[0] > prev.times[-1])
             if ends_only and all(int(m) in self._books for m in missing):
-                keep = np.isin(prev.times, times)
-                longs, shorts = [prev.long_usd[keep]], [prev.short_usd[keep]]
+                if len(missing) and missing[0] < prev.times[-1]:
+                    prev = Heatmap(prev.times[:0], edges, prev.long_usd[:0], prev.short_usd[:0], prev.tiers)
+                longs, shorts = [prev.long_usd], [prev.short_usd]
                 for m in missing:
                     lb, sb = self._books[int(m)].binned(edges)
                     longs.append(lb[None])
                     shorts.append(sb[None])
-                out = Heatmap(times, edges, np.concatenate(longs), np.concatenate(shorts), prev.tiers)
-                self._closed_hm[grid_key] = out
-                return out
+                # Keep every column known for this grid (up to _CLOSED_KEPT), not just the ones asked for:
+                # the live fan-out asks for the last 2 columns of a grid a 300-column snapshot or REST view
+                # shares, and keeping only those sent the next big request to the batch path (~10 ms each
+                # candle, per grid).
+                known = np.concatenate([prev.times, missing])[-_CLOSED_KEPT:]
+                merged = Heatmap(known, edges, np.concatenate(longs)[-_CLOSED_KEPT:], np.concatenate(shorts)[-_CLOSED_KEPT:],
+                                 prev.tiers)
+                self._closed_hm[grid_key] = merged
+                sel = np.isin(known, times)
+                return Heatmap(times, edges, merged.long_usd[sel], merged.short_usd[sel], prev.tiers)
         est = self._current_estimate(int(times[-1]))
         out = est.heatmap(times=times, edges=edges)
         self._closed_hm[grid_key] = out
@@ -510,6 +518,7 @@ class MarketService:
 
 _SNAPSHOT_EVERY = 300  # seconds: 5m, 15m, 1h, 4h, 1d and 1w candles all close on 5-minute boundaries
 _SNAPSHOTS_KEPT = 24
+_CLOSED_KEPT = 2000  # closed heatmap columns kept per grid (the API's largest request)
 _NICE = 0.02  # default heatmap ranges snap to 2% steps so a moving price does not change the bins
 
 

@@ -70,6 +70,7 @@ def encoded_response(request: web.Request, enc: Encoded) -> web.Response:
 
 async def _cached(request: web.Request, svc: MarketService, key: tuple[Any, ...], build: Callable[[], Any]) -> web.Response:
     markets = request.app[MARKETS]
+    markets.remember_call(request.path, request.query_string, svc, key, build)
     enc = await markets.cached(svc, key, lambda: Encoded.of(build()))
     if markets.is_current(svc, key, enc):  # never pin a stale-while-revalidate answer to the query string
         markets.remember(request.path, request.query_string, svc.market.key, markets.gen(svc.market.key), enc)
@@ -78,13 +79,18 @@ async def _cached(request: web.Request, svc: MarketService, key: tuple[Any, ...]
 
 def memoized(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Callable[[web.Request], Awaitable[web.Response]]:
     """Answer a query string seen before, while its market has not changed, without validating it again
-    (a chart polling the same view is the common case); anything else goes through the handler."""
+    (a chart polling the same view is the common case); once the market moved, go straight to the cache
+    with what that query was validated into; anything else goes through the handler."""
 
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.Response:
-        enc = request.app[MARKETS].recall(request.path, request.query_string)
+        markets = request.app[MARKETS]
+        enc = markets.recall(request.path, request.query_string)
         if enc is not None:
             return encoded_response(request, enc)
+        call = markets.recall_call(request.path, request.query_string)
+        if call is not None:  # validated before: only the answer is new (or being recomputed)
+            return await _cached(request, *call)
         return await handler(request)
 
     return wrapper

@@ -42,8 +42,6 @@ SNAPSHOT_BUFFER = 512
 # Messages per frame at most, for connections that asked for batched frames.
 BATCH_MAX = 64
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
-# Seconds news (liquidations, health, ...) may wait for the view computation of the same batch.
-NEWS_WAIT_S = 0.025
 
 
 @dataclass(eq=False)
@@ -344,33 +342,29 @@ class MarketChannel:
         if changed_book(kinds) and self.alerts.due() and not self._alerts_running:
             self._alerts_running = True
             asyncio.ensure_future(self._check_alerts())
-        realised_times = [int(e.data["time"]) for e in batch if e.kind == "realised"]
-        changed = bool(kinds & {"bar", "book"})
-        views = [v for v in self.views.values() if v.subscribers and v.snapshot_task is not None and v.snapshot_task.done()]
-        compute: asyncio.Future[list[tuple[list[tuple[str, str]], int, int, bool] | None]] | None = None
-        now = time.monotonic()
-        want_map: dict[int, bool] = {}
-        t0 = time.perf_counter()
-        if views and (changed or realised_times):
-            want_map = {id(v): changed and now - v.last_map >= self.config.map_interval_s for v in views}
-            specs = [(v.spec, v.last_bar, v.last_column, want_map[id(v)], v.auto_range) for v in views]
-            compute = asyncio.ensure_future(self.markets.run(_view_deltas, self.svc, specs, changed, realised_times))
-            # Start the numpy work while the loop is quiet, and only then wake the writers: a fan-out to
-            # many sockets keeps the loop thread busy holding the GIL, and the pool thread then waits a
-            # switch interval (5 ms) at every handoff, turning ~2 ms of work into 40-70 ms (measured with
-            # 1,000 clients). News waits for it at most NEWS_WAIT_S, so a slow computation never holds
-            # it back for long.
-            await asyncio.wait({compute}, timeout=NEWS_WAIT_S)
-        # News first: events that need no computation go out before the views' deltas.
+        # News first: events that need no computation go out before the numpy work for the views.
         if common:
             for view in list(self.views.values()):
                 for s in list(view.subscribers):
                     for kind, body in common:
                         s.conn.offer(s, kind, body)
-        if compute is None:
+        realised_times = [int(e.data["time"]) for e in batch if e.kind == "realised"]
+        changed = bool(kinds & {"bar", "book"})
+        views = [v for v in self.views.values() if v.subscribers and v.snapshot_task is not None and v.snapshot_task.done()]
+        if not views or not (changed or realised_times):
             return
+        if common:
+            # Let the writers send the news first (one loop pass: each drains its queue without waiting),
+            # then start the numpy work. Run alongside a fan-out to many sockets, the pool thread waits a
+            # GIL switch interval (5 ms) at every handoff: ~2 ms of work took 40-70 ms with 1,000 clients
+            # (compute_ms in /api/v1/health); after the fan-out it has the interpreter to itself.
+            await asyncio.sleep(0)
+        now = time.monotonic()
+        want_map = {id(v): changed and now - v.last_map >= self.config.map_interval_s for v in views}
+        specs = [(v.spec, v.last_bar, v.last_column, want_map[id(v)], v.auto_range) for v in views]
+        t0 = time.perf_counter()
         try:
-            results = await compute
+            results = await self.markets.run(_view_deltas, self.svc, specs, changed, realised_times)
         except Exception as exc:  # a view that cannot be computed must not end the market's stream
             log.warning("%s: view deltas failed: %s", self.svc.market.key, exc)
             return

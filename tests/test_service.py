@@ -185,3 +185,30 @@ async def test_heatmap_columns_added_live_equal_a_fresh_batch():
     # candles include every closed bar once, bucketed
     c = svc.candles("5m")
     assert c.close[-1] == feed.all.close[-1] and np.all(np.diff(c.time) == 300)
+
+
+async def test_a_live_charts_two_column_refreshes_keep_the_full_heatmap_off_the_batch_path():
+    """The server's live fan-out asks for the last two columns of the grid a full chart (or the REST
+    heatmap) shows. Those small requests must not make the next full heatmap fall back to a batch
+    recompute, and the full heatmap must still equal the batch."""
+    from engine.service import MarketService
+
+    feed = ScriptedFeed()
+    svc = MarketService(feed, (await feed.markets())[0], ModelParams(), history_days=0)
+    await svc.load()
+    first = svc.heatmap("5m", bins=60)
+    lo, hi = float(first.edges[0]), float(first.edges[-1])
+    est_before = svc._estimate
+    for j in range(N_HISTORY, N_HISTORY + N_LIVE):
+        svc.ingest(BarUpdate(feed.all.slice(j, j + 1), closed=True))
+        svc.heatmap("5m", bins=60, price_low=lo, price_high=hi, columns=2)
+        if j % 7 == 0:
+            svc.heatmap("5m", bins=60, price_low=lo, price_high=hi)
+    live = svc.heatmap("5m", bins=60, price_low=lo, price_high=hi)
+    assert svc._estimate is est_before, "the full heatmap fell back to a batch recompute"
+    closed_times = live.times[live.times <= int(feed.all.close_time[-1])]
+    fresh = estimate(feed.all, svc.params).heatmap(times=closed_times, edges=live.edges)
+    n = len(closed_times)
+    assert n > len(first.times), "the closed candles since the first view are columns too"
+    assert np.allclose(live.long_usd[:n], fresh.long_usd, rtol=1e-9, atol=1e-3)
+    assert np.allclose(live.short_usd[:n], fresh.short_usd, rtol=1e-9, atol=1e-3)
