@@ -178,6 +178,7 @@ class MarketService:
         self._liquidations: deque[Liquidation] = deque(maxlen=20_000)
         self._zones_key: tuple[Any, ...] = ()
         self._books: OrderedDict[int, LevelBook] = OrderedDict()  # book at recent 5m closes
+        self._recent_books: OrderedDict[int, LevelBook] = OrderedDict()  # book at the last few bar closes
         self._closed_hm: dict[tuple[Any, ...], Heatmap] = {}  # newest closed columns per grid
         self.loaded = asyncio.Event()
 
@@ -270,13 +271,19 @@ class MarketService:
             self._maybe_publish_zones()
 
     def _snapshot_book(self, close_time: int) -> None:
-        """Keep the book as it stood at recent 5-minute boundaries: every timeframe the faces offer closes
-        on one, so a new heatmap column comes from here instead of a fresh batch estimate."""
-        if close_time % _SNAPSHOT_EVERY == 0:
-            assert self._engine is not None
-            self._books[close_time] = self._engine.book()
-            while len(self._books) > _SNAPSHOTS_KEPT:
-                self._books.popitem(last=False)
+        """Keep the book as it stood at recent closes — every bar for the last few minutes, and every
+        5-minute boundary (where 5m, 15m, 1h, 4h, 1d and 1w candles all close) for longer — so a new
+        heatmap column comes from here instead of a fresh batch estimate."""
+        assert self._engine is not None
+        book = self._engine.book()
+        for ring, every, kept in ((self._books, _SNAPSHOT_EVERY, _SNAPSHOTS_KEPT), (self._recent_books, 1, _RECENT_KEPT)):
+            if close_time % every == 0:
+                ring[close_time] = book
+                while len(ring) > kept:
+                    ring.popitem(last=False)
+
+    def _book_at(self, close_time: int) -> LevelBook | None:
+        return self._books.get(close_time) or self._recent_books.get(close_time)
 
     def _trim(self) -> None:
         """Keep memory bounded on long runs: drop bars older than the history window (+10%)."""
@@ -458,12 +465,12 @@ class MarketService:
             have = np.isin(times, prev.times)
             missing = times[~have]
             ends_only = not len(missing) or (have.sum() == 0 or missing[0] > prev.times[-1])
-            if ends_only and all(int(m) in self._books for m in missing):
+            if ends_only and all(self._book_at(int(m)) is not None for m in missing):
                 if len(missing) and missing[0] < prev.times[-1]:
                     prev = Heatmap(prev.times[:0], edges, prev.long_usd[:0], prev.short_usd[:0], prev.tiers)
                 longs, shorts = [prev.long_usd], [prev.short_usd]
                 for m in missing:
-                    lb, sb = self._books[int(m)].binned(edges)
+                    lb, sb = self._book_at(int(m)).binned(edges)  # type: ignore[union-attr]
                     longs.append(lb[None])
                     shorts.append(sb[None])
                 # Keep every column known for this grid (up to _CLOSED_KEPT), not just the ones asked for:
@@ -479,7 +486,7 @@ class MarketService:
         est = self._current_estimate(int(times[-1]))
         out = est.heatmap(times=times, edges=edges)
         self._closed_hm[grid_key] = out
-        if len(self._closed_hm) > 32:
+        if len(self._closed_hm) > _GRIDS_KEPT:
             self._closed_hm.pop(next(iter(self._closed_hm)))
         return out
 
@@ -518,7 +525,9 @@ class MarketService:
 
 _SNAPSHOT_EVERY = 300  # seconds: 5m, 15m, 1h, 4h, 1d and 1w candles all close on 5-minute boundaries
 _SNAPSHOTS_KEPT = 24
+_RECENT_KEPT = 16  # every base bar, so 1m views also grow column by column
 _CLOSED_KEPT = 2000  # closed heatmap columns kept per grid (the API's largest request)
+_GRIDS_KEPT = 8  # grids (timeframe x bins x range) whose closed columns are kept: up to ~32 MB each
 _NICE = 0.02  # default heatmap ranges snap to 2% steps so a moving price does not change the bins
 
 

@@ -162,19 +162,20 @@ def test_default_params_name_the_margin_table_per_coin():
     assert "ETH" in p.describe()["margin_table"]
 
 
-async def test_heatmap_columns_added_live_equal_a_fresh_batch():
+@pytest.mark.parametrize("tf", ["5m", "1m"])
+async def test_heatmap_columns_added_live_equal_a_fresh_batch(tf):
     """New closed columns come from book snapshots, not a recompute; they must match the batch."""
     from engine.service import MarketService
 
     feed = ScriptedFeed()
     svc = MarketService(feed, (await feed.markets())[0], ModelParams(), history_days=0)
     await svc.load()
-    first = svc.heatmap("5m", bins=60)
+    first = svc.heatmap(tf, bins=60, columns=1500)  # the API serves at most 2,000 columns
     est_before = svc._estimate
     for j in range(N_HISTORY, N_HISTORY + N_LIVE):
         svc.ingest(BarUpdate(feed.all.slice(j, j + 1), closed=True))
-        svc.heatmap("5m", bins=60, price_low=float(first.edges[0]), price_high=float(first.edges[-1]))
-    live = svc.heatmap("5m", bins=60, price_low=float(first.edges[0]), price_high=float(first.edges[-1]))
+        svc.heatmap(tf, bins=60, price_low=float(first.edges[0]), price_high=float(first.edges[-1]), columns=1500)
+    live = svc.heatmap(tf, bins=60, price_low=float(first.edges[0]), price_high=float(first.edges[-1]), columns=1500)
     assert svc._books, "no 5-minute snapshots were taken"
     assert svc._estimate is est_before, "new columns should not need a batch recompute"
     closed_times = live.times[live.times <= int(feed.all.close_time[-1])]
@@ -183,8 +184,8 @@ async def test_heatmap_columns_added_live_equal_a_fresh_batch():
     assert np.allclose(live.long_usd[:n], fresh.long_usd, rtol=1e-9, atol=1e-3)
     assert np.allclose(live.short_usd[:n], fresh.short_usd, rtol=1e-9, atol=1e-3)
     # candles include every closed bar once, bucketed
-    c = svc.candles("5m")
-    assert c.close[-1] == feed.all.close[-1] and np.all(np.diff(c.time) == 300)
+    c = svc.candles(tf)
+    assert c.close[-1] == feed.all.close[-1] and np.all(np.diff(c.time) == c.timeframe)
 
 
 async def test_a_live_charts_two_column_refreshes_keep_the_full_heatmap_off_the_batch_path():
