@@ -125,8 +125,9 @@ TEXT: Colour = (210, 214, 222)
 DIM: Colour = (130, 136, 150)
 UP: Colour = (38, 166, 154)
 DOWN: Colour = (239, 83, 80)
-LONG_C: Colour = (0, 190, 170)
-SHORT_C: Colour = (255, 105, 90)
+# Same convention as the page and the TUI: a long liquidation is a forced sell (red), a short one a forced buy.
+LONG_C: Colour = (255, 105, 90)
+SHORT_C: Colour = (0, 190, 170)
 WARN: Colour = (250, 204, 21)
 GRADE_C: dict[str, Colour] = {"low": (46, 160, 67), "elevated": (250, 204, 21), "high": (239, 68, 68)}
 # purple -> blue -> green -> yellow, the heatmap convention traders know
