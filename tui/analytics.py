@@ -1,17 +1,20 @@
-"""Touch probabilities and position risk for the dashboard, from the engine's analytics modules
-(engine/model/touch.py, risk.py, cascade.py). The dashboard runs without them: ``available`` says whether
-they are installed, and the zones table simply has no touch column then."""
+"""Touch probabilities, position risk and alerts for the dashboard, from the engine's analytics modules
+(engine/model/touch.py, risk.py, cascade.py, engine/alerts.py)."""
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from engine import alerts as alert_rules
 from engine.model import Bars, LiquidationMap, Zone
+from engine.model import cascade as cascade_model
+from engine.model import risk as risk_model
+from engine.model import touch as touch_model
 
 TOUCH_HORIZON_HOURS = 4.0
 
@@ -19,19 +22,12 @@ TOUCH_HORIZON_HOURS = 4.0
 ALERT_EVERY_S = 5.0
 
 
-def _optional(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
 @dataclass
 class Analytics:
-    touch: Any = None
-    risk: Any = None
-    alerts: Any = None  # engine.alerts
-    cascade: Any = None  # engine.model.cascade
+    touch: ModuleType = touch_model
+    risk: ModuleType = risk_model
+    alerts: ModuleType = alert_rules
+    cascade: ModuleType = cascade_model
     _vol_key: tuple[int, int] = (-1, -1)
     _vol: Any = None
     _engine: Any = None
@@ -39,43 +35,34 @@ class Analytics:
 
     @classmethod
     def load(cls) -> Analytics:
-        return cls(_optional("engine.model.touch"), _optional("engine.model.risk"), _optional("engine.alerts"),
-                   _optional("engine.model.cascade"))
+        return cls()
 
     def check_alerts(self, symbol: str, price: float, zones: list[Zone], lmap: LiquidationMap | None,
                      now: float | None = None) -> list[dict[str, Any]]:
         """Price near a strong zone, a zone upgraded, a cascade that would move price 3%+ (the server's
         default rules, same cooldowns); checked at most every few seconds."""
-        if self.alerts is None:
-            return []
         mono = time.monotonic()
         if mono - self._last_alert_check < ALERT_EVERY_S:
             return []
         self._last_alert_check = mono
         if self._engine is None or self._engine.symbol != symbol:
             a = self.alerts
-            rules = [a.ProximityRule(within_pct=1.0, min_grade="elevated"), a.GradeChangeRule(upgrades_only=True)]
-            if self.cascade is not None:
-                rules.append(a.CascadeRule(min_move_pct=3.0))
+            rules = [
+                a.ProximityRule(within_pct=1.0, min_grade="elevated"),
+                a.GradeChangeRule(upgrades_only=True),
+                a.CascadeRule(min_move_pct=3.0),
+            ]
             self._engine = a.AlertEngine(rules, symbol=symbol)
         summary = None
-        if self.cascade is not None and lmap is not None:
+        if lmap is not None:
             with np.errstate(over="ignore", under="ignore", invalid="ignore"):
                 summary = self.cascade.cascade_risk(lmap, zones)
         return list(self._engine.feed(price, zones, summary, now=now))
 
-    @property
-    def available(self) -> bool:
-        return self.touch is not None
-
-    @property
-    def risk_available(self) -> bool:
-        return self.risk is not None
-
     def volatility(self, bars: Bars) -> Any:
         """Recent volatility from hourly candles (the touch model is calibrated on hourly returns),
         measured once per new bar."""
-        if self.touch is None or len(bars) < 11:
+        if len(bars) < 11:
             return None
         key = (len(bars), int(bars.time[-1]))
         if key != self._vol_key:
@@ -90,10 +77,10 @@ class Analytics:
         return self._vol
 
     def zone_touch(self, zones: list[Zone], price: float, bars: Bars) -> dict[int, float] | None:
-        """P(price reaches each zone's near edge within 4h), by zone index; None without the module."""
-        vol = self.volatility(bars) if self.touch is not None else None
+        """P(price reaches each zone's near edge within 4h), by zone index; {} until volatility is known."""
+        vol = self.volatility(bars)
         if vol is None or not zones:
-            return None if self.touch is None else {}
+            return {}
         with np.errstate(over="ignore", under="ignore"):  # far zones underflow to 0: fine
             touches = self.touch.zone_touch(zones, price, vol, horizons=(TOUCH_HORIZON_HOURS,))
         return {i: t.probability[TOUCH_HORIZON_HOURS] for i, t in enumerate(touches)}
@@ -112,8 +99,6 @@ class Analytics:
         coin: str = "BTC",
     ) -> Any:
         """engine.model.risk.PositionRisk; raises ValueError (one line) on a position that makes no sense."""
-        if self.risk is None:
-            raise ValueError("position risk needs engine/model/risk.py, which is not installed")
         pos = self.risk.Position(side, entry, leverage, size_usd, exchange=exchange, coin=coin)
         vol = self.volatility(bars) if bars is not None else None
         with np.errstate(over="ignore", under="ignore"):

@@ -412,13 +412,9 @@ class LiqheatApp(App[int]):
         if source is not self.source:
             return
         touch = None
-        try:
-            an = source.analytics()
-            bars = source.bars() if hasattr(source, "bars") else None
-            if an is not None and an.available and self.pulse is not None and bars is not None:
-                touch = an.zone_touch(self.zones, self.pulse.price, bars)
-        except Exception:  # analytics are a bonus; the table works without them
-            touch = None
+        bars = source.bars() if hasattr(source, "bars") else None
+        if self.pulse is not None and bars is not None:
+            touch = source.analytics().zone_touch(self.zones, self.pulse.price, bars)
         height = self.query_one(ZonesTable).size.height
         self.query_one(ZonesTable).show_zones(self.zones, touch, limit=max(height - 1, 3),
                                               plain=self.mode is ColorMode.NONE)
@@ -608,9 +604,6 @@ class LiqheatApp(App[int]):
             self.notify("still loading", severity="warning")
             return
         an = source.analytics()
-        if an is None or not an.risk_available:
-            self.notify("position risk needs the analytics modules (engine/model/risk.py)", severity="warning")
-            return
         price = self.pulse.price
 
         def compute(side: str, entry: float, lev: float, size: float) -> Any:

@@ -44,10 +44,9 @@ async def test_first_frame_shows_market_price_and_estimate_label(make_tui, feed)
         await wait_for(pilot, lambda: table.row_count > 0, what="the zones table")
         labels = [str(c.label) for c in table.columns.values()]
         assert labels[:5] == ["side", "price range", "est. USD", "grade", "dist"]
-        if app.source.analytics().available:  # engine/model/touch.py installed: P(touch within 4h) per zone
-            assert labels[5] == "touch 4h"
-            cells = [str(table.get_row_at(i)[5]) for i in range(table.row_count)]
-            assert all(c.endswith("%") for c in cells)
+        assert labels[5] == "touch 4h"  # P(price touches the zone within 4h)
+        cells = [str(table.get_row_at(i)[5]) for i in range(table.row_count)]
+        assert all(c.endswith("%") for c in cells)
         legend = app.query_one("#legend").plain
         assert "USD/cell" in legend and "$" in legend and "5x" in legend and "100x" in legend
 
@@ -328,9 +327,6 @@ async def test_risk_form_reports_liquidation_price(make_tui):
     app = make_tui(paused=True)
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
-        an = app.source.analytics()
-        if not an.risk_available:
-            pytest.skip("engine/model/risk.py is not installed")
         await pilot.press("r")
         assert isinstance(app.screen, RiskScreen)
         price = app.pulse.price
