@@ -40,17 +40,10 @@ def _fail(msg: str) -> int:
 
 
 async def _demo_history(args: argparse.Namespace) -> tuple[Bars, str]:
-    """History from the simulated market. Imported lazily; without engine.feeds.demo the seeded
-    synthetic series of engine.model.synthetic stands in (said in the symbol label)."""
-    try:
-        from engine.service import open_feed
+    """History from the simulated market (imported lazily: only this path needs it)."""
+    from engine.service import open_feed
 
-        feed: Any = open_feed("demo", seed=args.seed, history_days=args.days)
-    except ImportError:
-        from engine.model.synthetic import synthetic_bars
-
-        n = int(args.days * 1440)
-        return synthetic_bars(n, seed=args.seed, timeframe=60), "SYNTHETIC BTC (no demo feed)"
+    feed: Any = open_feed("demo", seed=args.seed, history_days=args.days)
     try:
         markets = await feed.markets()
         symbol = args.symbol or markets[0].symbol
