@@ -462,27 +462,25 @@ class MarketService:
         are at the end, else from one batch estimate."""
         prev = self._closed_hm.get(grid_key)
         if prev is not None and len(prev.times):
-            have = np.isin(times, prev.times)
-            missing = times[~have]
-            ends_only = not len(missing) or (have.sum() == 0 or missing[0] > prev.times[-1])
-            if ends_only and all(self._book_at(int(m)) is not None for m in missing):
-                if len(missing) and missing[0] < prev.times[-1]:
-                    prev = Heatmap(prev.times[:0], edges, prev.long_usd[:0], prev.short_usd[:0], prev.tiers)
-                longs, shorts = [prev.long_usd], [prev.short_usd]
-                for m in missing:
-                    lb, sb = self._book_at(int(m)).binned(edges)  # type: ignore[union-attr]
-                    longs.append(lb[None])
-                    shorts.append(sb[None])
-                # Keep every column known for this grid (up to _CLOSED_KEPT), not just the ones asked for:
-                # the live fan-out asks for the last 2 columns of a grid a 300-column snapshot or REST view
-                # shares, and keeping only those sent the next big request to the batch path (~10 ms each
-                # candle, per grid).
-                known = np.concatenate([prev.times, missing])[-_CLOSED_KEPT:]
-                merged = Heatmap(known, edges, np.concatenate(longs)[-_CLOSED_KEPT:], np.concatenate(shorts)[-_CLOSED_KEPT:],
-                                 prev.tiers)
-                self._closed_hm[grid_key] = merged
-                sel = np.isin(known, times)
-                return Heatmap(times, edges, merged.long_usd[sel], merged.short_usd[sel], prev.tiers)
+            missing = times[~np.isin(times, prev.times)]
+            only_newer = not len(missing) or missing[0] > prev.times[-1]
+            if only_newer and all(self._book_at(int(m)) is not None for m in missing):
+                if len(missing):
+                    # Keep every column known for this grid (up to _CLOSED_KEPT), not only the ones asked
+                    # for: the live fan-out asks for the last 2 columns of a grid that a 300-column view
+                    # shares, and keeping only those would send the next big request to the batch path.
+                    binned = [self._book_at(int(m)).binned(edges) for m in missing]  # type: ignore[union-attr]
+                    prev = Heatmap(
+                        np.concatenate([prev.times, missing])[-_CLOSED_KEPT:],
+                        edges,
+                        np.concatenate([prev.long_usd, np.stack([lb for lb, _ in binned])])[-_CLOSED_KEPT:],
+                        np.concatenate([prev.short_usd, np.stack([sb for _, sb in binned])])[-_CLOSED_KEPT:],
+                        prev.tiers,
+                    )
+                    self._closed_hm[grid_key] = prev
+                sel = np.isin(prev.times, times)
+                if sel.sum() == len(times):  # else the request reaches past what is kept: batch below
+                    return Heatmap(times, edges, prev.long_usd[sel], prev.short_usd[sel], prev.tiers)
         est = self._current_estimate(int(times[-1]))
         out = est.heatmap(times=times, edges=edges)
         self._closed_hm[grid_key] = out
