@@ -20,13 +20,24 @@ from .config import ServerConfig
 HELP = "serve the live liquidation heatmap in the browser (+ REST/WebSocket/UDF API); demo market by default"
 
 
+def _port(text: str) -> int:
+    """A TCP port (0 = pick a free one); anything else is a usage error, not a traceback."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {port}")
+    return port
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feed", action="append", metavar="FEED",
                         help="demo (default) | binanceusdm | bybit | okx | binanceusdm+bybit+okx or all (one coin across venues) | file:PATH; repeat to serve several")
     parser.add_argument("--symbols", nargs="+", metavar="SYMBOL",
                         help="markets to serve, e.g. BTC ETH or BTC/USDT:USDT (default: the feed's main ones)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--speed", type=float, default=None,
                         help="demo/replay speed, x real time (e.g. 60 = one simulated minute per second)")
     parser.add_argument("--ladder", default=None, metavar="NAME|JSON",

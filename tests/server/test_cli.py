@@ -55,3 +55,12 @@ def test_the_liqheat_command_offers_serve():
     with pytest.raises(SystemExit) as exit_:
         liqheat(["serve", "--help"])
     assert exit_.value.code == 0
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_an_impossible_port_is_a_usage_error_not_a_traceback(port, capsys):
+    with pytest.raises(SystemExit) as info:
+        liqheat(["serve", "--port", port])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("liqheat serve: error: argument --port:")
