@@ -304,3 +304,32 @@ def tier_table(exchange: str, coin: str, on: str | None = None) -> TierTable:
         dated = [t for t in candidates if t.effective <= on]
         candidates = dated or candidates
     return max(candidates, key=lambda t: t.effective)
+
+
+# Venues whose liquidation feeds print the *bankruptcy* price (where the position's margin is gone), not
+# the price at which the liquidation was triggered. Binance's forceOrder prints the average fill.
+REPORTS_BANKRUPTCY_PRICE = {"binance": False, "bybit": True, "okx": True}
+
+
+def liquidation_from_bankruptcy(
+    price: np.ndarray | float,
+    side: np.ndarray | str | int,
+    exchange: str,
+    coin: str = "BTC",
+    on: str | None = None,
+) -> np.ndarray:
+    """Estimated liquidation (trigger) price of events printed at their bankruptcy price.
+
+    A linear long at leverage L has bankruptcy B = E(1 - 1/L) and is liquidated at about E(1 - 1/L + m):
+    one maintenance margin of the entry nearer the entry, i.e. B(1 + m/(1 - 1/L)) ≈ B(1 + m) for the
+    leverage that gets liquidated. Shorts mirror it: B(1 - m). ``m`` is the lowest bracket's rate of the
+    venue's tier table in force on ``on`` (retail sizes). Venues that print fills are returned unchanged.
+    ``side``: "long"/"short", 0/1, or an array of 0/1 (LONG/SHORT).
+    """
+    p = np.asarray(price, dtype=np.float64)
+    ex = canonical_exchange(exchange)
+    if not REPORTS_BANKRUPTCY_PRICE.get(ex, False):
+        return p.copy()
+    m = tier_table(ex, coin, on).brackets[0].mmr
+    s = np.asarray(SIDES.index(side) if isinstance(side, str) else side)
+    return np.where(s == LONG, p * (1.0 + m), p * (1.0 - m))

@@ -236,3 +236,14 @@ def test_factors_are_elementwise_over_arrays():
     lev = np.array([5.0, 10.0, 25.0, 50.0, 100.0])
     f = liquidation_factor(lev, 0.004, "long")
     assert f.shape == (5,) and np.all(np.diff(f) > 0)  # higher leverage: closer to entry
+
+
+def test_bankruptcy_prices_move_one_maintenance_margin_towards_the_entry():
+    from engine.model.margin import liquidation_from_bankruptcy, tier_table
+
+    m = tier_table("bybit", "BTC").brackets[0].mmr
+    got = liquidation_from_bankruptcy(np.array([60_000.0, 60_000.0]), np.array([0, 1]), "bybit")
+    assert got[0] == pytest.approx(60_000 * (1 + m))  # a long's trigger sits above its bankruptcy price
+    assert got[1] == pytest.approx(60_000 * (1 - m))
+    # Binance prints fills: unchanged
+    assert float(liquidation_from_bankruptcy(60_000.0, "long", "binanceusdm")) == 60_000.0
