@@ -220,10 +220,7 @@ class MarketService:
             self._on_bar(event)
         elif isinstance(event, Liquidation):
             self._liquidations.append(event)
-            self._publish(
-                "liquidation",
-                {"time_ms": event.time_ms, "side": event.side, "price": event.price, "base": event.base, "usd": event.usd},
-            )
+            self._publish("liquidation", event.to_dict())
         elif isinstance(event, HealthChange):
             self._set_health(event.state, event.reason)
 
@@ -354,7 +351,11 @@ class MarketService:
 
     def health_info(self) -> dict[str, Any]:
         age = time.time() - self.last_update
-        return {"state": self.health.value, "reason": self.health_reason, "last_update": self.last_update, "age_s": round(age, 3)}
+        info = {"state": self.health.value, "reason": self.health_reason, "last_update": self.last_update, "age_s": round(age, 3)}
+        oi_source = getattr(self.feed, "oi_source", None)  # which venue fields the OI comes from (exchange feeds)
+        if callable(oi_source):
+            info["oi_source"] = oi_source(self.market.symbol)
+        return info
 
     def model_info(self) -> dict[str, Any]:
         info = self.params.describe()

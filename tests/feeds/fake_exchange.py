@@ -236,6 +236,9 @@ class FakeExchange:
         self.page_cap = dict(page_cap or {})  # "bybit:oi" -> rows per page (forces cursor paging)
         self.delisted: set[str] = {"OLDUSDT", "OLD-USDT-SWAP"}
         self.latency_s = 0.0  # added to every REST answer (benchmarks: what concurrency buys)
+        self.bybit_single_oi = True  # False: tickers without singleOpenInterest* (the older format)
+        self.bybit_ticker: Any = None  # market id -> a recorded ticker row (or None: the tape's)
+        self.market_lists: dict[str, Any] = {}  # venue -> a recorded market list served instead of ours
         self.conns: list[_Conn] = []
         self.subscriptions: dict[tuple[str, str], int] = defaultdict(int)
         self._sub_changed = asyncio.Condition()
@@ -293,12 +296,14 @@ class FakeExchange:
             self.requests.append(req)
             self._served.notify_all()
 
-    async def push(self, exchange: str, topic: str, frame: dict[str, Any]) -> int:
-        """Send ``frame`` to every open connection subscribed to ``topic``; returns how many got it."""
+    async def push(self, exchange: str, topic: str, frame: dict[str, Any] | str) -> int:
+        """Send ``frame`` to every open connection subscribed to ``topic``; returns how many got it. A str
+        is sent byte for byte (a recorded frame)."""
+        text = frame if isinstance(frame, str) else json.dumps(frame)
         sent = 0
         for c in list(self.conns):
             if c.exchange == exchange and topic in c.topics and not c.ws.closed:
-                await c.ws.send_str(json.dumps(frame))
+                await c.ws.send_str(text)
                 sent += 1
         return sent
 
@@ -360,7 +365,8 @@ class FakeExchange:
     def _route(self, exchange: str, path: str) -> tuple[str, Any]:
         table = {
             BINANCE: {
-                "/fapi/v1/exchangeInfo": ("markets", lambda p: (200, binance_exchange_info())),
+                "/fapi/v1/exchangeInfo": ("markets", lambda p: (200, self.market_lists.get(BINANCE)
+                                                                or binance_exchange_info())),
                 "/fapi/v1/klines": ("klines", self._binance_klines),
                 "/futures/data/openInterestHist": ("oi", self._binance_oi),
                 "/fapi/v1/fundingRate": ("funding", self._binance_funding),
@@ -444,7 +450,7 @@ class FakeExchange:
             return 200, {"retCode": 10001, "retMsg": "fake serves linear only", "result": {}}
         if p.get("status") == "PreLaunch":
             return self._bybit({"category": "linear", "list": [], "nextPageCursor": ""})
-        return 200, bybit_instruments()
+        return 200, self.market_lists.get(BYBIT) or bybit_instruments()
 
     def _bybit_kline(self, p: dict[str, str]) -> tuple[int, Any]:
         tape = self.tape(BYBIT, self._coin(BYBIT, p["symbol"]))
@@ -467,7 +473,8 @@ class FakeExchange:
         offset = int(p.get("cursor") or 0)
         page = sel[offset: offset + limit]
         more = offset + limit < len(sel)
-        rows = [{"openInterest": _s(tape.oi_base[i]), "timestamp": str(int(tape.oi_t[i]))} for i in page]
+        # Bybit counts both sides (its v5 docs: "the sum of both sides"); the tape holds one side
+        rows = [{"openInterest": _s(2 * tape.oi_base[i]), "timestamp": str(int(tape.oi_t[i]))} for i in page]
         return self._bybit({"symbol": p["symbol"], "category": "linear", "list": rows,
                             "nextPageCursor": str(offset + limit) if more else ""})
 
@@ -482,17 +489,23 @@ class FakeExchange:
         return self._bybit({"category": "linear", "list": rows})
 
     def _bybit_ticker(self, p: dict[str, str]) -> tuple[int, Any]:
+        recorded = self.bybit_ticker(p["symbol"]) if self.bybit_ticker is not None else None
+        if recorded is not None:  # a recorded ticker instead of the tape's
+            return self._bybit({"category": "linear", "list": [recorded]})
         coin = self._coin(BYBIT, p["symbol"])
         tape = self.tape(BYBIT, coin)
         i = int(np.searchsorted(tape.oi_t, self.now_ms, side="right")) - 1
         price = tape.close_at(self.now_ms)
-        live_oi = tape.oi_base[i] * 1.001  # live OI moves between the 5-minute buckets
-        return self._bybit({"category": "linear", "list": [{
+        live_oi = tape.oi_base[i] * 1.001  # live OI (one side) moves between the 5-minute buckets
+        row = {
             "symbol": p["symbol"], "lastPrice": _s(price), "markPrice": _s(price), "indexPrice": _s(price),
-            "openInterest": _s(live_oi), "openInterestValue": _s(live_oi * price), "fundingRate": "0.0001",
+            "openInterest": _s(2 * live_oi), "openInterestValue": _s(2 * live_oi * price), "fundingRate": "0.0001",
             "nextFundingTime": str(self.now_ms + HOUR), "volume24h": "1", "turnover24h": "1",
             "bid1Price": _s(price), "ask1Price": _s(price), "highPrice24h": _s(price), "lowPrice24h": _s(price),
-            "prevPrice24h": _s(price), "price24hPcnt": "0"}]})
+            "prevPrice24h": _s(price), "price24hPcnt": "0"}
+        if self.bybit_single_oi:  # the one-side fields newer tickers carry (exactly half the totals)
+            row |= {"singleOpenInterest": _s(live_oi), "singleOpenInterestValue": _s(live_oi * price)}
+        return self._bybit({"category": "linear", "list": [row]})
 
     # -- OKX v5: newest first; `after` = older than (exclusive), `before` = newer than (exclusive)
     @staticmethod
@@ -502,7 +515,7 @@ class FakeExchange:
     def _okx_instruments(self, p: dict[str, str]) -> tuple[int, Any]:
         if p.get("instType") != "SWAP":
             return 200, {"code": "51000", "msg": "fake serves SWAP only", "data": []}
-        return 200, okx_instruments()
+        return 200, self.market_lists.get(OKX) or okx_instruments()
 
     def _okx_window(self, p: dict[str, str], a: str = "after", b: str = "before") -> tuple[int, int]:
         hi = int(p[a]) - 1 if a in p else self.now_ms
