@@ -82,9 +82,9 @@ def open_feed(spec: str, **options: Any) -> Feed:
         path = spec[len("file:") :]
         if not path:
             raise FeedError("file feed needs a path: file:PATH")
-        from engine.feeds.files import FileFeed
+        from engine.store import open_replay  # a bars file or a store DB
 
-        return FileFeed(path, **{k: v for k, v in options.items() if k in ("speed",)})
+        return open_replay(path, **{k: v for k, v in options.items() if k in ("speed",)})
     raise FeedError(f"unknown feed {spec!r}; use one of {', '.join(FEEDS)}")
 
 

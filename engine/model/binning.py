@@ -113,19 +113,27 @@ def outstanding(
         alive = np.bincount(at, weights=sign[a:b], minlength=npairs * width).reshape(npairs, width)
         np.cumsum(alive, axis=1, out=alive)
         alive += flat_count[pairs][:, None]
-        p_tier = pairs % t
-        value = (added + flat_carry[pairs][:, None]) * scale[p_tier]  # (pairs, width) USD
-        value[alive < 0.5] = 0.0
-        np.maximum(value, 0.0, out=value)
-        p_cell = pairs // t
+        p_tier, p_cell = pairs % t, pairs // t
         if split_tiers:
+            value = (added + flat_carry[pairs][:, None]) * scale[p_tier]  # (pairs, width) USD
+            value[alive < 0.5] = 0.0
+            np.maximum(value, 0.0, out=value)
             out[c0:c1, p_cell, p_tier] = value.T
         else:
-            # a touched cell's other tiers still hold their carry: add them back to the touched tiers
-            cells, first = np.unique(p_cell, return_index=True)
-            untouched = carry[cells].copy()
-            untouched.reshape(-1)[(np.repeat(np.arange(len(cells)), np.diff(np.r_[first, npairs])) * t + p_tier)] = 0.0
-            total = np.add.reduceat(value, first, axis=0) + np.einsum("ct,tw->cw", untouched, scale)
+            # a touched cell with all its tiers, summed over the tiers in their order: the same sum
+            # whichever of its tiers were touched, so the past does not change when the future arrives
+            cells, which = np.unique(p_cell, return_inverse=True)
+            units = np.repeat(carry[cells][:, :, None], width, axis=2)  # (cells, T, width)
+            units[which, p_tier] += added
+            units *= scale[None]
+            units[which, p_tier] *= alive >= 0.5
+            np.maximum(units, 0.0, out=units)
+            total = units.sum(axis=1)
+            # columns before the cell's first event keep what the product wrote
+            first = np.full(len(cells), width)
+            np.minimum.at(first, which[inv], col[a:b] - c0)
+            keep = np.arange(width)[None, :] < first[:, None]
+            total[keep] = out[c0:c1, cells, 0].T[keep]
             out[c0:c1, cells, 0] = total.T
         # what is alive at the block's end, aged to the next block's first column
         flat_carry[pairs] += added[:, -1]
