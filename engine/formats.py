@@ -533,7 +533,8 @@ def _bars_from_table(t: _Table, timeframe: int | None) -> Bars:
         raise BadFile(f"{t.where(int(np.flatnonzero(oi < 0)[0]))}: oi_usd is negative")
     tf = timeframe or _meta_timeframe(t) or _infer_timeframe(t, secs)
     try:
-        return Bars.from_columns(tf, time=secs, **cols)  # type: ignore[arg-type]
+        # validated above, row by row names included: Bars need not check it all again
+        return Bars.from_columns(tf, validate=False, time=secs, **cols)  # type: ignore[arg-type]
     except BarsError as exc:
         raise BadFile(f"{t.path}: {exc}") from None
 
