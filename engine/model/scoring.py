@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .accuracy import touch_matrix, window_books
 from .bars import Bars, typical_price
 from .estimate import Estimate
-from .touch import TouchError, realised_volatility, touch_probability
 from .views import price_edges
 
 
@@ -252,27 +252,28 @@ def zone_protocol(
     excluded = 0
     per_window: list[dict[str, float]] = []
     weight_per_event = np.zeros(len(events))
-    for t in times:
-        n_closed = int(np.searchsorted(bars.close_time, t, side="right"))
-        if n_closed == 0:
-            continue
-        sel = (events.time > t) & (events.time <= t + h)
-        if int(sel.sum()) < min_events:
-            excluded += 1
-            continue
-        book = est.book(n_closed)
-        price = book.price
-        edges = price_edges(price / (1 + span_pct / 100), price * (1 + span_pct / 100), nb, log=True)
-        longs, shorts = book.binned(edges)
-        pred = longs.sum(axis=1) + shorts.sum(axis=1)
-        if rank == "risk":
-            try:
-                vol = realised_volatility(bars.slice(0, n_closed))
-            except TouchError:
-                raise ScoringError("risk ranking needs at least 11 bars before the first window") from None
-            # touch the bucket's near edge: the upper edge below the price, the lower edge above it
-            near_edge = np.where(edges[1:] < price, edges[1:], np.where(edges[:-1] > price, edges[:-1], price))
-            pred = pred * touch_probability(price, near_edge, vol, horizon_hours)
+    # which windows count: some bars closed, enough events in the horizon
+    n_closed_all = np.searchsorted(bars.close_time, times, side="right")
+    lo_ev = np.searchsorted(events.time, times, side="right")
+    hi_ev = np.searchsorted(events.time, times + h, side="right")
+    has_bars = n_closed_all > 0
+    enough = (hi_ev - lo_ev) >= min_events
+    excluded = int((has_bars & ~enough).sum())
+    kept = has_bars & enough
+    # every kept window's book in one pass over the cohorts (engine.model.accuracy.window_books)
+    books = window_books(est, times[kept], bucket_pct, span_pct)
+    preds = books.usd.sum(axis=(0, 2))  # (W, nb)
+    if rank == "risk" and len(books.times):
+        if int(books.closed.min()) < 11:
+            raise ScoringError("risk ranking needs at least 11 bars before the first window")
+        # touch the bucket's near edge: the upper edge below the price, the lower edge above it
+        preds = preds * touch_matrix(bars, books, horizon_hours)
+    for j, t in enumerate(books.times):
+        a, b_ = int(lo_ev[kept][j]), int(hi_ev[kept][j])
+        sel = slice(a, b_)
+        price = float(books.price[j])
+        edges = books.edges[j]
+        pred = preds[j]
         k = max(1, math.ceil(top * nb))
         order = np.argsort(-pred, kind="stable")
         chosen = order[:k][pred[order[:k]] > 0]
@@ -292,7 +293,7 @@ def zone_protocol(
         near_usd += near
         weight_per_event[sel] += w
         per_window.append(
-            {"time": int(t), "price": price, "events": int(sel.sum()), "usd": total, "precision": hit / total,
+            {"time": int(t), "price": price, "events": int(b_ - a), "usd": total, "precision": hit / total,
              "random": rand / total, "nearest": near / total, "buckets_chosen": int(len(chosen))}
         )
     if not per_window:
