@@ -178,7 +178,11 @@ def coinalyze(data: Path) -> tuple[dict[str, dict[int, float]], dict[str, dict[i
 
 
 def load_sets(data: Path, which: tuple[str, ...] | None = None, sim_days: float = 14.0) -> list[DataSet]:
-    want = which or ("bybit-15m", "binance-5m", "okx-1h", "simulated")
+    known = ("bybit-15m", "binance-5m", "okx-1h", "simulated")
+    want = which or known
+    unknown = [w for w in want if w not in known]
+    if unknown:
+        raise SuiteError(f"unknown set {unknown[0]!r}; sets: {', '.join(known)}")
     sets: list[DataSet] = []
     need_bybit = any(k in want for k in ("bybit-15m", "binance-5m"))
     ev = bybit_events(data) if need_bybit else None
