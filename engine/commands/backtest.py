@@ -366,6 +366,7 @@ def render(rep: dict[str, Any]) -> str:
             lines.append(f"    {label + ' ladder':<40} {_num(o['per_bar']['rank_corr']):>9} "
                          f"{_pct(o['per_bar']['top_decile_share']):>10} {zp:>13}")
         lines.append(f"  written to {c['file']} (use --ladder {c['file']})")
+    lines += ["", "Estimates, not facts: figures cover only the recorded window; few bars make wide error bars."]
     return "\n".join(lines)
 
 

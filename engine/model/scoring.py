@@ -22,11 +22,11 @@ Two questions, each with a baseline so a figure means something:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .accuracy import touch_matrix, window_books
+from .accuracy import WindowBooks, touch_matrix, window_books
 from .bars import Bars, typical_price
 from .estimate import Estimate
 from .views import price_edges
@@ -214,8 +214,9 @@ class ZoneScore:
     per_window: tuple[dict[str, float], ...]
 
     def to_dict(self) -> dict[str, object]:
-        out = asdict(self)
-        out["per_window"] = list(self.per_window)
+        # not asdict(): it deep-copies every per-window dict (most of a long backtest's time)
+        out: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["per_window"] = [dict(w) for w in self.per_window]
         return out
 
 
@@ -261,7 +262,7 @@ def zone_protocol(
     excluded = int((has_bars & ~enough).sum())
     kept = has_bars & enough
     # every kept window's book in one pass over the cohorts (engine.model.accuracy.window_books)
-    books = window_books(est, times[kept], bucket_pct, span_pct)
+    books = est_window_books(est, times[kept], bucket_pct, span_pct)
     preds = books.usd.sum(axis=(0, 2))  # (W, nb)
     if rank == "risk" and len(books.times):
         if int(books.closed.min()) < 11:
@@ -281,11 +282,16 @@ def zone_protocol(
         nearest = np.argsort(np.abs(np.log(centers / price)), kind="stable")[: len(chosen)]
         b = np.searchsorted(edges, events.price[sel], side="right") - 1
         inside = (b >= 0) & (b < nb)
+        b = np.where(inside, b, nb)  # one spare slot for events outside the buckets
+        is_chosen = np.zeros(nb + 1, dtype=bool)
+        is_chosen[chosen] = True
+        is_near = np.zeros(nb + 1, dtype=bool)
+        is_near[nearest] = True
         w = events.usd[sel]
         total = float(w.sum())
         in_range = float(w[inside].sum())
-        hit = float(w[inside & np.isin(b, chosen)].sum())
-        near = float(w[inside & np.isin(b, nearest)].sum())
+        hit = float(w[is_chosen[b]].sum())
+        near = float(w[is_near[b]].sum())
         rand = in_range * len(chosen) / nb
         hit_usd += hit
         tot_usd += total
@@ -324,6 +330,16 @@ def zone_protocol(
         (near_usd / tot_usd) / random if random > 0 else math.nan,
         tuple(per_window),
     )
+
+
+def est_window_books(est: Estimate, times: np.ndarray, bucket_pct: float, span_pct: float) -> WindowBooks:
+    """window_books, remembered on the estimate for the same windows (a backtest ranks them twice)."""
+    key = (times.tobytes(), bucket_pct, span_pct)
+    cache: dict[tuple[bytes, float, float], WindowBooks] = est.__dict__.setdefault("_window_books", {})
+    if key not in cache:
+        cache.clear()  # one set of windows at a time: bounded
+        cache[key] = window_books(est, times, bucket_pct, span_pct)
+    return cache[key]
 
 
 # ---- coarser scoring bars, and the simulated market's truth -------------------------------------------
