@@ -361,3 +361,22 @@ async def test_a_portfolio_shows_exposure_inside_clusters_against_the_limit(clie
                    quote(json.dumps([positions[0]] * 21))):
         err = await get_json(client, f"/api/v1/risk?symbol=BTC&positions={broken}", 400)
         assert "\n" not in err["error"]
+
+
+async def test_weekly_realised_and_hover_line_up_with_the_weekly_candles(client):
+    """1w: weeks start on Monday everywhere — the realised pane's bars sit on the candles (they were a day
+    off) and the hover lookup of a weekly candle answers (it was a 400)."""
+    candles = await get_json(client, "/api/v1/candles?symbol=BTC&timeframe=1w")
+    realised = await get_json(client, "/api/v1/realised?symbol=BTC&timeframe=1w")
+    assert candles["t"] and set(realised["t"]) <= set(candles["t"]) and realised["t"]
+    t = candles["t"][-1]
+    price = candles["c"][-1]
+    cell = await get_json(client, f"/api/v1/heatmap/cell?symbol=BTC&timeframe=1w&time={t}"
+                                  f"&price_low={price * 0.9}&price_high={price * 1.1}")
+    assert cell["time"] == t and cell["long_total"] + cell["short_total"] > 0
+    # any time inside the week finds the same candle
+    cell = await get_json(client, f"/api/v1/heatmap/cell?symbol=BTC&timeframe=1w&time={t + 3 * 86_400 + 17}"
+                                  f"&price_low={price * 0.9}&price_high={price * 1.1}")
+    assert cell["time"] == t
+    heat = await get_json(client, "/api/v1/heatmap?symbol=BTC&timeframe=1w&encoding=json")
+    assert heat["times"] == candles["t"][-len(heat["times"]):]
