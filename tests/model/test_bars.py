@@ -155,3 +155,18 @@ def test_bar_history_appends_without_copying_and_equals_concat():
     assert np.isnan(grown.bars.funding_rate[:1000]).all() and grown.bars.funding_rate[1000] == bars.funding_rate[1000]
     assert len(buffers) <= 4  # 2,000 appends moved the history a handful of times, not on every bar
     assert len(before) == 1000 and before.time[-1] == bars.time[999]  # a view handed out earlier is intact
+
+@pytest.mark.parametrize("tf", ["1m", "5m", "15m", "1h", "4h", "1d", "1w"])
+def test_one_bucket_start_for_candles_scalars_and_arrays(tf):
+    """bucket_start is the one rule: every bar's bucket is the open time of the candle resample gives it."""
+    from engine.model import bucket_start
+
+    b = synthetic_bars(3 * 7 * 1440 + 333, seed=3, start=1_700_000_000)
+    r = b.resample(tf)
+    buckets = bucket_start(b.time, tf)
+    assert set(np.unique(buckets).tolist()) == set(r.time.tolist())
+    for t in (int(b.time[0]), int(b.time[5000]), int(b.time[-1])):
+        start = bucket_start(t, tf)
+        assert isinstance(start, int) and start <= t < start + TIMEFRAMES[tf] and start in set(r.time.tolist())
+    if tf == "1w":
+        assert {datetime.fromtimestamp(int(t), UTC).strftime("%a %H:%M") for t in buckets} == {"Mon 00:00"}
