@@ -873,8 +873,8 @@ def render(rep: SuiteReport) -> str:
     lad = rep.final.ladder("near")
     hl = ", ".join(f"{h:g}h" for h in (lad.half_life_hours or ()))
     out.append(f"fitted preset `near` (chosen on every week of {rep.final_fit_span}): {rep.final.name}: "
-               f"{lad.describe()}, half-lives {hl}; seed scale {rep.final_seed_scale or math.nan:.3g} of the 0.1 "
-               "volume fraction. Not made the default: it loses to the default ladder on the simulated market "
+               f"{lad.describe()}, half-lives {hl}; volume fraction 0.1 x fitted seed scale "
+               f"{rep.final_seed_scale or math.nan:.3g} = {0.1 * (rep.final_seed_scale or math.nan):.3g}. Not made the default: it loses to the default ladder on the simulated market "
                "(map x touch, when, rank corr with the true book) and on long horizons (where | touch 24h there).")
     out.append(f"suite ran in {rep.seconds:.1f} s")
     return "\n".join(out)
