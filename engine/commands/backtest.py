@@ -128,7 +128,7 @@ def load_demo(args: argparse.Namespace) -> tuple[Bars, Events, dict[str, Any]]:
 
 
 def load_inputs(args: argparse.Namespace) -> tuple[Bars, Events]:
-    from engine.feeds.files import BadFile, read_bars_file, read_liquidations_file
+    from engine.formats import BadFile, read_bars_file, read_liquidations_file
 
     if not args.bars or not args.liquidations:
         raise ScoringError("give --bars FILE and --liquidations FILE (or --feed demo)")

@@ -136,7 +136,11 @@ function addEvent(html, cls) {
 }
 function liquidationLine(e) {
   const t = new Date(e.time_ms).toISOString().slice(11, 19);
-  return `${t} <span class="${e.side}">${e.side}</span> ${formatUsd(e.usd)} @ ${fmtPrice(e.price)}`;
+  // Bybit/OKX print bankruptcy prices: the line shows the estimated liquidation price and says so.
+  const est = e.price_kind === "bankruptcy"
+    ? ` <span title="estimated liquidation price; the exchange printed the bankruptcy price ${fmtPrice(e.reported_price)}">est.</span>`
+    : "";
+  return `${t} <span class="${e.side}">${e.side}</span> ${formatUsd(e.usd)} @ ${fmtPrice(e.price)}${est}`;
 }
 
 // The REST zones add the chance price reaches each zone within 24h (touch model).
