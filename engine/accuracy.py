@@ -545,10 +545,14 @@ def score_set(pp: Prepared, fixed: Candidate | None = None, reps: int = 100, fix
     tr = pp.truth[FIT_HORIZON]
     sel = pp.valid[FIT_HORIZON] & scored
     idx = np.flatnonzero(sel)
-    for label, weight in (("map as drawn", None), ("map x touch", pp.touch)):
+    # rankings: the map as drawn, USD x touch probability, and USD^(1/4) x touch (the USD still orders
+    # buckets the price is equally likely to reach, but no longer outvotes the distance)
+    for label, weight, power in (("map as drawn", None, 1.0), ("map x touch", pp.touch, 1.0),
+                                 ("map^1/4 x touch", pp.touch, 0.25)):
         row = {"metric": f"where {FIT_HORIZON:g}h: {label} (precision@10%)", "n": int(len(idx)), "unit": "pct"}
         for kind in kinds:
-            pred = pred_for(kind) if weight is None else pred_for(kind) * weight
+            base_pred = pred_for(kind) if power == 1.0 else pred_for(kind) ** power
+            pred = base_pred if weight is None else base_pred * weight
             z = zone_rows(pred, tr, books, pp.near_rank)
             row[kind] = _ratio(z.hit, z.total, idx)
             if kind == "out":
