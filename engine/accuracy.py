@@ -529,7 +529,7 @@ def score_set(pp: Prepared, fixed: Candidate | None = None, reps: int = 100, fix
         idx = np.flatnonzero(sel)
         if len(idx) < 3:
             continue
-        row: dict[str, Any] = {"metric": f"where | touch {h:g}h (rank corr)", "n": int(len(idx)), "unit": "rho"}
+        row: dict[str, Any] = {"metric": f"where, given touch {h:g}h (rank corr)", "n": int(len(idx)), "unit": "rho"}
         for kind in kinds:
             rho = row_rank_corr(pred_for(kind), tr.usd, tr.touched)
             row[kind] = float(np.nanmean(rho[idx]))
@@ -879,7 +879,7 @@ def render(rep: SuiteReport) -> str:
     out.append(f"fitted preset `near` (chosen on every week of {rep.final_fit_span}): {rep.final.name}: "
                f"{lad.describe()}, half-lives {hl}; volume fraction 0.1 x fitted seed scale "
                f"{rep.final_seed_scale or math.nan:.3g} = {0.1 * (rep.final_seed_scale or math.nan):.3g}. Not made the default: it loses to the default ladder on the simulated market "
-               "(map x touch, when, rank corr with the true book) and on long horizons (where | touch 24h there).")
+               "(map x touch, when, rank corr with the true book) and on long horizons (where, given touch 24h there).")
     out.append(f"suite ran in {rep.seconds:.1f} s")
     return "\n".join(out)
 
@@ -912,7 +912,7 @@ def headline(rep: SuiteReport, kind: str) -> str:
     rows = {r["metric"]: r for r in by.rows}
     drawn = rows.get(f"where {FIT_HORIZON:g}h: map as drawn (precision@10%)")
     touch = rows.get(f"where {FIT_HORIZON:g}h: map x touch (precision@10%)")
-    cond = rows.get("where | touch 1h (rank corr)")
+    cond = rows.get("where, given touch 1h (rank corr)")
     if drawn is None or touch is None:
         return ""
     col = "default" if kind == "default" else "out"

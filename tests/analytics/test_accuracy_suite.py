@@ -109,7 +109,7 @@ def test_out_of_sample_the_chosen_map_beats_random_and_the_shuffled_map(prepared
     drawn = rows["where 4h: map as drawn (precision@10%)"]
     assert drawn["out"] / drawn["random"] > 1.5  # held-out weeks; the field's default ladder sits below random
     assert drawn["default"] < drawn["random"]
-    cond = rows["where | touch 1h (rank corr)"]
+    cond = rows["where, given touch 1h (rank corr)"]
     assert cond["out"] > cond["random"] > 0  # above the shuffled map's 99th percentile
     lo, hi = cond["out_ci"]
     assert lo <= cond["out"] <= hi
