@@ -42,18 +42,6 @@ class WindowBooks:
     def buckets(self) -> int:
         return self.edges.shape[1] - 1
 
-    def combined(self, weights: np.ndarray | None = None) -> np.ndarray:
-        """(W, 2, nb): tiers summed (optionally weighted: ``weights`` multiplies each tier's USD)."""
-        if weights is None:
-            return self.usd.sum(axis=0)
-        return np.tensordot(np.asarray(weights, dtype=np.float64), self.usd, axes=(0, 0))
-
-
-def window_times(bars_close_time: np.ndarray, start: float, end: float, horizon_s: int, step_s: int = 3600) -> np.ndarray:
-    """Hourly window times whose next ``horizon_s`` lies inside [start, end] and after the first close."""
-    first = max(math.ceil(start / step_s) * step_s, int(bars_close_time[0]))
-    return np.arange(first, int(end) - horizon_s + 1, step_s, dtype=np.int64)
-
 
 def window_books(est: Estimate, times: np.ndarray, bucket_pct: float = 0.25, span_pct: float = 10.0) -> WindowBooks:
     """The estimate's book after the bars closed by each of ``times`` (ascending), binned per tier."""

@@ -34,7 +34,7 @@ def bybit_slice():
     keep = ds.events.time < CUT
     ev = ds.events
     return DataSet(ds.key, ds.label, ds.bars.slice(0, n), Events(ev.time[keep], ev.long[keep], ev.price[keep], ev.usd[keep]),
-                   ds.exchange, True, ds.oi_daily)
+                   ds.exchange, True)
 
 
 @pytest.fixture(scope="module")
