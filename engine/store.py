@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -742,3 +742,50 @@ def _statements(sql: str) -> list[str]:
     if buf.strip():
         out.append(buf.strip())
     return out
+
+
+# ---- replay ---------------------------------------------------------------------------------------------
+class _StoreRecording:
+    """A store as the replay feed's Recording (engine/feeds/files.py): the store depends on the feeds'
+    types, never the other way round."""
+
+    def __init__(self, path: Path) -> None:
+        from engine.feeds.base import FeedError
+
+        self._error = FeedError
+        try:
+            self._store = Store(path, create=False)
+        except StoreError as exc:
+            raise FeedError(str(exc)) from None
+
+    def recorded(self) -> list[tuple[str, str, int]]:
+        try:
+            return [(m.symbol, m.key, m.timeframe or 60) for m in self._store.markets() if m.bars]
+        except StoreError as exc:
+            raise self._error(str(exc)) from None
+
+    def bars(self, key: str) -> Bars:
+        try:
+            return self._store.read_bars(key)
+        except StoreError as exc:
+            raise self._error(str(exc)) from None
+
+    def liquidations(self, key: str) -> list[Liquidation]:
+        try:
+            return list(self._store.read_liquidations(key))
+        except StoreError as exc:
+            raise self._error(str(exc)) from None
+
+    def close(self) -> None:
+        self._store.close()
+
+
+def open_replay(spec: str, speed: float = 60.0, start: int | None = None) -> Any:
+    """``file:PATH`` (or a bare path) as a replay feed: a bars file, or every market of a store DB."""
+    from engine.feeds.files import FileFeed, file_feed_path
+    from engine.formats import STORE_SUFFIXES
+
+    path = file_feed_path(spec)
+    if path.suffix.lower() in STORE_SUFFIXES and path.exists():
+        return FileFeed(path, speed=speed, start=start, recording=_StoreRecording(path))
+    return FileFeed(path, speed=speed, start=start)

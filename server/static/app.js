@@ -120,7 +120,8 @@ function renderModel(m) {
     ["entry anchors", (m.entry_anchors || []).join(", ") + " (weights " + (m.entry_weights || []).join(", ") + ")"],
     ["side tilt", m.side_tilt], ["volume proxy", m.volume_proxy_fraction], ["decay", String(m.decay)],
     ["shrink on OI drop", String(m.shrink_on_oi_drop)], ["wick clear", m.wick_clear], ["resolution", m.resolution],
-  ];
+    ["fitted on", m.fitted_on], ["accuracy", m.accuracy], ["accuracy suite", m.accuracy_suite],
+  ].filter(([, v]) => v !== undefined);
   $("model-body").innerHTML = `<table>${tiers}</table><table>${rows.map(([k, v]) => `<tr><td>${k}</td><td>${v}</td></tr>`).join("")}</table>` +
     `<p style="color:#8a90a6">Estimated from open interest / volume with the ladder above. See the README's model section.</p>`;
 }
