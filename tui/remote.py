@@ -35,6 +35,12 @@ class RemoteError(Exception):
     """The server said no, or could not be reached (one line for the user)."""
 
 
+class ServerUnreachable(RemoteError):
+    """Nothing answered (not up yet, restarting, wrong port): worth retrying, unlike a refusal."""
+
+    retryable = True
+
+
 def base_url(url: str) -> str:
     """Accept http(s)://host:port, ws(s)://host:port or host:port; return the http(s) root."""
     if "://" not in url:
@@ -157,7 +163,7 @@ class RemoteSource:
             await asyncio.wait_for(self._connected.wait(), SNAPSHOT_TIMEOUT_S)
         except TimeoutError:
             await self.stop()
-            raise RemoteError(f"no WebSocket answer from {self.url}") from None
+            raise ServerUnreachable(f"no WebSocket answer from {self.url}") from None
         pick = self.want_symbol
         if pick is None and self.want_exchange:
             pick = next((m["key"] for m in self._markets if m["exchange"] == self.want_exchange), None)
@@ -182,6 +188,8 @@ class RemoteSource:
                 if r.status != 200:
                     raise RemoteError(f"{path}: {body.get('error', r.reason) if isinstance(body, dict) else r.reason}")
                 return body  # type: ignore[no-any-return]
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise ServerUnreachable(f"{self.url}: {exc or type(exc).__name__}") from None
         except aiohttp.ClientError as exc:
             raise RemoteError(f"{self.url}: {exc}") from None
 
@@ -195,6 +203,9 @@ class RemoteSource:
                     self._ws = ws
                     delay = 0.5
                     if self._sub is not None:
+                        # a new connection knows nothing of the old subscription: subscribe afresh
+                        # without unsubscribing it (the server would answer "no subscription 'tuiN'")
+                        self._sub.seq = -1
                         await self._subscribe(self._sub.request)
                     async for msg in ws:
                         if msg.type == aiohttp.WSMsgType.TEXT:
@@ -387,6 +398,7 @@ class RemoteSource:
         times = np.array(sorted(t for t in sub.columns if t < bucket), dtype=np.int64)
         nb = len(sub.edges) - 1
         usd = np.array([sub.columns[t][0] + sub.columns[t][1] for t in times]).reshape(len(times), nb, 1)
+        longs = np.array([sub.columns[t][0] for t in times]).reshape(len(times), nb, 1)
         closes = np.array([sub.candles[t][3] if t in sub.candles else np.nan for t in times], dtype=np.float64)
         rl = np.array([sub.realised.get(int(t), (0.0, 0.0))[0] for t in times], dtype=np.float64)
         rs = np.array([sub.realised.get(int(t), (0.0, 0.0))[1] for t in times], dtype=np.float64)
@@ -404,6 +416,7 @@ class RemoteSource:
             per_tier=False,
             data_tier=view.tier,
             key=sub.id,
+            longs=longs,
         )
 
     async def pulse(self, backdrop: Backdrop) -> Pulse:
@@ -416,8 +429,10 @@ class RemoteSource:
         nb = len(sub.edges) - 1
         col = sub.columns.get(bucket)
         live = (col[0] + col[1]) if col is not None else np.zeros(nb)
+        live_long = col[0] if col is not None else np.zeros(nb)
         longs, shorts = self._profile(sub, nb)
-        return Pulse(sub.price, bucket, longs, shorts, sub.realised.get(bucket, (0.0, 0.0)), live_column=live)
+        return Pulse(sub.price, bucket, longs, shorts, sub.realised.get(bucket, (0.0, 0.0)), live_column=live,
+                     live_long=live_long)
 
     def _profile(self, sub: Subscription, nb: int) -> tuple[np.ndarray, np.ndarray]:
         """The server's liquidation map (per tier, on its own bins) moved onto the heatmap's bins."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -162,17 +163,37 @@ class RiskScreen(ModalScreen[None]):
         out = self.query_one("#result", Static)
         try:
             side = str(self.query_one("#side", Select).value)
-            entry = float(self.query_one("#entry", Input).value)
-            lev = float(self.query_one("#leverage", Input).value)
-            size = float(self.query_one("#size", Input).value)
+            entry = read_number(self.query_one("#entry", Input).value, "entry")
+            lev = read_number(self.query_one("#leverage", Input).value, "leverage")
+            size = read_number(self.query_one("#size", Input).value, "size USD")
             risk = self.compute(side, entry, lev, size)
         except ValueError as exc:
-            out.update(Text(str(exc), style="bold red"))
+            out.update(Text(one_line(exc), style="bold red"))
             return
         out.update(describe_risk(risk))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+def read_number(text: str, name: str) -> float:
+    """A form field as a positive number, or a ValueError that names the field (never Python's own
+    "could not convert string to float: ''")."""
+    text = text.strip().replace(",", "").replace("_", "")
+    if not text:
+        raise ValueError(f"{name}: enter a number")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name}: {text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: must be a positive number")
+    return value
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def describe_risk(r: Any) -> Text:

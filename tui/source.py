@@ -60,14 +60,19 @@ class Backdrop:
     per_tier: bool = True  # usd holds every tier (switching tiers needs no fetch)
     data_tier: int | None = None  # when not per_tier: the tier usd[..., 0] holds (None = all summed)
     key: str = ""  # which subscription it came from (remote)
+    longs: np.ndarray | None = None  # the long part of usd, same shape (shorts = usd - longs)
 
     def covers(self, tier: int | None) -> bool:
         return self.per_tier or tier == self.data_tier
 
-    def grid(self, tier: int | None) -> np.ndarray:
+    def grid(self, tier: int | None, side: str | None = None) -> np.ndarray:
+        """(N, B) USD for one tier (None: all) and one side (None: both)."""
+        usd = self.usd
+        if side is not None and self.longs is not None:
+            usd = self.longs if side == "long" else usd - self.longs
         if not self.per_tier:
-            return self.usd[:, :, 0]
-        return self.usd.sum(axis=2) if tier is None else self.usd[:, :, tier]
+            return usd[:, :, 0]
+        return usd.sum(axis=2) if tier is None else usd[:, :, tier]
 
 
 @dataclass(frozen=True)
@@ -78,11 +83,14 @@ class Pulse:
     short_tiers: np.ndarray
     forming_realised: tuple[float, float] = (0.0, 0.0)
     live_column: np.ndarray | None = None  # (B,) when the source sends the column itself (remote)
+    live_long: np.ndarray | None = None  # (B,) its long part
 
-    def column(self, tier: int | None) -> np.ndarray:
+    def column(self, tier: int | None, side: str | None = None) -> np.ndarray:
         if self.live_column is not None:
-            return self.live_column
-        both = self.long_tiers + self.short_tiers
+            if side is None or self.live_long is None:
+                return self.live_column
+            return self.live_long if side == "long" else self.live_column - self.live_long
+        both = self.long_tiers if side == "long" else self.short_tiers if side == "short" else self.long_tiers + self.short_tiers
         return both.sum(axis=1) if tier is None else both[:, tier]
 
 
@@ -296,7 +304,8 @@ class LocalSource:
             ok = (j < len(realised.time)) & (realised.time[np.minimum(j, len(realised.time) - 1)] == opens[closed])
             rl[ok] = realised.long_usd[j[ok]]
             rs[ok] = realised.short_usd[j[ok]]
-        usd = hm.long_usd[closed] + hm.short_usd[closed]
+        longs = hm.long_usd[closed]
+        usd = longs + hm.short_usd[closed]
         return Backdrop(
             view=view,
             window=window,
@@ -308,6 +317,7 @@ class LocalSource:
             realised_short=rs,
             bucket=bucket,
             tiers=tuple(hm.tiers),
+            longs=longs,
         )
 
     async def pulse(self, backdrop: Backdrop) -> Pulse:

@@ -196,12 +196,19 @@ def fmt_duration(seconds: float) -> str:
 
 
 def time_label(t: int, timeframe: int) -> str:
+    """Clock time within a day, the date at midnight and on daily candles ("Jan 01", "12:00") — never a
+    bare "30 12h" that reads as two numbers."""
     d = datetime.fromtimestamp(int(t), UTC)
-    if timeframe < 3600:
+    if timeframe < 86_400 and int(t) % 86_400:
         return d.strftime("%H:%M")
-    if timeframe < 86_400:
-        return d.strftime("%d %Hh")
-    return d.strftime("%m-%d")
+    return d.strftime("%b %d")
+
+
+def time_label_full(t: int) -> str:
+    return datetime.fromtimestamp(int(t), UTC).strftime("%b %d %H:%M UTC")
+
+
+LABEL_LEN = 6  # "Jan 01"; clock times are 5
 
 
 def time_axis(times: np.ndarray, timeframe: int, width: int, min_gap: int = 9) -> str:
@@ -211,8 +218,7 @@ def time_axis(times: np.ndarray, timeframe: int, width: int, min_gap: int = 9) -
     n = len(times)
     if n == 0 or width <= 0:
         return "".join(out)
-    label_len = len(time_label(int(times[0]), timeframe))
-    gap = max(min_gap, label_len + 2)
+    gap = max(min_gap, LABEL_LEN + 2)
     every = timeframe * gap
     for unit in (60, 300, 900, 1800, 3600, 7200, 4 * 3600, 6 * 3600, 12 * 3600, 86_400, 2 * 86_400, 7 * 86_400,
                  14 * 86_400, 28 * 86_400):

@@ -124,7 +124,44 @@ async def test_connect_survives_a_server_restart(served, feed):
 
 
 async def test_connect_to_nothing_says_so(make_tui):
-    app = make_app(connect=f"http://127.0.0.1:{free_port()}", colors="truecolor")
+    app = make_app(connect=f"http://127.0.0.1:{free_port()}", colors="truecolor", connect_wait=1.0)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "could not start" in app.loading, seconds=15, what="the error")
         assert "could not start" in app.map.message
+
+
+async def test_connect_before_the_server_is_up_retries_until_it_is(feed):
+    """`liqheat tui --connect` started before `liqheat serve`: it waits (saying so) and then connects,
+    as it does after a lost connection."""
+    hub = Hub(feed, history_days=0)
+    await hub.start()
+    port = free_port()
+    server = TestServer(create_app(hub), host="127.0.0.1", port=port)
+    app = make_app(connect=f"http://127.0.0.1:{port}", colors="truecolor", connect_wait=60.0)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: "waiting for" in app.loading and "attempt 2" in app.loading, seconds=15,
+                           what="the retry note")
+            assert "waiting for" in header(app)
+            await server.start_server()
+            await loaded(pilot, seconds=40)
+            assert "BTC/USDT:USDT" in header(app)
+    finally:
+        await server.close()
+        await hub.stop()
+
+
+async def test_reconnect_raises_no_false_alert(served, feed):
+    app = make_app(connect=served.url, colors="truecolor")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        for _ in range(2):
+            await served.stop()
+            await wait_for(pilot, lambda: "RECONNECTING" in header(app), seconds=15, what="reconnecting")
+            await served.start()
+            await wait_for(pilot, lambda: "RECONNECTING" not in header(app) and app.source._sub.seq >= 0,
+                           seconds=30, what="reconnected and resubscribed")
+        await pilot.pause(1.0)
+        messages = [a.message for a in app.source.alerts()]
+        assert not [m for m in messages if "no subscription" in m], messages
+        assert "no subscription" not in app.query_one("#alerts").plain
