@@ -884,9 +884,15 @@ class LiqheatApp(App[int]):
             )
         if "margin_table" in m:
             lines.append(f"  margin table: {m['margin_table']}")
-        for k in ("side_tilt", "wick_clear", "decay", "shrink_on_oi_drop", "volume_proxy_fraction"):
+        for k in ("side_tilt", "wick_clear", "decay", "shrink_on_oi_drop", "volume_proxy_fraction", "fitted_on"):
             if k in m:
                 lines.append(f"  {k}: {m[k]}")
+        # the headline accuracy figure the model carries (engine: accuracy suite), or say there is none
+        lines.append("")
+        lines.append(f"  accuracy: {m['accuracy']}" if m.get("accuracy") else
+                     "  accuracy: no out-of-sample figure for this model (see README: Accuracy)")
+        if m.get("accuracy_suite"):
+            lines.append(f"  measured by: {m['accuracy_suite']}")
         return "\n".join(lines)
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:

@@ -214,3 +214,23 @@ def test_zone_rows_from_plain_zones_keep_touch_by_index():
     rows = zone_rows([_zone("long", 88_000, 5e6), _zone("short", 92_000, 7e6)], {1: 0.4})
     assert [r.touch for r in rows] == [None, 0.4] and rows[1].score == 7e6
     assert isinstance(Text("x"), Text)
+
+
+async def test_help_and_readme_document_every_key_and_the_accuracy(make_tui):
+    from pathlib import Path
+
+    from tui.screens import HelpScreen
+
+    app = make_tui(paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = str(app.screen.query_one("Static").render())
+    for words in ("i, ← → or click", "read a cell", "time range", "longs only, shorts only", "nearest the price",
+                  "ctrl+c", "accuracy:", "maintenance margin"):
+        assert words in text, words
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    tui = readme.split("<!-- section:tui -->")[1].split("<!-- /section:tui -->")[0]
+    for key in ("`g` time range", "`i`", "`f` longs only", "`o` zones", "`ctrl+c`", "terminal too small", "--wait"):
+        assert key in tui, key
