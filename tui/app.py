@@ -27,6 +27,9 @@ from textual.screen import Screen
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
+from engine.analytics import TOUCH_HORIZON_HOURS, AlertSettings, RankedZone
+from engine.service import timeframe_seconds
+
 from .palette import ColorMode, Palette, mode_for, palette
 from .panels import AlertsLine, LiquidationsList, MarketHeader, TextPanel, ZoneRow, ZonesTable
 from .panels import Legend as LegendPanel
@@ -50,7 +53,6 @@ from .viewport import (
 from .zonemap import LiveColumn, PriceAxis, RealisedStrip, ZoneMap
 
 TIMEFRAMES = ("5m", "15m", "1h", "4h", "1d", "1w")
-TF_SECONDS = {"5m": 300, "15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400, "1w": 604_800}
 COLORS = ("auto", "truecolor", "256", "16", "none")
 RANGE_NAMES = {12 * 3600: "12h", 86_400: "1d", 3 * 86_400: "3d", 7 * 86_400: "1w", 14 * 86_400: "2w",
                30 * 86_400: "30d", 90 * 86_400: "90d", 180 * 86_400: "6m", 365 * 86_400: "1y"}
@@ -169,6 +171,7 @@ class LiqheatApp(App[int]):
         self.side_filter: str | None = None  # "long" / "short": one side only (key f)
         self._zone_rows: list[ZoneRow] = []
         self._zone_touch = False
+        self.ranked_zones: list[RankedZone] = []  # the same zones with touch, confluence, persistence
         self.scale = 1.0
         self.loading = "starting"
         self.error = ""
@@ -302,7 +305,7 @@ class LiqheatApp(App[int]):
         columns = size.width + 1
         if self.range_s is not None:
             # a time range: the timeframe that fits it into the map, and only as many columns as it spans
-            columns = min(columns, -(-self.range_s // TF_SECONDS[self.timeframe]) + 1)
+            columns = min(columns, -(-self.range_s // timeframe_seconds(self.timeframe)) + 1)
         return View(self.source.market, self.timeframe, rows=size.height, columns=columns, zoom=self.zoom,
                     pan=self.pan, tier=self.tier)
 
@@ -421,7 +424,7 @@ class LiqheatApp(App[int]):
         codes = cell_codes(lv, price_bins(bd.closes, bd.edges), self.mode.blocks)
         self.map.show_codes(codes)
         width = self.map.size.width
-        self.query_one("#time-axis", TextPanel).set_text(Text(time_axis(bd.times, TF_SECONDS[bd.view.timeframe], width), style="dim"))
+        self.query_one("#time-axis", TextPanel).set_text(Text(time_axis(bd.times, timeframe_seconds(bd.view.timeframe), width), style="dim"))
         self.query_one(Profile).reset_scale()
         if self.cursor is not None:
             self._set_cursor(self.cursor)  # the same cell of the new picture (clamped to its size)
@@ -471,14 +474,12 @@ class LiqheatApp(App[int]):
         source = self.source
         if source is None:
             return
-        self.zones = await source.zones()
+        ranked = await source.zones()  # the engine's order: USD x P(touch 4h), stable (hysteresis)
         if source is not self.source:
             return
-        touch = None
-        bars = source.bars() if hasattr(source, "bars") else None
-        if self.pulse is not None and bars is not None:
-            touch = source.analytics().zone_touch(self.zones, self.pulse.price, bars)
-        self._show_zone_rows(zone_rows(self.zones, touch), touch is not None)
+        self.ranked_zones = ranked
+        self.zones = [r.zone for r in ranked]
+        self._show_zone_rows(zone_rows(ranked), True)
         self._refresh_lists()
 
     def _show_zone_rows(self, rows: list[ZoneRow] | None = None, touch: bool | None = None) -> None:
@@ -727,7 +728,7 @@ class LiqheatApp(App[int]):
         self.range_s = RANGES[(i + 1) % len(RANGES)]
         if self.range_s is not None:
             width = max(self.map.size.width, 1)
-            self.timeframe = next((tf for tf in TIMEFRAMES if width * TF_SECONDS[tf] >= self.range_s), TIMEFRAMES[-1])
+            self.timeframe = next((tf for tf in TIMEFRAMES if width * timeframe_seconds(tf) >= self.range_s), TIMEFRAMES[-1])
         self._refresh_header()
         self.request_reload()
 
@@ -816,16 +817,9 @@ class LiqheatApp(App[int]):
         if source is None or self.pulse is None:
             self.notify("still loading", severity="warning")
             return
-        an = source.analytics()
         price = self.pulse.price
-
-        def compute(side: str, entry: float, lev: float, size: float) -> Any:
-            bars = source.bars() if hasattr(source, "bars") else None
-            lmap = source.liquidation_map() if hasattr(source, "liquidation_map") else None
-            coin = source.market.split(":")[1].split("/")[0] if ":" in source.market else "BTC"
-            return an.position_risk(side, entry, lev, size, self.pulse.price if self.pulse else price, self.zones, lmap, bars, coin=coin)
-
-        self.push_screen(RiskScreen(compute, price))
+        # the engine's risk with the market's own exchange, coin and contract (remote: the server's)
+        self.push_screen(RiskScreen(source.position, price))
 
     async def action_quit(self) -> None:
         await self._stop_source()
@@ -928,12 +922,11 @@ def zone_rows(zones: list[Any], touch: dict[int, float] | None = None) -> list[Z
     persistence) or plain zones ranked by USD."""
     rows = []
     for i, item in enumerate(zones):
-        z = getattr(item, "zone", item)
-        if z is not item:  # a ranked zone
-            rows.append(ZoneRow(z, float(item.score), item.touch.get(4.0) if item.touch else None, int(item.id),
+        if isinstance(item, RankedZone):
+            rows.append(ZoneRow(item.zone, float(item.score), item.touch.get(TOUCH_HORIZON_HOURS), int(item.id),
                                 int(item.confluence), float(item.persistence_s)))
         else:
-            rows.append(ZoneRow(z, float(z.usd), None if touch is None else touch.get(i)))
+            rows.append(ZoneRow(item, float(item.usd), None if touch is None else touch.get(i)))
     return rows
 
 
@@ -955,6 +948,7 @@ def make_app(
     source: Source | None = None,
     connect_wait: float = 30.0,
     exit_on_start_error: bool = False,
+    alerts: AlertSettings | None = None,
 ) -> LiqheatApp:
     """The dashboard on the engine in this process (default: the demo market), or on a running
     ``liqheat serve`` with ``connect=URL``. Nothing slow happens here: the source starts after the first
@@ -971,10 +965,11 @@ def make_app(
 
         def open_source(name: str) -> Source:
             return LocalSource(name, None, ladder=ladder, speed=speed if name == "demo" or name.startswith("file:") else None,
-                               history_days=history_days)
+                               history_days=history_days, alerts=alerts)
 
         if source is None:
-            source = LocalSource(feed, symbol, ladder=ladder, speed=speed, seed=seed, now=now, history_days=history_days)
+            source = LocalSource(feed, symbol, ladder=ladder, speed=speed, seed=seed, now=now, history_days=history_days,
+                                 alerts=alerts)
     return LiqheatApp(
         source, open_source=open_source, colors=colors, refresh_hz=refresh_hz, clock=clock,
         timeframe=timeframe, paused=paused, start_wait=connect_wait if connect else 0.0,

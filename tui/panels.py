@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from rich.text import Text
 from textual.widgets import DataTable, Static
 
-from engine.model import Zone
+from engine.service import Zone
 
 from .palette import LEVELS, Palette, glyph_level
 from .source import Alert, Facts, LiquidationEvent
@@ -164,6 +164,12 @@ class ZoneRow:
     persistence_s: float | None = None
 
 
+def fmt_age(seconds: float) -> str:
+    """How long a zone has stood, in market time: 45m, 5h, 3d."""
+    s = int(seconds)
+    return f"{s // 86_400}d" if s >= 86_400 else f"{s // 3600}h" if s >= 3600 else f"{s // 60}m"
+
+
 def stable_order(previous: list[int], scores: dict[int, float], margin: float = REORDER_MARGIN) -> list[int]:
     """Rank by score, but keep the order already shown unless a row beats the one above it by more than
     ``margin``: without this hysteresis two zones of similar size swap places every second."""
@@ -242,6 +248,8 @@ class ZonesTable(DataTable[Text]):
         self._known = {k: r.zone for k, r in keyed.items()}
         if by == "distance":
             order = sorted(keyed, key=lambda k: abs(keyed[k].zone.distance_pct))
+        elif rows and all(r.ident is not None for r in rows):
+            order = list(keyed)  # the engine's rank order, already held stable by its own hysteresis
         else:
             order = stable_order(self._order, {k: r.score for k, r in keyed.items()})
         self._order = order
@@ -267,7 +275,8 @@ class ZonesTable(DataTable[Text]):
                 row.append(Text("—" if r.touch is None else f"{r.touch * 100:.0f}%", justify="right"))
             if extra:
                 row.append(Text(f"{r.confluence}/3" if r.confluence else "—", justify="right"))
-                row.append(Text(fmt_duration(r.persistence_s) if r.persistence_s else "—", justify="right"))
+                age = r.persistence_s
+                row.append(Text("—" if age is None else "new" if age < 60 else fmt_age(age), justify="right"))
             out.append(row)
         names = ("side", "price range", "est. USD", "grade", "dist") + (("touch 4h",) if touch else ()) + (
             ("confl", "age") if extra else ())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rich.text import Text
@@ -134,7 +134,7 @@ class RiskScreen(ModalScreen[None]):
     RiskScreen #result { height: auto; margin-top: 1; }
     """
 
-    def __init__(self, compute: Callable[[str, float, float, float], Any], price: float) -> None:
+    def __init__(self, compute: Callable[[str, float, float, float], Awaitable[dict[str, Any]]], price: float) -> None:
         super().__init__()
         self.compute = compute
         self.price = price
@@ -159,14 +159,14 @@ class RiskScreen(ModalScreen[None]):
 
     @on(Button.Pressed, "#go")
     @on(Input.Submitted)
-    def run_risk(self) -> None:
+    async def run_risk(self) -> None:
         out = self.query_one("#result", Static)
         try:
             side = str(self.query_one("#side", Select).value)
             entry = read_number(self.query_one("#entry", Input).value, "entry")
             lev = read_number(self.query_one("#leverage", Input).value, "leverage")
             size = read_number(self.query_one("#size", Input).value, "size USD")
-            risk = self.compute(side, entry, lev, size)
+            risk = await self.compute(side, entry, lev, size)  # the engine's (remote: the server's) answer
         except ValueError as exc:
             out.update(Text(one_line(exc), style="bold red"))
             return
@@ -196,25 +196,30 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def describe_risk(r: Any) -> Text:
+def describe_risk(r: dict[str, Any]) -> Text:
+    """The position-risk JSON (engine.analytics, the same body as GET /api/v1/risk) in words."""
     t = Text()
     t.append("liquidation price ", style="bold")
-    t.append(f"{fmt_price(r.liquidation_price)}", style="bold yellow")
-    t.append(f"  ({r.distance_pct:+.2f}% from {fmt_price(r.price)}, maintenance margin {r.mmr * 100:.2f}%)\n")
-    if r.zone is not None:
-        t.append(f"inside a {r.grade} {r.zone.side} zone {fmt_price(r.zone.price_low)}–{fmt_price(r.zone.price_high)}"
-                 f" ({fmt_usd(r.zone.usd)} estimated)\n")
+    t.append(f"{fmt_price(r['liquidation_price'])}", style="bold yellow")
+    t.append(f"  ({r['distance_pct']:+.2f}% from {fmt_price(r['price'])}, maintenance margin {r['mmr'] * 100:.2f}%)\n")
+    zone = r.get("zone")
+    if zone is not None:
+        t.append(f"inside a {r['grade']} {zone['side']} zone {fmt_price(zone['price_low'])}–{fmt_price(zone['price_high'])}"
+                 f" ({fmt_usd(zone['usd'])} estimated)\n")
     else:
         t.append("not inside an estimated zone\n")
-    if r.nearest_high is not None and r.nearest_high_distance_pct is not None:
-        t.append(f"nearest high-grade cluster {r.nearest_high_distance_pct:+.2f}% from it; "
-                 f"{r.high_between} high-grade cluster(s) between here and there\n")
-    if r.cascade is not None:
-        end = getattr(r.cascade, "end_price", None)
+    if r.get("nearest_high") is not None and r.get("nearest_high_distance_pct") is not None:
+        t.append(f"nearest high-grade cluster {r['nearest_high_distance_pct']:+.2f}% from it; "
+                 f"{r['high_between']} high-grade cluster(s) between here and there\n")
+    cascade = r.get("cascade")
+    if cascade is not None:
+        end = cascade.get("end_price")
         t.append("a cascade from here would ")
-        t.append("REACH" if r.cascade_reaches else "not reach", style="bold red" if r.cascade_reaches else "green")
+        reaches = bool(r.get("cascade_reaches"))
+        t.append("REACH" if reaches else "not reach", style="bold red" if reaches else "green")
         t.append(" it" + (f" (ends near {fmt_price(end)})" if end else "") + "\n")
-    if r.touch:
-        t.append("chance price reaches it: " + ", ".join(f"{h:g}h {p * 100:.0f}%" for h, p in r.touch.items()) + "\n")
+    touch = r.get("touch") or {}
+    if touch:
+        t.append("chance price reaches it: " + ", ".join(f"{h} {p * 100:.0f}%" for h, p in touch.items()) + "\n")
     t.append("estimates from the model's book and recent volatility, not exchange data", style="dim italic")
     return t

@@ -963,9 +963,4 @@ class _Stream:
                 self.set_part("clock", Health.STALE, f"no update for {quiet:.0f}s")
 
 
-def open_exchange_feed(exchange_id: str, **kwargs: Any) -> ExchangeFeed:
-    """Factory the service uses for ``open_feed("binanceusdm" | "bybit" | "okx")``."""
-    return ExchangeFeed(exchange_id, **kwargs)
-
-
-__all__ = ["VENUES", "ExchangeFeed", "Funding", "Gap", "Progress", "Venue", "loopback_urls", "open_exchange_feed"]
+__all__ = ["VENUES", "ExchangeFeed", "Funding", "Gap", "Progress", "Venue", "loopback_urls"]

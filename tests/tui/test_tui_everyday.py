@@ -216,9 +216,7 @@ def test_zone_rows_from_plain_zones_keep_touch_by_index():
     assert isinstance(Text("x"), Text)
 
 
-async def test_help_and_readme_document_every_key_and_the_accuracy(make_tui):
-    from pathlib import Path
-
+async def test_help_documents_every_key_and_the_accuracy(make_tui):
     from tui.screens import HelpScreen
 
     app = make_tui(paused=True)
@@ -230,6 +228,11 @@ async def test_help_and_readme_document_every_key_and_the_accuracy(make_tui):
     for words in ("i, ← → or click", "read a cell", "time range", "longs only, shorts only", "nearest the price",
                   "ctrl+c", "accuracy:", "maintenance margin"):
         assert words in text, words
+
+
+def test_readme_documents_the_new_keys():
+    from pathlib import Path
+
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     tui = readme.split("<!-- section:tui -->")[1].split("<!-- /section:tui -->")[0]
     for key in ("`g` time range", "`i`", "`f` longs only", "`o` zones", "`ctrl+c`", "terminal too small", "--wait"):

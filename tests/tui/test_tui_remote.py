@@ -140,11 +140,11 @@ async def test_connect_before_the_server_is_up_retries_until_it_is(feed):
     app = make_app(connect=f"http://127.0.0.1:{port}", colors="truecolor", connect_wait=60.0)
     try:
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: "waiting for" in app.loading and "attempt 2" in app.loading, seconds=15,
+            await wait_for(pilot, lambda: "waiting for" in app.loading and "attempt 2" in app.loading, seconds=30,
                            what="the retry note")
             assert "waiting for" in header(app)
             await server.start_server()
-            await loaded(pilot, seconds=40)
+            await loaded(pilot, seconds=60)
             assert "BTC/USDT:USDT" in header(app)
     finally:
         await server.close()
@@ -165,3 +165,36 @@ async def test_reconnect_raises_no_false_alert(served, feed):
         messages = [a.message for a in app.source.alerts()]
         assert not [m for m in messages if "no subscription" in m], messages
         assert "no subscription" not in app.query_one("#alerts").plain
+
+
+async def test_connect_reads_touch_probabilities_and_risk_from_the_server(served, feed):
+    """With --connect the touch column and the risk form's probability line come from the server's
+    engine (they were "—" and missing when the remote dashboard tried to recompute them)."""
+    import aiohttp
+
+    from tui.screens import RiskScreen
+
+    app = make_app(connect=served.url, colors="truecolor", clock=lambda: 0.0)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        table = app.query_one("#zones")
+        await wait_for(pilot, lambda: table.row_count > 0 and app.ranked_zones, what="the zones table")
+        assert str(table.columns[list(table.columns)[5]].label) == "touch 4h"
+        cells = [str(table.get_row_at(i)[5]) for i in range(table.row_count)]
+        assert cells and all(c.endswith("%") for c in cells), cells
+        async with aiohttp.ClientSession() as http:
+            async with http.get(served.url + "/api/v1/zones", params={"symbol": "BTC"}) as r:
+                body = await r.json()
+        top = body["zones"][0]
+        first = app.ranked_zones[0]
+        assert (first.zone.price_low, first.zone.price_high) == (top["price_low"], top["price_high"])
+        assert cells[0] == f"{top['touch_4h'] * 100:.0f}%"
+        await pilot.press("r")
+        assert isinstance(app.screen, RiskScreen)
+        app.screen.query_one("#entry").value = f"{app.pulse.price:.1f}"
+        app.screen.query_one("#leverage").value = "20"
+        await pilot.click("#go")
+        await wait_for(pilot, lambda: "liquidation price" in str(app.screen.query_one("#result").render()),
+                       what="the risk answer")
+        result = str(app.screen.query_one("#result").render())
+        assert "chance price reaches it: 1h " in result and "4h " in result and "24h " in result
