@@ -168,6 +168,7 @@ class LiqheatApp(App[int]):
         self.cursor: tuple[int, int] | None = None  # inspected cell: (columns from the right, 0 = live; row)
         self.zone_order = "strength"  # or "distance" (key o)
         self.range_s: int | None = None  # time range shown (key g); None: as many candles as fit
+        self.positions: Any = None  # tui.positions.PositionStore, read when the risk form first opens
         self.side_filter: str | None = None  # "long" / "short": one side only (key f)
         self._zone_rows: list[ZoneRow] = []
         self._zone_touch = False
@@ -818,8 +819,14 @@ class LiqheatApp(App[int]):
             self.notify("still loading", severity="warning")
             return
         price = self.pulse.price
-        # the engine's risk with the market's own exchange, coin and contract (remote: the server's)
-        self.push_screen(RiskScreen(source.position, price))
+        # the engine's risk with the market's own exchange, coin and contract (remote: the server's);
+        # the saved positions make the portfolio check
+        if self.positions is None:
+            from .positions import PositionStore
+
+            self.positions = PositionStore()
+        self.push_screen(RiskScreen(source.position, price, portfolio=source.portfolio, store=self.positions,
+                                    market=source.market))
 
     async def action_quit(self) -> None:
         await self._stop_source()

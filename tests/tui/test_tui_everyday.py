@@ -237,3 +237,61 @@ def test_readme_documents_the_new_keys():
     tui = readme.split("<!-- section:tui -->")[1].split("<!-- /section:tui -->")[0]
     for key in ("`g` time range", "`i`", "`f` longs only", "`o` zones", "`ctrl+c`", "terminal too small", "--wait"):
         assert key in tui, key
+
+
+async def test_risk_form_keeps_a_portfolio_and_checks_its_exposure(make_tui, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    app = make_tui(paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("r")
+        screen = app.screen
+        assert isinstance(screen, RiskScreen)
+        await wait_for(pilot, lambda: "no saved positions" in str(screen.query_one("#portfolio").render()),
+                       what="the empty-portfolio hint")
+        price = app.pulse.price
+        for side, entry, lev, size in (("long", price, 20, 5000), ("short", price * 1.01, 10, 3000)):
+            screen.query_one("#side").value = side
+            screen.query_one("#entry").value = f"{entry:.1f}"
+            screen.query_one("#leverage").value = str(lev)
+            screen.query_one("#size").value = str(size)
+            await pilot.click("#add")
+            await pilot.pause(0.2)
+        saved = json.loads((tmp_path / "liqheat" / "positions.json").read_text())
+        assert [p["side"] for p in saved["positions"]] == ["long", "short"]
+        assert saved["positions"][0]["symbol"] == app.source.market
+        await wait_for(pilot, lambda: "inside elevated/high zones" in str(screen.query_one("#portfolio").render()),
+                       what="the exposure line")
+        text = str(screen.query_one("#portfolio").render())
+        assert text.count(" liq ") == 2 and "limit 10%" in text
+        # a new position in the form gets a suggested size under the limit
+        screen.query_one("#limit").value = "5"
+        screen.query_one("#size").value = "20000"
+        await pilot.click("#go")
+        await wait_for(pilot, lambda: "suggested size" in str(screen.query_one("#portfolio").render()),
+                       what="the suggestion")
+        assert "limit 5%" in str(screen.query_one("#portfolio").render())
+        await pilot.click("#remove")
+        await pilot.pause(0.2)
+        assert len(json.loads((tmp_path / "liqheat" / "positions.json").read_text())["positions"]) == 1
+        assert json.loads((tmp_path / "liqheat" / "positions.json").read_text())["limit_share"] == 0.05
+        await pilot.press("escape")
+    # a new session reads them back
+    from tui.positions import PositionStore
+
+    store = PositionStore()
+    assert len(store.positions) == 1 and store.limit_share == 0.05
+
+
+def test_a_damaged_positions_file_loses_only_the_bad_entries(tmp_path):
+    from tui.positions import PositionStore
+
+    path = tmp_path / "positions.json"
+    path.write_text('{"positions": [{"symbol": "BTC", "side": "long", "entry": 1, "leverage": 5, "size": 100},'
+                    ' {"side": "sideways"}, 7], "limit_share": 9}')
+    store = PositionStore(path)
+    assert [p.symbol for p in store.positions] == ["BTC"] and store.limit_share == 0.10
+    path.write_text("{not json")
+    assert PositionStore(path).positions == [] and PositionStore(path).error
