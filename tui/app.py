@@ -34,7 +34,7 @@ from .palette import ColorMode, Palette, mode_for, palette
 from .panels import AlertsLine, LiquidationsList, MarketHeader, TextPanel, ZoneRow, ZonesTable
 from .panels import Legend as LegendPanel
 from .profile import Profile
-from .screens import HelpScreen, PickerScreen, RiskScreen
+from .screens import HelpScreen, PickerScreen, RiskScreen, SessionsScreen
 from .source import Backdrop, Facts, Pulse, Source, View
 from .viewport import (
     ZOOM_STEP,
@@ -106,6 +106,7 @@ class LiqheatApp(App[int]):
         Binding("p,space", "pause", "pause"),
         Binding("r", "risk", "risk", show=False),
         Binding("g", "range", "range", show=False),
+        Binding("t", "sessions", "sessions", show=False),
         Binding("f", "side_filter", "longs/shorts", show=False),
         Binding("o", "zone_order", "zone order", show=False),
         Binding("question_mark,f1", "help", "help", key_display="?"),
@@ -828,6 +829,14 @@ class LiqheatApp(App[int]):
         self.push_screen(RiskScreen(source.position, price, portfolio=source.portfolio, store=self.positions,
                                     market=source.market))
 
+    def action_sessions(self) -> None:
+        source = self.source
+        if source is None:
+            self.notify("still loading", severity="warning")
+            return
+        if not isinstance(self.screen, SessionsScreen):
+            self.push_screen(SessionsScreen(source.sessions))
+
     async def action_quit(self) -> None:
         await self._stop_source()
         self.exit(0)
@@ -867,7 +876,8 @@ class LiqheatApp(App[int]):
             ("f", "longs only, shorts only, both (map, profile and zones)"),
             ("o", "zones table: strongest first (stable order) or nearest the price first"),
             ("p or space", "pause / resume live updates (the map stays)"),
-            ("r", "position risk: liquidation price, crowding there, cascade reach"),
+            ("r", "position risk and portfolio exposure (positions saved locally, limit, suggested size)"),
+            ("t", "sessions (Asia / Europe / US) and the funding cycle: when liquidations happen"),
             ("? or F1", "this help"),
             ("q or ctrl+c", "quit"),
         ]
@@ -917,6 +927,8 @@ class LiqheatApp(App[int]):
         yield SystemCommand("Zone order", "strongest or nearest first (key o)", self.action_zone_order)
         yield SystemCommand("Pause / resume", "freeze the live updates", self.action_pause)
         yield SystemCommand("Position risk", "liquidation price of a position and the crowding there", self.action_risk)
+        yield SystemCommand("Sessions and funding", "liquidations by session and funding hour (key t)",
+                            self.action_sessions)
         yield SystemCommand("Help", "keys and how to read the map", self.action_help)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:

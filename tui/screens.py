@@ -246,6 +246,96 @@ class RiskScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
+class SessionsScreen(ModalScreen[None]):
+    """When liquidations happen: estimated realised liquidations by trading session (Asia / Europe / US) and
+    by hour of the funding cycle, with the funding countdown — the engine's (remote: the server's) figures."""
+
+    BINDINGS = [Binding("escape,t,q", "cancel", "close")]
+    DEFAULT_CSS = """
+    SessionsScreen { align: center middle; }
+    SessionsScreen > VerticalScroll { width: 90; max-width: 98%; height: auto; max-height: 95%; border: round $accent; background: $surface; padding: 0 1; }
+    """
+    REFRESH_S = 10.0
+
+    def __init__(self, fetch: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        super().__init__()
+        self.fetch = fetch
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static(Text("sessions: loading…", style="dim"), id="sessions")
+
+    def on_mount(self) -> None:
+        self.run_worker(self._load(), exclusive=True, group="sessions")
+        self.set_interval(self.REFRESH_S, lambda: self.run_worker(self._load(), exclusive=True, group="sessions"))
+
+    async def _load(self) -> None:
+        out = self.query_one("#sessions", Static)
+        try:
+            body = await self.fetch()
+        except ValueError as exc:
+            out.update(Text(f"sessions: {one_line(exc)}", style="bold red"))
+            return
+        out.update(describe_sessions(body))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def _bar(value: float, peak: float, width: int = 20) -> str:
+    if peak <= 0 or value <= 0:
+        return ""
+    eighths = max(1, round(value / peak * width * 8))
+    return "█" * (eighths // 8) + (" ▏▎▍▌▋▊▉"[eighths % 8] if eighths % 8 else "")
+
+
+def describe_sessions(body: dict[str, Any]) -> Text:
+    from datetime import UTC, datetime
+
+    t = Text()
+    span = body.get("span") or [0, 0]
+    days = (span[1] - span[0]) / 86_400 if len(span) == 2 else 0
+    when = " → ".join(datetime.fromtimestamp(int(x), UTC).strftime("%b %d") for x in span) if len(span) == 2 else ""
+    t.append("Sessions — estimated realised liquidations", style="bold underline")
+    t.append(f"  ({when}, {days:.1f} days of history)\n", style="dim")
+    rows = body.get("sessions") or []
+    peak = max((float(r.get("usd_per_hour") or 0) for r in rows), default=0.0)
+    t.append(f"  {'session':<8} {'UTC':<12} {'longs':>8} {'shorts':>8} {'total':>8} {'share':>6} {'per hour':>9}\n",
+             style="bold")
+    for r in rows:
+        now = r.get("session") == body.get("current_session")
+        t.append(f"{'▶' if now else ' '} {r.get('session', ''):<8} {r.get('hours_utc', ''):<12} ",
+                 style="bold" if now else "")
+        t.append(f"{fmt_usd(r.get('long_usd')):>8} ", style="red")
+        t.append(f"{fmt_usd(r.get('short_usd')):>8} ", style="green")
+        t.append(f"{fmt_usd(r.get('usd')):>8} {float(r.get('share') or 0) * 100:>5.0f}% "
+                 f"{fmt_usd(r.get('usd_per_hour')):>9} ")
+        t.append(_bar(float(r.get("usd_per_hour") or 0), peak, 16) + "\n", style="yellow")
+    rep = body.get("reported")
+    if rep and rep.get("sessions"):
+        t.append(f"  reported by the feed ({rep.get('events', 0)} events): ", style="dim")
+        t.append(" · ".join(f"{r.get('session')} {float(r.get('share') or 0) * 100:.0f}%" for r in rep["sessions"]) + "\n",
+                 style="dim")
+    f = body.get("funding") or {}
+    t.append("\nFunding", style="bold underline")
+    rate = f.get("rate")
+    t.append(f"  rate {rate * 100:+.4f}%" if isinstance(rate, (int, float)) else "  rate —")
+    t.append(f" · next in {f.get('hhmmss', '—')} · every {float(f.get('interval_hours') or 8):g}h\n")
+    cyc = body.get("funding_cycle") or {}
+    means = [float(x or 0) for x in cyc.get("mean_usd") or []]
+    hours = cyc.get("hour") or list(range(len(means)))
+    slots = cyc.get("slots") or [0] * len(means)
+    if means:
+        t.append("  mean estimated liquidations by hour after a funding time:\n", style="dim")
+        top = max(means)
+        for h, m, n in zip(hours, means, slots, strict=False):
+            t.append(f"  +{float(h):>2.0f}h {fmt_usd(m):>8} ")
+            t.append(_bar(m, top, 30), style="yellow")
+            t.append(f"  ({n} cycles)\n", style="dim")
+    t.append("estimates from the model, not exchange data", style="dim italic")
+    return t
+
+
 def portfolio_hint(store: Any) -> Text:
     t = Text()
     t.append("Portfolio: ", style="bold")

@@ -295,3 +295,24 @@ def test_a_damaged_positions_file_loses_only_the_bad_entries(tmp_path):
     assert [p.symbol for p in store.positions] == ["BTC"] and store.limit_share == 0.10
     path.write_text("{not json")
     assert PositionStore(path).positions == [] and PositionStore(path).error
+
+
+async def test_sessions_and_funding_cycle_panel(make_tui):
+    from tui.screens import SessionsScreen
+
+    app = make_tui(paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("t")
+        assert isinstance(app.screen, SessionsScreen)
+        panel = app.screen.query_one("#sessions")
+        await wait_for(pilot, lambda: "Funding" in str(panel.render()), what="the sessions panel")
+        text = str(panel.render())
+        body = await app.source.sessions()
+        for row in body["sessions"]:
+            assert row["session"] in text and row["hours_utc"] in text
+        assert f"next in {body['funding']['hhmmss']}" in text
+        assert text.count(" cycles)") == len(body["funding_cycle"]["mean_usd"])
+        assert f"▶ {body['current_session']}" in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, SessionsScreen)
