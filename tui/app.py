@@ -107,6 +107,7 @@ class LiqheatApp(App[int]):
         Binding("r", "risk", "risk", show=False),
         Binding("g", "range", "range", show=False),
         Binding("t", "sessions", "sessions", show=False),
+        Binding("w", "risk_weighted", "risk-weighted", show=False),
         Binding("f", "side_filter", "longs/shorts", show=False),
         Binding("o", "zone_order", "zone order", show=False),
         Binding("question_mark,f1", "help", "help", key_display="?"),
@@ -169,6 +170,8 @@ class LiqheatApp(App[int]):
         self.cursor: tuple[int, int] | None = None  # inspected cell: (columns from the right, 0 = live; row)
         self.zone_order = "strength"  # or "distance" (key o)
         self.range_s: int | None = None  # time range shown (key g); None: as many candles as fit
+        self.risk_weighted = False  # key w: the profile as USD x P(touch within 4h)
+        self._risk_profile: tuple[Backdrop, np.ndarray, np.ndarray] | None = None
         self.positions: Any = None  # tui.positions.PositionStore, read when the risk form first opens
         self.side_filter: str | None = None  # "long" / "short": one side only (key f)
         self._zone_rows: list[ZoneRow] = []
@@ -456,12 +459,19 @@ class LiqheatApp(App[int]):
         self.live.show_codes(cell_codes(lv, pb, self.mode.blocks))
         self.query_one(PriceAxis).show_axis(bd.edges, pulse.price)
         prof = self.query_one(Profile)
-        longs = pulse.long_tiers if self.side_filter != "short" else np.zeros_like(pulse.long_tiers)
-        shorts = pulse.short_tiers if self.side_filter != "long" else np.zeros_like(pulse.short_tiers)
+        longs, shorts, unit = pulse.long_tiers, pulse.short_tiers, "/row"
+        weighted = self._risk_profile
+        if self.risk_weighted and weighted is not None and weighted[0] is bd and weighted[1].shape == longs.shape:
+            # the risk-weighted view: each bin's USD x P(price reaches it within 4h), from the engine
+            longs, shorts, unit = weighted[1], weighted[2], "×P4h"
+        if self.side_filter == "short":
+            longs = np.zeros_like(longs)
+        if self.side_filter == "long":
+            shorts = np.zeros_like(shorts)
         prof.show_profile(longs, shorts, self.tier)
-        self.query_one("#profile-scale", TextPanel).set_text(Text(f" 0{'─' * 3}{fmt_usd(prof.scale, digits=2)}/row", style="dim"))
-        below = pulse.long_tiers.sum() if self.tier is None else pulse.long_tiers[:, self.tier].sum()
-        above = pulse.short_tiers.sum() if self.tier is None else pulse.short_tiers[:, self.tier].sum()
+        self.query_one("#profile-scale", TextPanel).set_text(Text(f" 0{'─' * 3}{fmt_usd(prof.scale, digits=2)}{unit}", style="dim"))
+        below = longs.sum() if self.tier is None else longs[:, self.tier].sum()
+        above = shorts.sum() if self.tier is None else shorts[:, self.tier].sum()
         total = Text(" ", no_wrap=True)
         total.append(f"L↓{fmt_usd(float(below))}", style=self.pal.side["long"])
         total.append(" ")
@@ -483,6 +493,18 @@ class LiqheatApp(App[int]):
         self.zones = [r.zone for r in ranked]
         self._show_zone_rows(zone_rows(ranked), True)
         self._refresh_lists()
+        bd = self.backdrop
+        if self.risk_weighted and bd is not None:
+            try:
+                longs, shorts = await source.risk_map(bd.edges)
+            except ValueError as exc:  # too little history for volatility: say so, keep the plain map
+                self._risk_profile = None
+                self._note_error(exc)
+                return
+            if bd is self.backdrop:
+                self._risk_profile = (bd, longs, shorts)
+                if self.pulse is not None:
+                    self._paint_pulse(self.pulse)
 
     def _show_zone_rows(self, rows: list[ZoneRow] | None = None, touch: bool | None = None) -> None:
         """The zones table in the chosen order and side filter (``rows`` None: the last ones again)."""
@@ -508,6 +530,8 @@ class LiqheatApp(App[int]):
         tier_label = "all tiers" if self.tier is None or self.source is None else f"{self.source.tiers[self.tier]} only"
         if self.side_filter is not None:
             tier_label += f" · {self.side_filter}s only"
+        if self.risk_weighted:
+            tier_label += " · risk-weighted"
         if self.range_s is not None:
             tier_label += f" · range {RANGE_NAMES[self.range_s]}"
         if self.zone_order != "strength":
@@ -829,6 +853,16 @@ class LiqheatApp(App[int]):
         self.push_screen(RiskScreen(source.position, price, portfolio=source.portfolio, store=self.positions,
                                     market=source.market))
 
+    def action_risk_weighted(self) -> None:
+        """The liquidation map beside the chart as USD x P(price reaches the bin within 4h), or plain USD."""
+        self.risk_weighted = not self.risk_weighted
+        self.query_one(Profile).reset_scale()
+        self._refresh_header()
+        if self.pulse is not None:
+            self._paint_pulse(self.pulse)
+        if self.risk_weighted and not self._slow_busy:
+            self._start_slow()
+
     def action_sessions(self) -> None:
         source = self.source
         if source is None:
@@ -877,6 +911,7 @@ class LiqheatApp(App[int]):
             ("o", "zones table: strongest first (stable order) or nearest the price first"),
             ("p or space", "pause / resume live updates (the map stays)"),
             ("r", "position risk and portfolio exposure (positions saved locally, limit, suggested size)"),
+            ("w", "risk-weighted view: the map beside the chart as USD × chance price reaches it within 4h"),
             ("t", "sessions (Asia / Europe / US) and the funding cycle: when liquidations happen"),
             ("? or F1", "this help"),
             ("q or ctrl+c", "quit"),
@@ -927,6 +962,8 @@ class LiqheatApp(App[int]):
         yield SystemCommand("Zone order", "strongest or nearest first (key o)", self.action_zone_order)
         yield SystemCommand("Pause / resume", "freeze the live updates", self.action_pause)
         yield SystemCommand("Position risk", "liquidation price of a position and the crowding there", self.action_risk)
+        yield SystemCommand("Risk-weighted view", "USD x P(touch within 4h) beside the chart (key w)",
+                            self.action_risk_weighted)
         yield SystemCommand("Sessions and funding", "liquidations by session and funding hour (key t)",
                             self.action_sessions)
         yield SystemCommand("Help", "keys and how to read the map", self.action_help)

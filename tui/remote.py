@@ -25,7 +25,7 @@ import numpy as np
 from engine.analytics import DEFAULT_LIMIT_SHARE, PositionSpec, RankedZone
 
 from .source import Alert, Backdrop, Facts, LiquidationEvent, Pulse, View, alert_from
-from .viewport import Window, choose_window
+from .viewport import Window, choose_window, rebin, span_around
 
 SNAPSHOT_TIMEOUT_S = 20.0
 FACTS_EVERY_S = 5.0
@@ -60,15 +60,6 @@ def decode_grid(payload: dict[str, Any], key: str, shape: tuple[int, ...]) -> np
         return np.asarray(data, dtype=np.float64).reshape(shape)
     level = np.frombuffer(base64.b64decode(data), dtype=np.uint8).astype(np.float64).reshape(shape)
     return float(payload["max_usd"]) * (level / 255.0) ** 2
-
-
-def rebin(src_edges: np.ndarray, values: np.ndarray, dst_edges: np.ndarray) -> np.ndarray:
-    """Move per-bin amounts (B_src, ...) onto other bins by overlap, conserving what falls inside."""
-    src_edges = np.asarray(src_edges, dtype=np.float64)
-    lo = np.maximum(src_edges[:-1, None], dst_edges[None, :-1])
-    hi = np.minimum(src_edges[1:, None], dst_edges[None, 1:])
-    overlap = np.clip(hi - lo, 0.0, None) / np.diff(src_edges)[:, None]  # (B_src, B_dst) share of each src bin
-    return np.tensordot(overlap, values, axes=([0], [0]))
 
 
 @dataclass
@@ -513,3 +504,15 @@ class RemoteSource:
 
     async def sessions(self) -> dict[str, Any]:
         return await self._get("/api/v1/sessions", symbol=self.market)
+
+    async def risk_map(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(long, short) per tier on these bins, each bin's USD x P(price reaches it within 4h): the server's
+        risk-weighted map (GET /api/v1/map?weight=touch) moved onto the heatmap's bins."""
+        sub = self._sub
+        price = sub.price if sub is not None and sub.price else float(np.mean(edges))
+        m = await self._get("/api/v1/map", symbol=self.market, bins=400, span=repr(span_around(price, edges)),
+                            weight="touch")
+        src = np.asarray(m["edges"], dtype=np.float64)
+        lt = np.asarray(m["long_tiers"], dtype=np.float64).T
+        st = np.asarray(m["short_tiers"], dtype=np.float64).T
+        return rebin(src, lt, edges), rebin(src, st, edges)

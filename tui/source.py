@@ -23,7 +23,7 @@ import numpy as np
 from engine.analytics import DEFAULT_LIMIT_SHARE, AlertSettings, PositionSpec, RankedZone
 from engine.service import bucket_start, timeframe_seconds
 
-from .viewport import Window, choose_window
+from .viewport import Window, choose_window, rebin, span_around
 
 EXCHANGES = ("demo", "binanceusdm", "bybit", "okx")
 
@@ -156,6 +156,7 @@ class Source(Protocol):
     async def portfolio(self, positions: list[PositionSpec], limit_share: float = DEFAULT_LIMIT_SHARE,
                         new: PositionSpec | None = None, portfolio_usd: float | None = None) -> dict[str, Any]: ...
     async def sessions(self) -> dict[str, Any]: ...
+    async def risk_map(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def candle_open_times(close_times: np.ndarray, timeframe: int) -> np.ndarray:
@@ -387,6 +388,13 @@ class LocalSource:
 
     async def sessions(self) -> dict[str, Any]:
         return await asyncio.to_thread(self.svc.analytics.sessions)
+
+    async def risk_map(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(long, short) per tier on these bins, each bin's USD x P(price reaches it within 4h): the
+        engine's risk-weighted map moved onto the heatmap's bins (AnalyticsError until volatility is known)."""
+        span = span_around(float(self.svc.last_price), edges)
+        lm = await asyncio.to_thread(self.svc.analytics.risk_weighted_map, 400, span)
+        return rebin(lm.edges, lm.long_usd, edges), rebin(lm.edges, lm.short_usd, edges)
 
 
 def alert_from(data: dict[str, Any]) -> Alert:

@@ -235,3 +235,19 @@ def time_axis(times: np.ndarray, timeframe: int, width: int, min_gap: int = 9) -
             continue
         out[x : x + len(label)] = label
     return "".join(out)
+
+
+def rebin(src_edges: np.ndarray, values: np.ndarray, dst_edges: np.ndarray) -> np.ndarray:
+    """Move per-bin amounts (B_src, ...) onto other bins by overlap, conserving what falls inside."""
+    src_edges = np.asarray(src_edges, dtype=np.float64)
+    lo = np.maximum(src_edges[:-1, None], dst_edges[None, :-1])
+    hi = np.minimum(src_edges[1:, None], dst_edges[None, 1:])
+    overlap = np.clip(hi - lo, 0.0, None) / np.diff(src_edges)[:, None]  # (B_src, B_dst) share of each src bin
+    return np.tensordot(overlap, values, axes=([0], [0]))
+
+
+def span_around(price: float, edges: np.ndarray) -> float:
+    """The ``span`` (fraction of the price either side) a liquidation-map request needs to cover these bins."""
+    if price <= 0 or len(edges) < 2:
+        return 0.25
+    return float(min(0.9, max(0.001, max(abs(edges[0] / price - 1), abs(edges[-1] / price - 1)) * 1.02)))

@@ -316,3 +316,26 @@ async def test_sessions_and_funding_cycle_panel(make_tui):
         assert f"▶ {body['current_session']}" in text
         await pilot.press("escape")
         assert not isinstance(app.screen, SessionsScreen)
+
+
+async def test_risk_weighted_view_weights_the_map_by_touch_probability(make_tui):
+    from tui.profile import Profile
+
+    app = make_tui(paused=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        raw = float(app.query_one(Profile).row_usd.sum())
+        await pilot.press("w")
+        assert "risk-weighted" in header(app)
+        await wait_for(pilot, lambda: app._risk_profile is not None, seconds=20, what="the risk-weighted map")
+        await wait_for(pilot, lambda: "×P4h" in app.query_one("#profile-scale").plain, what="the weighted profile")
+        bd, longs, shorts = app._risk_profile
+        # the engine's own risk-weighted map, on the map's bins
+        lm = app.source.svc.analytics.risk_weighted_map(400, 0.25)
+        assert float(np.asarray(lm.long_usd).sum() + np.asarray(lm.short_usd).sum()) > 0
+        weighted = float(app.query_one(Profile).row_usd.sum())
+        assert weighted == pytest.approx(float(longs.sum() + shorts.sum()), rel=1e-9)
+        assert 0 < weighted < raw  # every bin times a probability below one
+        await pilot.press("w")
+        assert "risk-weighted" not in header(app)
+        await wait_for(pilot, lambda: "/row" in app.query_one("#profile-scale").plain, what="plain USD again")
