@@ -198,3 +198,32 @@ async def test_connect_reads_touch_probabilities_and_risk_from_the_server(served
                        what="the risk answer")
         result = str(app.screen.query_one("#result").render())
         assert "chance price reaches it: 1h " in result and "4h " in result and "24h " in result
+
+
+async def test_connect_has_sessions_risk_weighted_view_and_portfolio(served, feed, tmp_path, monkeypatch):
+    """The panels that come from the engine's analytics work the same with --connect (from the API)."""
+    from tui.profile import Profile
+    from tui.screens import RiskScreen, SessionsScreen
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    app = make_app(connect=served.url, colors="truecolor")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("t")
+        assert isinstance(app.screen, SessionsScreen)
+        panel = app.screen.query_one("#sessions")
+        await wait_for(pilot, lambda: "Funding" in str(panel.render()), what="sessions from the server")
+        assert all(s in str(panel.render()) for s in ("Asia", "Europe", "US"))
+        await pilot.press("escape")
+        await pilot.press("w")
+        await wait_for(pilot, lambda: app._risk_profile is not None and "×P4h" in app.query_one("#profile-scale").plain,
+                       seconds=20, what="the server's risk-weighted map")
+        assert float(app.query_one(Profile).row_usd.sum()) > 0
+        await pilot.press("r")
+        screen = app.screen
+        assert isinstance(screen, RiskScreen)
+        screen.query_one("#entry").value = f"{app.pulse.price:.1f}"
+        await pilot.click("#add")
+        await wait_for(pilot, lambda: "inside elevated/high zones" in str(screen.query_one("#portfolio").render()),
+                       seconds=20, what="the server's portfolio check")
+        assert " liq " in str(screen.query_one("#portfolio").render())
