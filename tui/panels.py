@@ -321,6 +321,34 @@ class LiquidationsList(TextPanel):
         return self.set_text(t)
 
 
+def alert_words(alert: Alert) -> str:
+    """An alert as the dashboard says everything else: $8.1M not $8,123,456, and percentages signed
+    (below the price negative) — from the rule's own fields; the engine's message when they are missing."""
+    d = alert.data
+    parts = str(d.get("symbol") or "").split(":")  # "demo:BTC/USDT:USDT" or "BTC/USDT:USDT"
+    sym = parts[1] if len(parts) == 3 else parts[0]
+    try:
+        if alert.kind == "proximity" and isinstance(d.get("zone"), dict):
+            z = d["zone"]
+            below = z["side"] == "long"
+            dist = -abs(float(d["distance_pct"])) if below else abs(float(d["distance_pct"]))
+            return (f"{sym} {dist:+.2f}% to a {z['grade']} {z['side']} zone {fmt_price(float(z['price_low']))}–"
+                    f"{fmt_price(float(z['price_high']))} ({fmt_usd(float(z['usd']))} est.)")
+        if alert.kind == "cascade" and "total_usd" in d:
+            down = d.get("direction") == "down"
+            move = -abs(float(d["move_pct"])) if down else abs(float(d["move_pct"]))
+            end = d.get("end_price")
+            to = f", price to {fmt_price(float(end))}" if end else ""
+            return f"{sym} cascade risk {'down' if down else 'up'}: {fmt_usd(float(d['total_usd']))} est. liquidated{to} ({move:+.2f}%)"
+        if alert.kind == "grade_change" and isinstance(d.get("zone"), dict):
+            z = d["zone"]
+            return (f"{sym} {z['side']} zone {fmt_price(float(z['price_low']))}–{fmt_price(float(z['price_high']))} "
+                    f"{d.get('previous_grade')} → {d.get('grade')} ({fmt_usd(float(z['usd']))} est.)")
+    except (KeyError, TypeError, ValueError):
+        pass
+    return alert.message
+
+
 class AlertsLine(TextPanel):
     DEFAULT_CSS = """
     AlertsLine { height: 1; padding: 0 1; background: $boost; }
@@ -334,7 +362,7 @@ class AlertsLine(TextPanel):
         else:
             when = datetime.fromtimestamp(alert.time, UTC).strftime("%H:%M:%S")
             t.append(f"{when} ", style="dim")
-            t.append(alert.message, style="bold yellow" if alert.level == "warning" else "")
+            t.append(alert_words(alert), style="bold yellow" if alert.level == "warning" else "")
             age = (now or time.time()) - alert.time
             if age > 60:
                 t.append(f" ({fmt_duration(age)} ago)", style="dim")

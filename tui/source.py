@@ -128,6 +128,7 @@ class Alert:
     kind: str
     message: str
     level: str = "info"  # info | warning
+    data: dict[str, Any] = field(default_factory=dict, compare=False)  # the rule's fields (alerts line words)
 
 
 class Source(Protocol):
@@ -401,4 +402,4 @@ def alert_from(data: dict[str, Any]) -> Alert:
     """A service / WebSocket ``alert`` event as the alerts line shows it."""
     rule = str(data.get("rule") or data.get("kind") or "alert")
     level = "warning" if rule in ("proximity", "cascade") else "info"
-    return Alert(float(data.get("time", time.time())), rule, str(data.get("message", "")), level)
+    return Alert(float(data.get("time", time.time())), rule, str(data.get("message", "")), level, dict(data))

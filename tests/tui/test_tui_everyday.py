@@ -226,7 +226,7 @@ async def test_help_documents_every_key_and_the_accuracy(make_tui):
         assert isinstance(app.screen, HelpScreen)
         text = str(app.screen.query_one("Static").render())
     for words in ("i, ← → or click", "read a cell", "time range", "longs only, shorts only", "nearest the price",
-                  "ctrl+c", "accuracy:", "maintenance margin"):
+                  "ctrl+c", "accuracy:", "maintenance margin", "risk-weighted", "sessions (Asia", "portfolio"):
         assert words in text, words
 
 
@@ -235,7 +235,8 @@ def test_readme_documents_the_new_keys():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     tui = readme.split("<!-- section:tui -->")[1].split("<!-- /section:tui -->")[0]
-    for key in ("`g` time range", "`i`", "`f` longs only", "`o` zones", "`ctrl+c`", "terminal too small", "--wait"):
+    for key in ("`g` time range", "`i`", "`f` longs only", "`o` zones", "`ctrl+c`", "terminal too small", "--wait",
+                "`w` risk-weighted", "`t` sessions", "positions.json", "limit (default 10%)"):
         assert key in tui, key
 
 
@@ -339,3 +340,21 @@ async def test_risk_weighted_view_weights_the_map_by_touch_probability(make_tui)
         await pilot.press("w")
         assert "risk-weighted" not in header(app)
         await wait_for(pilot, lambda: "/row" in app.query_one("#profile-scale").plain, what="plain USD again")
+
+
+def test_alerts_read_in_short_dollars_and_signed_percentages():
+    from tui.panels import alert_words
+    from tui.source import alert_from
+
+    zone = _zone("long", 88_000, 8_123_456.0).to_dict()
+    near = alert_from({"rule": "proximity", "symbol": "demo:BTC/USDT:USDT", "time": 0, "price": 88_800.0,
+                       "message": "demo:BTC/USDT:USDT 0.80% from a elevated long zone below (88,000.0-88,100.0, "
+                                  "est. $8,123,456)", "zone": zone, "zone_id": 3, "distance_pct": 0.8})
+    said = alert_words(near)
+    assert said == "BTC/USDT -0.80% to a elevated long zone 88,000.0–88,100.0 ($8.12M est.)"
+    assert "8,123,456" not in said
+    cascade = alert_from({"rule": "cascade", "symbol": "BTC/USDT:USDT", "time": 0, "message": "x",
+                          "direction": "down", "total_usd": 41_500_000.0, "move_pct": 3.4, "end_price": 85_000.0})
+    assert alert_words(cascade) == "BTC/USDT cascade risk down: $41.5M est. liquidated, price to 85,000.0 (-3.40%)"
+    bare = alert_from({"rule": "custom", "message": "something else"})
+    assert alert_words(bare) == "something else"
