@@ -340,8 +340,8 @@ def portfolio_hint(store: Any) -> Text:
     t = Text()
     t.append("Portfolio: ", style="bold")
     t.append("no saved positions — 'add to portfolio' keeps the form's position "
-             f"(saved in {store.path}); the check then shows the share of it liquidated inside elevated/high "
-             f"zones against your limit ({store.limit_share * 100:g}%).", style="dim")
+             f"(saved in {store.path}); the check then shows how much of the portfolio would be liquidated in "
+             f"elevated or high zones, against your limit ({store.limit_share * 100:g}%).", style="dim")
     if store.error:
         t.append(f"\n{store.error}", style="bold red")
     return t

@@ -140,8 +140,11 @@ async def test_connect_before_the_server_is_up_retries_until_it_is(feed):
     app = make_app(connect=f"http://127.0.0.1:{port}", colors="truecolor", connect_wait=60.0)
     try:
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: "waiting for" in app.loading and "attempt 2" in app.loading, seconds=30,
-                           what="the retry note")
+            try:
+                await wait_for(pilot, lambda: "waiting for" in app.loading and "attempt 2" in app.loading, seconds=30,
+                               what="the retry note")
+            except AssertionError:
+                raise AssertionError(f"no retry note; the app says {app.loading!r} / {app.error!r}") from None
             assert "waiting for" in header(app)
             await server.start_server()
             await loaded(pilot, seconds=60)

@@ -176,6 +176,8 @@ def test_tui_over_ssh_at_256_colours(tmux, tmp_path):
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+        if server.stderr is not None:
+            server.stderr.close()  # an unclosed pipe is a ResourceWarning (an error under -W error)
 
 
 def test_tui_ctrl_c_quits_with_status_0(tmux, tmp_path):
