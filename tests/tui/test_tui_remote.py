@@ -230,3 +230,17 @@ async def test_connect_has_sessions_risk_weighted_view_and_portfolio(served, fee
         await wait_for(pilot, lambda: "inside elevated/high zones" in str(screen.query_one("#portfolio").render()),
                        seconds=20, what="the server's portfolio check")
         assert " liq " in str(screen.query_one("#portfolio").render())
+
+
+async def test_connect_reads_a_cell_and_filters_one_side(served, feed):
+    app = make_app(connect=served.url, colors="truecolor")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("left", "left")
+        bd = app.backdrop
+        assert bd.longs is not None and app.cursor[0] == 1  # the first arrow starts reading at the live column
+        text = app.query_one("#legend").plain
+        assert text.startswith("▸ ") and "longs $" in text and "shorts $" in text
+        await pilot.press("escape", "f")
+        assert "longs only" in header(app)
+        assert np.allclose(bd.grid(app.tier, "long") + bd.grid(app.tier, "short"), bd.grid(app.tier))
