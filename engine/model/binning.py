@@ -8,13 +8,12 @@ tier and cell is born or dies.
 
 The columns go in blocks. At a block's first column c0 every cell holds ``carry`` (T, cells): USD then.
 Cells that no cohort enters or leaves inside the block are, for every column of the block, a T-term sum:
-E[t, c] = exp(H[t, c] - H[t, c0]), out[c, cell] = sum_t E[t, c] * carry[t, cell] — one product
-(columns x tiers) by (tiers x cells) written straight into the float32 result. Only the few cells that
-do see a birth or a death in the block get a dense (cells touched x columns) pass: one ``bincount`` of
-the events, a ``cumsum`` along the block, the same survival scale. The tiers' different half-lives are
-why the sum over tiers cannot be taken before the survival scale, and the matrix product is why that
-costs one pass over the output rather than one per tier. No Python loop over columns, no float64 array
-of every column, and the result is float32.
+E[t, c] = exp(H[t, c] - H[t, c0]), out[c, cell] = sum_t E[t, c] * carry[t, cell] — one multiply-add per
+tier over the block, written straight into the float32 result. Only the cells that see a birth or a
+death in the block get a dense (cells touched x tiers x columns) pass: one ``bincount`` of the events, a
+``cumsum`` along the block, the same survival scale. The tiers' different half-lives are why the sum over
+tiers cannot be taken before the survival scale. No Python loop over columns, no float64 array of every
+column, and the result is float32.
 
 Exactness: a cohort's death removes what its birth added only up to rounding, so every (tier, cell)
 also counts its alive cohorts (integers), and a cell whose cohorts have all died is exactly zero.
@@ -100,11 +99,11 @@ def outstanding(
         else:
             # a multiply-add per tier in float32 (measured: 1.7x faster than einsum, and BLAS threads
             # busy-wait on a shared machine, costing 20x more CPU)
-            block, s32, c32 = out[c0:c1, :, 0], scale.astype(np.float32), carry.T.astype(np.float32)
-            np.multiply(s32[0][:, None], c32[0][None, :], out=block)
+            now, s32, c32 = out[c0:c1, :, 0], scale.astype(np.float32), carry.T.astype(np.float32)
+            np.multiply(s32[0][:, None], c32[0][None, :], out=now)
             for tier_row in range(1, t):
                 np.multiply(s32[tier_row][:, None], c32[tier_row][None, :], out=tmp[:width])
-                block += tmp[:width]
+                now += tmp[:width]
         a, b = int(bounds[k]), int(bounds[k + 1])
         if a == b:
             carry *= scale[:, -1] if c1 == ncol else np.exp(h[:, c1] - h[:, c0])
