@@ -502,6 +502,8 @@ class LiqheatApp(App[int]):
                 self._note_error(exc)
                 return
             if bd is self.backdrop:
+                if self._risk_profile is None or self._risk_profile[0] is not bd:
+                    self.query_one(Profile).reset_scale()  # weighted USD is far smaller: a scale of its own
                 self._risk_profile = (bd, longs, shorts)
                 if self.pulse is not None:
                     self._paint_pulse(self.pulse)
@@ -856,6 +858,7 @@ class LiqheatApp(App[int]):
     def action_risk_weighted(self) -> None:
         """The liquidation map beside the chart as USD x P(price reaches the bin within 4h), or plain USD."""
         self.risk_weighted = not self.risk_weighted
+        self._risk_profile = None  # fetched afresh (it is not kept up to date while the view is off)
         self.query_one(Profile).reset_scale()
         self._refresh_header()
         if self.pulse is not None:

@@ -332,7 +332,8 @@ def alert_words(alert: Alert) -> str:
             z = d["zone"]
             below = z["side"] == "long"
             dist = -abs(float(d["distance_pct"])) if below else abs(float(d["distance_pct"]))
-            return (f"{sym} {dist:+.2f}% to a {z['grade']} {z['side']} zone {fmt_price(float(z['price_low']))}–"
+            article = "an" if str(z["grade"])[:1] in "aeiou" else "a"
+            return (f"{sym} {dist:+.2f}% to {article} {z['grade']} {z['side']} zone {fmt_price(float(z['price_low']))}–"
                     f"{fmt_price(float(z['price_high']))} ({fmt_usd(float(z['usd']))} est.)")
         if alert.kind == "cascade" and "total_usd" in d:
             down = d.get("direction") == "down"

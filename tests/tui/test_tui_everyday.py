@@ -351,10 +351,25 @@ def test_alerts_read_in_short_dollars_and_signed_percentages():
                        "message": "demo:BTC/USDT:USDT 0.80% from a elevated long zone below (88,000.0-88,100.0, "
                                   "est. $8,123,456)", "zone": zone, "zone_id": 3, "distance_pct": 0.8})
     said = alert_words(near)
-    assert said == "BTC/USDT -0.80% to a elevated long zone 88,000.0–88,100.0 ($8.12M est.)"
+    assert said == "BTC/USDT -0.80% to an elevated long zone 88,000.0–88,100.0 ($8.12M est.)"
     assert "8,123,456" not in said
     cascade = alert_from({"rule": "cascade", "symbol": "BTC/USDT:USDT", "time": 0, "message": "x",
                           "direction": "down", "total_usd": 41_500_000.0, "move_pct": 3.4, "end_price": 85_000.0})
     assert alert_words(cascade) == "BTC/USDT cascade risk down: $41.5M est. liquidated, price to 85,000.0 (-3.40%)"
     bare = alert_from({"rule": "custom", "message": "something else"})
     assert alert_words(bare) == "something else"
+
+
+async def test_risk_weighted_profile_gets_a_scale_of_its_own(make_tui):
+    from tui.profile import Profile
+
+    app = make_tui(paused=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        raw_scale = app.query_one(Profile).scale
+        await pilot.press("w")
+        await wait_for(pilot, lambda: app._risk_profile is not None and "×P4h" in app.query_one("#profile-scale").plain,
+                       seconds=20, what="the weighted profile")
+        prof = app.query_one(Profile)
+        assert prof.scale < raw_scale  # the bars fill the column instead of sitting at the raw USD scale
+        assert float(prof.row_usd.max()) > 0.25 * prof.scale
