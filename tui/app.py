@@ -486,7 +486,7 @@ class LiqheatApp(App[int]):
         source = self.source
         if source is None:
             return
-        ranked = await source.zones()  # the engine's order: USD x P(touch 4h), stable (hysteresis)
+        ranked = await source.zones()  # the engine's order: USD^(1/4) x P(touch 4h), stable (hysteresis)
         if source is not self.source:
             return
         self.ranked_zones = ranked

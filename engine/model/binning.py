@@ -89,6 +89,7 @@ def outstanding(
     count = np.zeros((ncells, t), dtype=np.int64)  # alive cohorts per (cell, tier)
     flat_carry, flat_count = carry.reshape(-1), count.reshape(-1)
     tmp = np.empty((BLOCK_COLUMNS, ncells), dtype=np.float32)
+    slot = np.zeros(ncells * t, dtype=np.int64)  # key -> row of the block's touched pairs
     for k in range(nblocks):
         c0, c1 = int(starts[k]), int(starts[k + 1])
         width = c1 - c0
@@ -110,8 +111,12 @@ def outstanding(
             carry[carry < TINY] = 0.0
             continue
         # the (cell, tier) pairs that see births or deaths: their units added up to each column
-        pairs, inv = np.unique(key[a:b], return_inverse=True)
+        # (a table over every (cell, tier) key, not np.unique: no sort of a block's events)
+        seen = np.bincount(key[a:b], minlength=ncells * t)
+        pairs = np.flatnonzero(seen)
         npairs = len(pairs)
+        slot[pairs] = np.arange(npairs)
+        inv = slot[key[a:b]]
         at = inv * width + (col[a:b] - c0)
         added = np.bincount(at, weights=weight[a:b], minlength=npairs * width).reshape(npairs, width)
         np.cumsum(added, axis=1, out=added)
@@ -127,7 +132,10 @@ def outstanding(
         else:
             # a touched cell with all its tiers, summed over the tiers in their order: the same sum
             # whichever of its tiers were touched, so the past does not change when the future arrives
-            cells, which = np.unique(p_cell, return_inverse=True)
+            cells = np.flatnonzero(np.bincount(p_cell, minlength=ncells))
+            cell_slot = np.zeros(ncells, dtype=np.int64)
+            cell_slot[cells] = np.arange(len(cells))
+            which = cell_slot[p_cell]
             units = np.repeat(carry[cells][:, :, None], width, axis=2)  # (cells, T, width)
             units[which, p_tier] += added
             units *= scale[None]
