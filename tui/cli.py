@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeframe", default=None, choices=TIMEFRAMES,
                         help="starting timeframe (keys 1-6 switch it)")
     parser.add_argument("--history-days", type=float, default=None, help="days of history to load (default: the service's)")
+    parser.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                        help="with --connect: keep retrying a server that is not up yet this long (default 30)")
     parser.add_argument("--refresh", type=float, default=None, help="live updates per second (default 4)")
     parser.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # demo market seed (tests)
 
@@ -81,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
         except LadderError as exc:
             print(f"liqheat tui: {exc}", file=sys.stderr)
             return 2
+    if args.history_days is not None and not (0 <= args.history_days <= 3650):
+        print("liqheat tui: --history-days must be between 0 and 3650", file=sys.stderr)
+        return 2
+    if not (0 <= args.wait <= 86_400):
+        print("liqheat tui: --wait must be between 0 and 86400 seconds", file=sys.stderr)
+        return 2
     if not (0.2 <= args.refresh <= 30):
         print("liqheat tui: --refresh must be between 0.2 and 30 per second", file=sys.stderr)
         return 2
@@ -100,9 +108,15 @@ def run(args: argparse.Namespace) -> int:
         history_days=args.history_days,
         refresh_hz=args.refresh,
         timeframe=args.timeframe,
+        connect_wait=args.wait,
+        exit_on_start_error=True,
         alerts=config.alerts,
     )
     result = app.run()
+    if app.start_error:
+        # a feed, symbol, file or server that cannot start is a bad command line, like a bad flag
+        print(f"liqheat tui: {app.start_error}", file=sys.stderr)
+        return 2
     if app.return_code not in (None, 0):
         return int(app.return_code)
     return int(result or 0)
