@@ -16,7 +16,7 @@ from .cohorts import Cohorts, LevelGrid, SeedCarry, build_cohorts, seed_exposure
 from .ladder import ModelParams
 from .lifetime import FirstTouch
 from .margin import LONG, SHORT
-from .views import Heatmap, LiquidationMap, ViewError, Zone, bin_levels, bin_of, find_zones, price_edges
+from .views import Heatmap, LiquidationMap, ViewError, Zone, bin_levels, find_zones, level_shares, price_edges
 
 WICK, BODY = 0, 1  # which part of a bar clears a piece (body only matters with partial wick clearing)
 _CHUNK = 1 << 18  # cohorts per chunk in the heatmap and realised passes (temporaries stay in cache)
@@ -55,7 +55,7 @@ class LevelBook:
         side = np.broadcast_to(np.arange(2)[:, None, None], (2, t, k))
         tier = np.broadcast_to(np.arange(t)[None, :, None], (2, t, k))
         nz = self.usd > 0
-        return bin_levels(prices[nz], self.usd[nz], side[nz], tier[nz], edges, t)
+        return bin_levels(prices[nz], self.usd[nz], side[nz], tier[nz], edges, t, step=self.grid.step)
 
     def liquidation_map(
         self, edges: np.ndarray | None = None, bins: int = 200, span: float = 0.25, log: bool = False
@@ -229,9 +229,10 @@ class Estimate:
         closed = np.searchsorted(self.bars.close_time, times, side="right")  # bars closed by each column
         # first column that sees bar i closed (i = n: never), so a birth or a death maps to a column
         col_of = np.searchsorted(closed, np.arange(n + 1), side="right")
-        # display bin of each level, through a lookup table over the levels in use
+        # display bins of each level (and its share of each), through a lookup table over the levels in use
         kmin, kmax = int(c.level.min()), int(c.level.max())
-        lut = bin_of(edges, self.grid.price(np.arange(kmin, kmax + 1)))
+        lut_bin, lut_share = level_shares(edges, np.arange(kmin, kmax + 1) * self.grid.step, self.grid.step)
+        spread = lut_bin.shape[1] > 1 or bool(np.any((lut_share[:, 0] > 0) & (lut_share[:, 0] < 1)))
         # H[tier, col]: log survival at the column; a cohort seen at column col is worth
         # usd * exp(H[tier, col] - F[tier, birth]).
         H = self.F[:, np.maximum(closed - 1, 0)]  # (T, C)
@@ -261,27 +262,37 @@ class Estimate:
         for lo in range(0, len(c), _CHUNK):
             sl = slice(lo, lo + _CHUNK)
             birth = c.birth[sl]
-            disp = lut[c.level[sl] - kmin]
+            lev = c.level[sl] - kmin
             cb = col_of[birth]  # first column that sees the birth (ncol: none)
             cd = col_of[self.death[sl]]  # first column that sees the death (ncol: none)
-            live = (disp >= 0) & (cb < cd)
             tier = c.tier[sl].astype(np.int64)
             born = c.usd[sl] * weight[tier * n + birth]
-            cell = (c.side[sl].astype(np.int64) * nb + disp) * t + tier
-            one = ones[: len(cell)]
-            at = np.where(live, cb * cells + cell, size)
-            np.add.at(net, at, born)
-            np.add.at(count, at, one)
+            died = born
             if not normalised:  # the value when the death column sees it: aged between the two columns
-                tier *= ncol
-                np.minimum(cb, ncol - 1, out=cb)
-                aged = h[tier + np.minimum(cd, ncol - 1)] - h[tier + cb]
+                aged = h[tier * ncol + np.minimum(cd, ncol - 1)] - h[tier * ncol + np.minimum(cb, ncol - 1)]
                 np.minimum(aged, 0.0, out=aged)
                 np.exp(aged, out=aged)
-                born *= aged
-            at = np.where(live & (cd < ncol), cd * cells + cell, size)
-            np.subtract.at(net, at, born)
-            np.subtract.at(count, at, one)
+                died = born * aged
+            side = c.side[sl].astype(np.int64) * nb
+            # Piece 0 of every cohort, then the further bins of the levels whose cell straddles an edge
+            # (only those cohorts, so the usual one-bin case costs what it did before the split).
+            for piece in range(lut_bin.shape[1]):
+                rows: slice | np.ndarray = slice(None)
+                if piece:
+                    rows = np.flatnonzero(lut_bin[lev, piece] >= 0)
+                    if not rows.size:
+                        continue
+                disp = lut_bin[lev[rows], piece]
+                live = (disp >= 0) & (cb[rows] < cd[rows])
+                cell = (side[rows] + disp) * t + tier[rows]
+                share = lut_share[lev[rows], piece] if spread else None
+                one = ones[: len(cell)]
+                at = np.where(live, cb[rows] * cells + cell, size)
+                np.add.at(net, at, born[rows] * share if spread else born[rows])
+                np.add.at(count, at, one)
+                at = np.where(live & (cd[rows] < ncol), cd[rows] * cells + cell, size)
+                np.subtract.at(net, at, died[rows] * share if spread else died[rows])
+                np.subtract.at(count, at, one)
         counts: np.ndarray = count[:size].reshape(ncol, 2, nb, t)
         alive = np.cumsum(counts, axis=0, out=counts) > 0  # cohorts present per cell
         # Walk the columns: the book at each column is everything born and not yet dead by then.

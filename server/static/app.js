@@ -5,7 +5,13 @@ import { attachLiquidationHeatmap, formatUsd } from "/static/liqheat-overlay.js"
 const LWC = window.LightweightCharts;
 const TIMEFRAMES = ["5m", "15m", "1h", "4h", "1d", "1w"];
 const TF_SECONDS = { "1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400, "1w": 604800 };
-const PROFILE_WIDTH = 110;
+// The map beside the price scale takes less of a phone's width.
+const PROFILE_WIDTH = window.matchMedia("(max-width: 600px)").matches ? 64 : 110;
+// The server sends at most this many candles/columns per view.
+const MAX_COLUMNS = 2000;
+// Single range buttons, CoinGlass-style; a range too long for the timeframe's 2,000 candles raises it.
+const RANGES = [["12h", 43200], ["1d", 86400], ["3d", 259200], ["7d", 604800], ["30d", 2592000],
+                ["90d", 7776000], ["6m", 15724800], ["1y", 31536000]];
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
@@ -16,11 +22,25 @@ const state = {
   tier: params.get("tier") || "all",
   range: Number(params.get("range") || 86400),
   scale: params.get("scale") || "sqrt",
+  threshold: Number(params.get("threshold") || 0),
   zones: [],
+  raisedFrom: null, // the timeframe a range button replaced (it could not cover the range)
+  riskSymbol: null, // the market the risk form's entry belongs to
 };
 
 function columnsFor(range, tf) {
-  return Math.max(20, Math.min(2000, Math.round(range / TF_SECONDS[tf])));
+  return Math.max(20, Math.min(MAX_COLUMNS, Math.round(range / TF_SECONDS[tf])));
+}
+function fits(range, tf) {
+  return range / TF_SECONDS[tf] <= MAX_COLUMNS;
+}
+function rangeLabel(range) {
+  const r = RANGES.find(([, v]) => v === range);
+  return r ? r[0] : spanText(range);
+}
+function spanText(seconds) {
+  const d = seconds / 86400;
+  return d >= 1 ? `${d.toFixed(d >= 10 ? 0 : 1)}d` : `${Math.round(seconds / 3600)}h`;
 }
 
 const chart = LWC.createChart($("chart"), {
@@ -94,6 +114,8 @@ function renderZones() {
     body.appendChild(tr);
   }
   if (!state.zones.length) body.innerHTML = `<tr><td colspan="6" style="color:#8a90a6">no zones yet</td></tr>`;
+  // keep the two largest zones in view (the price scale's autoscale), as long as they are near
+  if (heat) heat.setOptions({ focusPrices: state.zones.slice().sort((a, b) => b.usd - a.usd).slice(0, 2).map((z) => z.peak_price) });
 }
 
 function escapeText(s) {
@@ -184,21 +206,24 @@ async function loadLiquidations() {
 
 function updateUrl() {
   const q = new URLSearchParams({ symbol: state.symbol, timeframe: state.timeframe, tier: state.tier, range: state.range, scale: state.scale });
+  if (state.threshold > 0) q.set("threshold", state.threshold);
   history.replaceState(null, "", "?" + q);
 }
 
 function applyView() {
   updateUrl();
   const opts = { symbol: state.symbol, timeframe: state.timeframe, tier: state.tier, scale: state.scale,
-                 columns: columnsFor(state.range, state.timeframe) };
+                 threshold: state.threshold, columns: columnsFor(state.range, state.timeframe) };
+  rangeNote(null);
   if (!heat) {
     heat = attachLiquidationHeatmap(chart, candles, { ...opts, candles: true, bins: 400, profileWidth: PROFILE_WIDTH,
-                                                      autoscaleMargin: 0.03 });
+                                                      autoscaleMargin: 0.03, autoscaleLargest: 0.25 });
     heat.on("snapshot", onSnapshot);
     heat.on("realised", (r) => { setRealised(r.time, r.long_usd, r.short_usd); renderRealised(); });
     heat.on("zones", () => refreshZones()); // the REST zones are the same plus touch probabilities
     heat.on("health", (h) => healthBadge(h));
-    heat.on("status", (s) => { if (!["live", "demo", "replay", "delayed", "stale", "reconnecting"].includes(s)) healthBadge(s); });
+    heat.on("status", (s) => { if (!["live", "demo", "replay", "delayed", "stale"].includes(s)) healthBadge(s); });
+    heat.on("column", () => emptyHint());
     heat.on("liquidation", (e) => addEvent(liquidationLine(e)));
     heat.on("alert", (a) => addEvent(`⚠ ${escapeText(a.message || a.kind)}`, "alert"));
     window.liqheat.heat = heat;
@@ -218,6 +243,9 @@ function onSnapshot(s) {
   refreshZones();
   renderModel(s.model);
   healthBadge(s.health);
+  rangeNote(s);
+  emptyHint();
+  riskFollowsMarket(s);
   if (s.reason !== "range" && s.reason !== "overflow") {
     chart.timeScale().fitContent();
     fitRightOffset();
@@ -246,11 +274,32 @@ function renderControls() {
     b.textContent = tf;
     b.dataset.tf = tf;
     if (tf === state.timeframe) b.className = "active";
-    b.onclick = () => { state.timeframe = tf; renderControls(); applyView(); };
+    b.onclick = () => { state.timeframe = tf; state.raisedFrom = null; renderControls(); applyView(); };
     tfs.appendChild(b);
   }
-  $("range").value = String(state.range);
+  const rs = $("ranges");
+  rs.innerHTML = "";
+  for (const [label, seconds] of RANGES) {
+    const b = document.createElement("button");
+    b.textContent = label;
+    b.dataset.range = seconds;
+    if (seconds === state.range) b.className = "active";
+    b.onclick = () => {
+      state.range = seconds;
+      state.raisedFrom = null;
+      if (!fits(seconds, state.timeframe)) {
+        // the whole range, on the finest timeframe that holds it, rather than its last 2,000 candles
+        state.raisedFrom = state.timeframe;
+        state.timeframe = TIMEFRAMES.find((tf) => fits(seconds, tf)) || TIMEFRAMES[TIMEFRAMES.length - 1];
+      }
+      renderControls();
+      applyView();
+    };
+    rs.appendChild(b);
+  }
   $("scale").value = state.scale;
+  $("threshold").value = String(state.threshold);
+  $("threshold-out").textContent = Math.round(state.threshold * 100) + "%";
 }
 
 async function main() {
@@ -264,13 +313,60 @@ async function main() {
   $("exchange").onchange = () => { state.symbol = marketsFor($("exchange").value)[0].key; state.tier = "all"; renderControls(); switchMarket(); };
   $("symbol").onchange = () => { state.symbol = $("symbol").value; state.tier = "all"; renderControls(); switchMarket(); };
   $("tier").onchange = () => { state.tier = $("tier").value; applyView(); };
-  $("range").onchange = () => { state.range = Number($("range").value); applyView(); };
+  $("threshold").oninput = () => {
+    state.threshold = Number($("threshold").value);
+    $("threshold-out").textContent = Math.round(state.threshold * 100) + "%";
+    heat.setOptions({ threshold: state.threshold });
+    updateUrl();
+  };
   $("scale").onchange = () => { state.scale = $("scale").value; applyView(); };
   chart.timeScale().subscribeVisibleLogicalRangeChange(() => fitRightOffset());
   switchMarket();
   setInterval(refreshStats, 15000);
   setupRisk();
   window.liqheat.ready = true;
+}
+
+// Say what the chart shows when it is not the range asked for: a timeframe raised to cover it, the
+// 2,000-candle cap, or a history shorter than the range.
+function rangeNote(s) {
+  const notes = [];
+  const tf = state.timeframe, want = rangeLabel(state.range);
+  if (state.raisedFrom) {
+    const n = Math.round(state.range / TF_SECONDS[state.raisedFrom]).toLocaleString("en-US");
+    notes.push(`${want} at ${state.raisedFrom} would need ${n} candles (max ${MAX_COLUMNS.toLocaleString("en-US")}): showing ${tf}`);
+  } else if (!fits(state.range, tf)) {
+    const better = TIMEFRAMES.find((t) => fits(state.range, t));
+    notes.push(`${tf} shows at most ${MAX_COLUMNS.toLocaleString("en-US")} candles (${spanText(MAX_COLUMNS * TF_SECONDS[tf])}) of the ${want} range` +
+               (better ? ` — pick ${better} for all of it` : ""));
+  }
+  const t = s && s.candles ? s.candles.t : null;
+  if (t && t.length) {
+    const span = t[t.length - 1] - t[0] + TF_SECONDS[tf];
+    const asked = Math.min(state.range, MAX_COLUMNS * TF_SECONDS[tf]);
+    if (span < 0.95 * asked) {
+      const since = new Date(t[0] * 1000).toISOString().slice(0, 16).replace("T", " ");
+      notes.push(`the server's history holds ${spanText(span)} of ${tf} candles (since ${since} UTC), not all of ${want}`);
+    }
+  }
+  const el = $("range-note");
+  el.textContent = notes.join(" · ");
+  el.hidden = notes.length === 0;
+}
+
+// A blank chart says why: nothing of this tier inside the chart's price range.
+function emptyHint() {
+  const el = $("empty-hint");
+  if (!heat || !heat.edges || !heat.times.length) { el.hidden = true; return; }
+  if (heat.maxUsd > 0) { el.hidden = true; return; }
+  const lo = heat.edges[0], hi = heat.edges[heat.edges.length - 1];
+  const tier = state.tier === "all" ? "" : state.tier + " ";
+  const lev = Number(String(state.tier).replace(/x$/, ""));
+  const far = lev > 0 ? ` ${state.tier} positions are liquidated about ${(100 / lev).toFixed(0)}% from their entry.` : "";
+  el.innerHTML = `No estimated ${escapeText(tier)}liquidation levels inside this chart's price range ` +
+    `(${fmtPrice(lo)}–${fmtPrice(hi)}) over the last ${escapeText(rangeLabel(state.range))}.${escapeText(far)}<br>` +
+    `<span style="color:#8a90a6">Pick "all tiers" or another tier, or a longer range.</span>`;
+  el.hidden = false;
 }
 
 function switchMarket() {
@@ -295,7 +391,24 @@ async function setupRisk() {
   };
   const entry = document.querySelector("#risk-form [name=entry]");
   const price = state.symbols.find((m) => m.key === state.symbol)?.price;
-  if (price && !entry.value) entry.value = Math.round(price);
+  if (price && !entry.value) { entry.value = roundEntry(price); state.riskSymbol = state.symbol; }
+}
+
+function roundEntry(price) {
+  return price >= 1000 ? Math.round(price) : Number(price.toPrecision(6));
+}
+
+// An entry typed for BTC means nothing for SOL: a new market resets the form to its price and clears
+// the old assessment and its price line.
+function riskFollowsMarket(s) {
+  if (!s || !(s.price > 0) || s.symbol === state.riskSymbol) return;
+  const entry = document.querySelector("#risk-form [name=entry]");
+  const first = state.riskSymbol === null;
+  state.riskSymbol = s.symbol;
+  if (first && entry.value) return;
+  entry.value = roundEntry(s.price);
+  $("risk-out").innerHTML = "";
+  if (riskLine) { candles.removePriceLine(riskLine); riskLine = null; }
 }
 
 let riskLine = null;

@@ -33,8 +33,9 @@ const DEFAULTS = {
   side: "both", // both | long | short
   opacity: 0.9,
   connect: true, // fetch from the server; false: the page hands data in with setData()
-  live: true, // WebSocket updates (falls back to polling every pollSeconds)
+  live: true, // WebSocket updates (falls back to polling every pollSeconds while it retries the socket)
   pollSeconds: 15,
+  maxRetrySeconds: 15, // longest wait between two attempts to reopen the socket (backoff from 0.5 s)
   candles: false, // also feed the candle series from the server (snapshot + live bars)
   profile: true, // liquidation-map bars beside the price scale
   profileWidth: 110, // CSS px
@@ -42,6 +43,9 @@ const DEFAULTS = {
   tooltip: true, // hover: price band, USD long/short, tier mix
   extendLive: true, // draw the live book (last column) on to the right edge of the pane
   autoscaleMargin: 0, // > 0: the price scale always shows at least price ± this fraction (e.g. 0.04)
+  autoscaleLargest: 0, // > 0: the price scale also shows the largest levels within this fraction of price
+  focusPrices: [], // more prices to keep in view under autoscaleLargest (e.g. the largest zones)
+  threshold: 0, // 0..1: cells below this share of the colour scale's top are not drawn (hide the small ones)
 };
 
 // Colour ramp (transparent → violet → blue → teal → green → yellow), 256 RGBA entries.
@@ -267,10 +271,23 @@ class HeatmapPrimitive {
     return this._views;
   }
   autoscaleInfo() {
-    // Keep nearby liquidation levels in view, not only the candles (merged with the series' own range).
-    const m = this.o.opts.autoscaleMargin, p = this.o.lastPrice;
-    if (!(m > 0) || !(p > 0)) return null;
-    return { priceRange: { minValue: p * (1 - m), maxValue: p * (1 + m) } };
+    // Keep nearby liquidation levels in view, not only the candles (merged with the series' own range),
+    // and, with autoscaleLargest, the largest levels: the cell at the top of the colour scale, the
+    // biggest long and short bars of the map and any focusPrices (e.g. the page's largest zones).
+    const o = this.o, m = o.opts.autoscaleMargin, p = o.lastPrice;
+    if (!(p > 0)) return null;
+    let lo = Infinity, hi = -Infinity;
+    if (m > 0) { lo = p * (1 - m); hi = p * (1 + m); }
+    const reach = o.opts.autoscaleLargest;
+    if (reach > 0) {
+      for (const x of [...o.focus, ...(o.opts.focusPrices || [])]) {
+        if (!(x > 0) || Math.abs(Math.log(x / p)) > Math.log1p(reach)) continue;
+        lo = Math.min(lo, x * 0.995);
+        hi = Math.max(hi, x * 1.005);
+      }
+    }
+    if (!(hi > lo)) return null;
+    return { priceRange: { minValue: lo, maxValue: hi } };
   }
 }
 
@@ -298,6 +315,7 @@ class LiquidationHeatmap {
     this.geom = null;
     this.profile = null;
     this.mapData = null;
+    this.focus = []; // prices of the largest levels (autoscaleLargest)
     this.snapshot = null;
     this.subId = "h" + Math.random().toString(36).slice(2, 8);
     this.ws = null;
@@ -323,6 +341,10 @@ class LiquidationHeatmap {
   setOptions(partial) {
     const before = this.opts;
     this.opts = { ...this.opts, ...partial };
+    if (Object.keys(partial).every((k) => k === "focusPrices" || k === "autoscaleLargest" || k === "autoscaleMargin")) {
+      this.requestUpdate(); // only what the price scale keeps in view
+      return;
+    }
     const viewKeys = ["server", "symbol", "timeframe", "tier", "bins", "columns", "priceLow", "priceHigh", "live"];
     if (this.opts.connect && viewKeys.some((k) => partial[k] !== undefined && partial[k] !== before[k])) {
       this._resubscribe();
@@ -418,13 +440,23 @@ class LiquidationHeatmap {
   }
   _connect() {
     if (this.closed) return;
+    clearTimeout(this.retryTimer);
     if (!this.opts.live || typeof WebSocket === "undefined") return this._poll();
-    this._status("connecting");
+    if (!this.polling) this._status(this.wasLive ? "reconnecting" : "connecting");
     let ws;
     try { ws = new WebSocket(this._wsUrl()); } catch (e) { return this._poll(); }
     this.ws = ws;
     let opened = false;
-    ws.onopen = () => { opened = true; this.retry = 0; this.stats.transport = "websocket"; ws.send(JSON.stringify(this._subscribeMsg())); };
+    ws.onopen = () => {
+      opened = true;
+      this.retry = 0;
+      this.wasLive = true;
+      // back on the socket: stop polling, the snapshot that follows the subscription replaces its data
+      this.polling = false;
+      clearTimeout(this.pollTimer);
+      this.stats.transport = "websocket";
+      ws.send(JSON.stringify(this._subscribeMsg()));
+    };
     ws.onmessage = (ev) => {
       const data = JSON.parse(ev.data);
       if (Array.isArray(data)) for (const m of data) this._message(m);
@@ -433,9 +465,13 @@ class LiquidationHeatmap {
     ws.onclose = () => {
       if (this.ws !== ws || this.closed) return;
       this.ws = null;
-      if (!opened) { this._status("polling"); return this._poll(); } // refused (e.g. Origin not allowed)
-      this._status("reconnecting");
-      const delay = Math.min(30000, 500 * 2 ** this.retry++);
+      if (opened) this._status("reconnecting");
+      // A socket that never opened (server down or restarting, or the Origin refused): keep the chart
+      // fresh by polling meanwhile, and keep trying the socket with backoff, so a restarted server
+      // brings the page back live instead of leaving it on polling for good.
+      else if (!this.polling) this._poll();
+      this.stats.reconnects = (this.stats.reconnects || 0) + 1;
+      const delay = Math.min(this.opts.maxRetrySeconds * 1000, 500 * 2 ** this.retry++);
       this.retryTimer = setTimeout(() => this._connect(), delay);
     };
   }
@@ -455,11 +491,14 @@ class LiquidationHeatmap {
       this.ws.send(JSON.stringify(this._subscribeMsg()));
     } else {
       this._closeSocket();
+      this.polling = false; // the next poll (if the socket stays shut) asks for the new view at once
       this._connect();
     }
   }
   async _poll() {
-    if (this.closed) return;
+    clearTimeout(this.pollTimer);
+    if (this.closed || (this.ws && this.ws.readyState === WebSocket.OPEN)) { this.polling = false; return; }
+    this.polling = true;
     this.stats.transport = "poll";
     const o = this.opts;
     const q = new URLSearchParams({ symbol: o.symbol, timeframe: o.timeframe, tier: o.tier, bins: o.bins, columns: o.columns });
@@ -470,14 +509,16 @@ class LiquidationHeatmap {
         fetch(this._base() + "/api/v1/map?" + new URLSearchParams({ symbol: o.symbol, bins: o.bins })).then((r) => r.json()),
       ]);
       if (hm.error) throw new Error(hm.error);
+      if (!this.polling) return; // the socket came back while this request was out
       this._loadHeatmap(hm);
       if (!mp.error) this._loadMap(mp);
       this._status("polling");
       this._emit("snapshot", { heatmap: hm, map: mp, polled: true });
     } catch (e) {
-      this._status("error: " + e.message);
+      // while the socket is being retried an unreachable server is a reconnect, not an error
+      this._status(this.wasLive ? "reconnecting" : "error: " + e.message);
     }
-    this.pollTimer = setTimeout(() => this._poll(), o.pollSeconds * 1000);
+    if (this.polling) this.pollTimer = setTimeout(() => this._poll(), o.pollSeconds * 1000);
   }
   _status(s) {
     this.status = s;
@@ -564,6 +605,7 @@ class LiquidationHeatmap {
     }
     this.indexDirty = true;
     this._rebuildImage();
+    this._updateFocus();
     this.requestUpdate();
   }
   _applyColumn(m) {
@@ -596,8 +638,24 @@ class LiquidationHeatmap {
   _loadMap(m) {
     this.mapData = m;
     if (m && m.price > 0) this.lastPrice = m.price;
+    this._updateFocus();
     this._updateProfile();
     this.requestUpdate();
+  }
+  // Where the largest levels are: the heatmap's top cell and the map's biggest long and short bars.
+  _updateFocus() {
+    const f = [];
+    const peak = this.peak();
+    if (peak && peak.usd > 0) f.push(peak.price);
+    const m = this.mapData;
+    if (m && m.edges && m.long) {
+      for (const side of [m.long, m.short]) {
+        let best = -1;
+        for (let b = 0; b < side.length; b++) if (side[b] > 0 && (best < 0 || side[b] > side[best])) best = b;
+        if (best >= 0) f.push((m.edges[best] + m.edges[best + 1]) / 2);
+      }
+    }
+    this.focus = f;
   }
   _cellValue(i) {
     const side = this.opts.side;
@@ -631,10 +689,12 @@ class LiquidationHeatmap {
   }
   _fillColumn(px, c, C) {
     const B = this.bins, f = this.scale.f;
+    const cut = this.opts.threshold > 0 ? Math.round(Math.min(1, this.opts.threshold) * 255) : 0;
     for (let b = 0; b < B; b++) {
       const v = this._cellValue(c * B + b);
       let k = 0;
       if (v > 0) k = Math.max(1, Math.min(255, Math.round(f(v) * 255)));
+      if (k && k < cut) k = 0;
       const p = ((B - 1 - b) * C + c) * 4; // row 0 of the image is the highest price bin
       px[p] = LUT[k * 4]; px[p + 1] = LUT[k * 4 + 1]; px[p + 2] = LUT[k * 4 + 2]; px[p + 3] = LUT[k * 4 + 3];
     }
@@ -781,7 +841,9 @@ class LiquidationHeatmap {
       const k = Math.round((i / 10) * 255);
       stops.push(`rgba(${LUT[k * 4]},${LUT[k * 4 + 1]},${LUT[k * 4 + 2]},${Math.max(LUT[k * 4 + 3] / 255, i ? 0.35 : 0.05)}) ${i * 10}%`);
     }
-    const ticks = [0.25, 0.5, 0.75, 1].map((t) => `<span style="position:absolute;left:${t * 100}%;transform:translateX(-${t === 1 ? 100 : 50}%)">${formatUsd(sc.inv(t))}</span>`).join("");
+    const ticks = top > 0
+      ? [0.25, 0.5, 0.75, 1].map((t) => `<span style="position:absolute;left:${t * 100}%;transform:translateX(-${t === 1 ? 100 : 50}%)">${formatUsd(sc.inv(t))}</span>`).join("")
+      : `<span style="position:absolute;left:0">nothing in this price range</span>`;
     const o = this.opts;
     const status = this.status || "";
     el.innerHTML =
