@@ -8,6 +8,7 @@ fallback it used instead of guessing silently.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,17 @@ def timeframe_seconds(tf: str | int) -> int:
         return TIMEFRAMES[tf]
     except KeyError:
         raise BarsError(f"unknown timeframe {tf!r}; use one of {', '.join(TIMEFRAMES)}") from None
+
+
+def bucket_start(t: Any, timeframe: str | int) -> Any:
+    """Open time of the candle of ``timeframe`` that contains UNIX time ``t`` (an int or an array).
+    Buckets align to UTC; weeks start on Monday 00:00 UTC like the exchanges' weekly candles. The one
+    place this is decided: candles, heatmap columns, realised bars and the faces all use it."""
+    tf = timeframe_seconds(timeframe)
+    offset = WEEK_OFFSET if tf % TIMEFRAMES["1w"] == 0 else 0
+    if isinstance(t, np.ndarray):
+        return (t.astype(np.int64) - offset) // tf * tf + offset
+    return (int(t) - offset) // tf * tf + offset
 
 
 def timeframe_name(seconds: int) -> str:
@@ -182,8 +194,7 @@ class Bars:
             )
         if len(self) == 0:
             return replace(self, timeframe=tf)
-        offset = WEEK_OFFSET if tf == TIMEFRAMES["1w"] else 0
-        bucket = (self.time - offset) // tf * tf + offset
+        bucket = bucket_start(self.time, tf)
         starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
         ends = np.r_[starts[1:], len(self)] - 1
         kw: dict[str, object] = {

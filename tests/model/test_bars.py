@@ -129,3 +129,19 @@ def test_slice_and_concat_round_trip():
     assert np.isnan(mixed.oi_usd[20:]).all() and np.isfinite(mixed.oi_usd[:20]).all()
     with pytest.raises(BarsError, match="different timeframes"):
         b.concat(b.resample("5m"))
+
+
+@pytest.mark.parametrize("tf", ["1m", "5m", "15m", "1h", "4h", "1d", "1w"])
+def test_one_bucket_start_for_candles_scalars_and_arrays(tf):
+    """bucket_start is the one rule: every bar's bucket is the open time of the candle resample gives it."""
+    from engine.model import bucket_start
+
+    b = synthetic_bars(3 * 7 * 1440 + 333, seed=3, start=1_700_000_000)
+    r = b.resample(tf)
+    buckets = bucket_start(b.time, tf)
+    assert set(np.unique(buckets).tolist()) == set(r.time.tolist())
+    for t in (int(b.time[0]), int(b.time[5000]), int(b.time[-1])):
+        start = bucket_start(t, tf)
+        assert isinstance(start, int) and start <= t < start + TIMEFRAMES[tf] and start in set(r.time.tolist())
+    if tf == "1w":
+        assert {datetime.fromtimestamp(int(t), UTC).strftime("%a %H:%M") for t in buckets} == {"Mon 00:00"}
