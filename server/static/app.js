@@ -238,7 +238,7 @@ function applyView() {
   rangeNote(null);
   if (!heat) {
     heat = attachLiquidationHeatmap(chart, candles, { ...opts, candles: true, bins: 400, profileWidth: PROFILE_WIDTH,
-                                                      autoscaleMargin: 0.03, autoscaleLargest: 0.25 });
+                                                      autoscaleMargin: 0.03, autoscaleLargest: 0.25, mapWeight: state.weight });
     heat.on("snapshot", onSnapshot);
     heat.on("realised", (r) => { setRealised(r.time, r.long_usd, r.short_usd); renderRealised(); });
     heat.on("zones", () => refreshZones()); // the REST zones are the same plus touch probabilities
@@ -337,7 +337,13 @@ async function main() {
   $("symbol").onchange = () => { state.symbol = $("symbol").value; state.tier = "all"; renderControls(); switchMarket(); };
   $("tier").onchange = () => { state.tier = $("tier").value; applyView(); };
   $("risk-weighted").checked = state.weight === "touch";
-  $("risk-weighted").onchange = () => { state.weight = $("risk-weighted").checked ? "touch" : "usd"; updateUrl(); refreshZones(); };
+  // One risk-weighted view: the zones' order and the map beside the price scale (USD x 4h touch), or raw USD.
+  $("risk-weighted").onchange = () => {
+    state.weight = $("risk-weighted").checked ? "touch" : "usd";
+    updateUrl();
+    refreshZones();
+    if (heat) heat.setOptions({ mapWeight: state.weight });
+  };
   $("threshold").oninput = () => {
     state.threshold = Number($("threshold").value);
     $("threshold-out").textContent = Math.round(state.threshold * 100) + "%";

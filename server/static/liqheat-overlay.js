@@ -5,7 +5,7 @@
 //     server: "http://127.0.0.1:8000",      // a liqheat server ("" = the page's own origin)
 //     symbol: "BTC", timeframe: "15m", tier: "all",
 //   });
-//   heat.setOptions({ tier: "25x", scale: "log" });
+//   heat.setOptions({ tier: "25x", scale: "log", threshold: 0.2 });   // threshold: hide the faint cells
 //   heat.on("snapshot", (s) => ...);          // also: bar, column, map, zones, realised, liquidation,
 //   heat.detach();                            //        alert, health, status, hover
 //
@@ -16,7 +16,9 @@
 // book by price, per leverage tier) is drawn in `draw` as bars beside the price scale.
 //
 // Data comes from the liqheat server: a snapshot then deltas over the WebSocket /api/v1/ws (see the
-// server's PROTOCOL.md), with a REST fallback (polling /api/v1/heatmap) when the socket is refused.
+// server's PROTOCOL.md), with a REST fallback (polling /api/v1/heatmap) while the socket is refused or the
+// server is down; the socket is retried with backoff (0.5 s doubling to maxRetrySeconds), so a restarted
+// server brings the chart back live.
 // Every USD figure is a model estimate; the legend says so and prints absolute USD beside the colours.
 
 const DEFAULTS = {
@@ -46,6 +48,7 @@ const DEFAULTS = {
   autoscaleLargest: 0, // > 0: the price scale also shows the largest levels within this fraction of price
   focusPrices: [], // more prices to keep in view under autoscaleLargest (e.g. the largest zones)
   threshold: 0, // 0..1: cells below this share of the colour scale's top are not drawn (hide the small ones)
+  mapWeight: "usd", // the profile beside the price scale: "usd", or "touch" = USD x P(price reaches it within 4h)
 };
 
 // Colour ramp (transparent → violet → blue → teal → green → yellow), 256 RGBA entries.
@@ -235,7 +238,7 @@ class HeatmapRenderer {
       }
       ctx.fillStyle = "rgba(255,255,255,0.55)";
       ctx.textAlign = "left";
-      ctx.fillText("liq. map (est.)", left + pad, 10 * vpr);
+      ctx.fillText(o.mapWeighted ? "map × touch 4h (est.)" : "liq. map (est.)", left + pad, 10 * vpr);
       ctx.restore();
     });
   }
@@ -341,7 +344,13 @@ class LiquidationHeatmap {
   setOptions(partial) {
     const before = this.opts;
     this.opts = { ...this.opts, ...partial };
-    if (Object.keys(partial).every((k) => k === "focusPrices" || k === "autoscaleLargest" || k === "autoscaleMargin")) {
+    if (partial.mapWeight !== undefined && partial.mapWeight !== before.mapWeight) {
+      const raw = this.rawMap || this.mapData;
+      this.mapWeighted = false;
+      this.weightedAt = 0;
+      if (raw && raw.weight !== "touch") this._loadMap(raw);
+    }
+    if (Object.keys(partial).every((k) => ["focusPrices", "autoscaleLargest", "autoscaleMargin", "mapWeight"].includes(k))) {
       this.requestUpdate(); // only what the price scale keeps in view
       return;
     }
@@ -636,7 +645,14 @@ class LiquidationHeatmap {
     this.requestUpdate();
   }
   _loadMap(m) {
+    if (m && this.opts.mapWeight === "touch" && this.opts.connect && m.weight !== "touch") {
+      // the risk-weighted map comes from the REST API (GET /api/v1/map?weight=touch) on the same bins
+      this.rawMap = m;
+      this._fetchWeightedMap();
+      if (this.mapWeighted) return;
+    }
     this.mapData = m;
+    this.mapWeighted = !!(m && m.weight === "touch");
     if (m && m.price > 0) this.lastPrice = m.price;
     this._updateFocus();
     this._updateProfile();
@@ -656,6 +672,21 @@ class LiquidationHeatmap {
       }
     }
     this.focus = f;
+  }
+  _fetchWeightedMap() {
+    const now = performance.now();
+    if (this.weightedPending || now - (this.weightedAt || 0) < 3000) return; // at most every 3 s
+    const m = this.rawMap;
+    if (!m || !(m.price > 0) || !m.edges || m.edges.length < 2) return;
+    this.weightedPending = true;
+    this.weightedAt = now;
+    const span = Math.min(0.9, Math.max(m.edges[m.edges.length - 1] / m.price - 1, 1 - m.edges[0] / m.price));
+    const q = new URLSearchParams({ symbol: this.opts.symbol, bins: m.edges.length - 1, span: span.toFixed(6), weight: "touch", horizon: 4 });
+    const symbol = this.opts.symbol;
+    fetch(this._base() + "/api/v1/map?" + q).then((r) => r.json()).then((w) => {
+      if (w.error || this.opts.mapWeight !== "touch" || this.opts.symbol !== symbol) return;
+      this._loadMap(w);
+    }).catch(() => { /* keep the map we have */ }).finally(() => { this.weightedPending = false; });
   }
   _cellValue(i) {
     const side = this.opts.side;

@@ -45,8 +45,14 @@ def test_zones_are_risk_weighted_with_raw_usd_and_the_toggle_ranks_by_usd(server
     rows = zone_rows(page)
     # zone ids are stable across updates: the page's top zones are the server's top-ranked ones
     assert rows[0][3] != "–" and ids[0] in [z["id"] for z in ranked[:2]], (ids[:3], [z["id"] for z in ranked[:3]])
+    # the map beside the price scale is risk-weighted too: USD x P(touch 4h), never more than the raw USD
+    page.wait_for_function("() => window.liqheat.heat.mapWeighted && window.liqheat.heat.mapData.weight === 'touch'", timeout=15_000)
+    sums = page.evaluate("""() => { const h = window.liqheat.heat, s = (a) => a.reduce((x, y) => x + y, 0);
+                                    return [s(h.mapData.long) + s(h.mapData.short), s(h.rawMap.long) + s(h.rawMap.short)]; }""")
+    assert 0 < sums[0] < sums[1], sums
     page.uncheck("#risk-weighted")
     page.wait_for_function("() => /weight=usd/.test(location.search)")
+    page.wait_for_function("() => !window.liqheat.heat.mapWeighted && window.liqheat.heat.mapData.weight !== 'touch'", timeout=5_000)
     page.wait_for_timeout(800)
     rows = zone_rows(page)
     usd = [parse_usd(r[2]) for r in rows]
