@@ -238,7 +238,7 @@ class HeatmapRenderer {
       }
       ctx.fillStyle = "rgba(255,255,255,0.55)";
       ctx.textAlign = "left";
-      ctx.fillText(o.mapWeighted ? "map × touch 4h (est.)" : "liq. map (est.)", left + pad, 10 * vpr);
+      ctx.fillText(o.mapWeighted ? "map×touch 4h (est.)" : "liq. map (est.)", left + pad, 10 * vpr);
       ctx.restore();
     });
   }
@@ -283,8 +283,10 @@ class HeatmapPrimitive {
     if (m > 0) { lo = p * (1 - m); hi = p * (1 + m); }
     const reach = o.opts.autoscaleLargest;
     if (reach > 0) {
+      // only levels the chart draws: inside the heatmap's price range (beyond it the pane would be empty)
+      const e = o.edges, bottom = e ? e[0] : 0, top = e ? e[e.length - 1] : Infinity;
       for (const x of [...o.focus, ...(o.opts.focusPrices || [])]) {
-        if (!(x > 0) || Math.abs(Math.log(x / p)) > Math.log1p(reach)) continue;
+        if (!(x > 0) || x < bottom || x > top || Math.abs(Math.log(x / p)) > Math.log1p(reach)) continue;
         lo = Math.min(lo, x * 0.995);
         hi = Math.max(hi, x * 1.005);
       }
