@@ -157,7 +157,9 @@ def test_the_largest_levels_are_on_screen_by_default(server_url, offline):
       const H = chart.panes()[0].getHeight();
       const onScreen = (p) => { const y = candles.priceToCoordinate(p); return y != null && y >= 0 && y <= H; };
       const peak = heat.peak();
-      const zones = r.zones.slice().sort((a, b) => b.usd - a.usd).slice(0, 2);
+      // the two largest zones the chart draws (inside the heatmap's price range)
+      const lo = heat.edges[0], hi = heat.edges[heat.edges.length - 1];
+      const zones = r.zones.filter((z) => z.peak_price >= lo && z.peak_price <= hi).sort((a, b) => b.usd - a.usd).slice(0, 2);
       return { peak: peak && onScreen(peak.price), price: peak && peak.price,
                zones: zones.map((z) => [z.peak_price, onScreen(z.peak_price)]) };
     }""")
