@@ -55,6 +55,7 @@ from engine.model import (
     timeframe_name,
     timeframe_seconds,
 )
+from engine.model.bars import BarHistory
 from engine.model.cascade import CascadeError
 from engine.model.risk import RiskError
 from engine.model.touch import TouchError
@@ -96,9 +97,9 @@ def open_feed(spec: str, **options: Any) -> Feed:
         path = spec[len("file:") :]
         if not path:
             raise FeedError("file feed needs a path: file:PATH")
-        from engine.feeds.files import FileFeed
+        from engine.store import open_replay  # a bars file or a store DB
 
-        return FileFeed(path, **{k: v for k, v in options.items() if k in ("speed",)})
+        return open_replay(path, **{k: v for k, v in options.items() if k in ("speed",)})
     raise FeedError(f"unknown feed {spec!r}; use one of {', '.join(FEEDS)}")
 
 
@@ -179,7 +180,8 @@ class MarketService:
         self.health_reason = "loading history"
         self.last_update = time.time()
         self._lock = threading.RLock()
-        self._bars: Bars | None = None
+        self._bars: Bars | None = None  # the history now (a view of _history_kept after the first close)
+        self._history_kept: BarHistory | None = None
         self._forming: Bars | None = None
         self._engine: IncrementalEngine | None = None
         self._estimate: Estimate | None = None
@@ -206,6 +208,8 @@ class MarketService:
         loop = asyncio.get_running_loop()
         est = await loop.run_in_executor(None, estimate, bars, self.params)
         with self._lock:
+            keep = int(self.history_days * 86_400 / self.base_timeframe)
+            self._history_kept = BarHistory(bars, keep=keep if keep > 0 else None)  # appends copy no history
             self._bars = bars
             self._estimate = est
             self._engine = IncrementalEngine.from_estimate(est)
@@ -234,10 +238,7 @@ class MarketService:
             self._on_bar(event)
         elif isinstance(event, Liquidation):
             self._liquidations.append(event)
-            self._publish(
-                "liquidation",
-                {"time_ms": event.time_ms, "side": event.side, "price": event.price, "base": event.base, "usd": event.usd},
-            )
+            self._publish("liquidation", event.to_dict())
         elif isinstance(event, HealthChange):
             self._set_health(event.state, event.reason)
 
@@ -254,19 +255,18 @@ class MarketService:
     def _on_bar(self, update: BarUpdate) -> None:
         bar = update.bar
         with self._lock:
-            assert self._bars is not None and self._engine is not None
+            assert self._bars is not None and self._engine is not None and self._history_kept is not None
             last_closed = int(self._bars.time[-1])
             t = int(bar.time[0])
             if t <= last_closed:
                 return  # a replay of a bar we already closed
             if update.closed:
-                self._bars = self._bars.concat(bar)
-                self._engine.append(bar)
+                self._history_kept.append(bar)
+                self._bars = self._history_kept.bars
+                r = self._engine.append(bar)
                 self._snapshot_book(int(bar.close_time[0]))
                 self._forming = None
                 self._version += 1
-                self._trim()
-                r = self._engine.realised
                 realised = {"time": t, "long_usd": float(r.long_usd[-1]), "short_usd": float(r.short_usd[-1])}
             else:
                 self._forming = bar
@@ -298,13 +298,6 @@ class MarketService:
 
     def _book_at(self, close_time: int) -> LevelBook | None:
         return self._books.get(close_time) or self._recent_books.get(close_time)
-
-    def _trim(self) -> None:
-        """Keep memory bounded on long runs: drop bars older than the history window (+10%)."""
-        assert self._bars is not None
-        keep = int(self.history_days * 86_400 / self.base_timeframe)
-        if keep > 0 and len(self._bars) > keep * 1.1:
-            self._bars = self._bars.slice(len(self._bars) - keep)
 
     def _maybe_publish_zones(self) -> None:
         zones = self.zones()
@@ -368,7 +361,11 @@ class MarketService:
 
     def health_info(self) -> dict[str, Any]:
         age = time.time() - self.last_update
-        return {"state": self.health.value, "reason": self.health_reason, "last_update": self.last_update, "age_s": round(age, 3)}
+        info = {"state": self.health.value, "reason": self.health_reason, "last_update": self.last_update, "age_s": round(age, 3)}
+        oi_source = getattr(self.feed, "oi_source", None)  # which venue fields the OI comes from (exchange feeds)
+        if callable(oi_source):
+            info["oi_source"] = oi_source(self.market.symbol)
+        return info
 
     def model_info(self) -> dict[str, Any]:
         info = self.params.describe()

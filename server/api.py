@@ -458,9 +458,9 @@ async def liquidations(request: web.Request) -> web.Response:
     body = {
         "symbol": svc.market.key,
         "source": "simulated" if svc.market.exchange == "demo" else svc.market.exchange,
-        "events": [
-            {"time_ms": e.time_ms, "side": e.side, "price": e.price, "base": e.base, "usd": e.usd} for e in events
-        ],
+        # price = where the liquidation happened (estimated from a bankruptcy price on Bybit/OKX);
+        # reported_price/price_kind = what the venue printed
+        "events": [e.to_dict() for e in events],
     }
     return json_response(dumps(body))
 

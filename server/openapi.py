@@ -65,7 +65,10 @@ def document(example_symbol: str = "demo:BTC/USDT:USDT") -> dict[str, Any]:
         return {"get": {"summary": summary, "description": description, "parameters": params, "responses": responses}}
 
     health_obj = _obj({"state": {"type": "string", "enum": ["live", "delayed", "reconnecting", "stale", "demo", "replay"]},
-                       "reason": STR, "last_update": NUM, "age_s": NUM})
+                       "reason": STR, "last_update": NUM, "age_s": NUM,
+                       # exchange feeds: which venue fields the open interest comes from (always one side)
+                       "oi_source": {"type": "object"}},
+                      required=["state", "reason", "last_update", "age_s"])
     zone = _obj({"side": {"type": "string", "enum": ["long", "short"]}, "price_low": NUM, "price_high": NUM,
                  "peak_price": NUM, "usd": NUM, "grade": {"type": "string", "enum": ["low", "elevated", "high"]},
                  "share_of_daily_volume": NUM_OR_NULL, "percentile": NUM, "distance_pct": NUM, "tier_usd": NUMS})
@@ -130,7 +133,8 @@ def document(example_symbol: str = "demo:BTC/USDT:USDT") -> dict[str, Any]:
         "Realised": _obj({"symbol": STR, "timeframe": STR, "t": INTS, "long_usd": NUMS, "short_usd": NUMS,
                           "estimate": {"const": True}}),
         "Liquidations": _obj({"symbol": STR, "source": STR, "events": {"type": "array", "items": _obj(
-            {"time_ms": INT, "side": {"type": "string", "enum": ["long", "short"]}, "price": NUM, "base": NUM, "usd": NUM})}}),
+            {"time_ms": INT, "side": {"type": "string", "enum": ["long", "short"]}, "price": NUM, "reported_price": NUM,
+             "price_kind": {"type": "string", "enum": ["fill", "bankruptcy"]}, "base": NUM, "usd": NUM})}}),
         "Cascade": _obj({"symbol": STR, "price": NUM, "down": {"type": "object"}, "up": {"type": "object"},
                          "depth": {"type": "object"}, "estimate": {"const": True}}),
         "Risk": _obj({"symbol": STR, "position": {"type": "object"}, "price": NUM, "liquidation_price": NUM, "mmr": NUM,

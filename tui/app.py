@@ -662,7 +662,8 @@ class LiqheatApp(App[int]):
             )
         if "margin_table" in m:
             lines.append(f"  margin table: {m['margin_table']}")
-        for k in ("side_tilt", "wick_clear", "decay", "shrink_on_oi_drop", "volume_proxy_fraction"):
+        for k in ("side_tilt", "wick_clear", "decay", "shrink_on_oi_drop", "volume_proxy_fraction",
+                  "fitted_on", "accuracy", "accuracy_suite"):
             if k in m:
                 lines.append(f"  {k}: {m[k]}")
         return "\n".join(lines)

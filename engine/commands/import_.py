@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.feeds.base import FeedError
-    from engine.feeds.files import read_bars_file, read_funding_file, read_liquidations_file
+    from engine.formats import read_bars_file, read_funding_file, read_liquidations_file
     from engine.model import BarsError, timeframe_seconds
     from engine.store import Store, StoreError, default_db_path, parse_market_key
 

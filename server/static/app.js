@@ -160,7 +160,8 @@ function renderModel(m) {
     ["entry anchors", (m.entry_anchors || []).join(", ") + " (weights " + (m.entry_weights || []).join(", ") + ")"],
     ["side tilt", m.side_tilt], ["volume proxy", m.volume_proxy_fraction], ["decay", String(m.decay)],
     ["shrink on OI drop", String(m.shrink_on_oi_drop)], ["wick clear", m.wick_clear], ["resolution", m.resolution],
-  ];
+    ["fitted on", m.fitted_on],
+  ].filter(([, v]) => v !== undefined);
   $("model-body").innerHTML = `<table>${tiers}</table><table>${rows.map(([k, v]) => `<tr><td>${k}</td><td>${escapeText(v)}</td></tr>`).join("")}</table>` +
     `<div id="accuracy"></div>` +
     `<p style="color:#8a90a6">Estimated from open interest / volume with the ladder above. See the README's model section.</p>`;
@@ -177,7 +178,11 @@ function addEvent(html, cls) {
 }
 function liquidationLine(e) {
   const t = new Date(e.time_ms).toISOString().slice(11, 19);
-  return `${t} <span class="${e.side}">${e.side}</span> ${formatUsd(e.usd)} @ ${fmtPrice(e.price)}`;
+  // Bybit/OKX print bankruptcy prices: the line shows the estimated liquidation price and says so.
+  const est = e.price_kind === "bankruptcy"
+    ? ` <span title="estimated liquidation price; the exchange printed the bankruptcy price ${fmtPrice(e.reported_price)}">est.</span>`
+    : "";
+  return `${t} <span class="${e.side}">${e.side}</span> ${formatUsd(e.usd)} @ ${fmtPrice(e.price)}${est}`;
 }
 
 // The REST zones add the chance price reaches each zone within 24h (touch model).
@@ -412,10 +417,11 @@ async function refreshAccuracy() {
   const a = m.accuracy;
   const headline = typeof a === "string" ? a : a.headline || a.summary || Object.entries(a)
     .filter(([, v]) => typeof v === "number" || typeof v === "string").map(([k, v]) => `${k} ${typeof v === "number" ? +v.toFixed(3) : v}`).join(" · ");
-  const href = typeof a === "object" ? a.readme || a.url : null;
-  const title = "README: Accuracy — measured, with baselines";
+  const href = typeof a === "object" ? a.readme || a.url : m.accuracy_url || null;
+  const title = "README: “Accuracy — measured, with baselines”";
   el.innerHTML = `<h2 style="margin-top:8px">Accuracy (out of sample)</h2><p>${escapeText(headline)}</p>` +
-    `<p>${href ? `<a href="${escapeText(href)}" target="_blank" rel="noopener">${title}</a>` : `Data set, baselines and error bars: ${title}.`}</p>`;
+    (m.accuracy_suite ? `<p class="dim">measured by ${escapeText(m.accuracy_suite)}</p>` : "") +
+    `<p>Data set, baselines and error bars: ${href ? `<a href="${escapeText(href)}" target="_blank" rel="noopener">${title}</a>` : title}.</p>`;
 }
 
 // Sessions (Asia/Europe/US) and the funding cycle: estimated realised liquidations over the history.

@@ -173,6 +173,8 @@ def test_tui_over_ssh_at_256_colours(tmux, tmp_path):
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+        if server.stderr is not None:
+            server.stderr.close()  # an unclosed pipe is a ResourceWarning (an error under -W error)
 
 
 def test_cli_refuses_without_a_terminal():
