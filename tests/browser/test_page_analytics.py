@@ -130,7 +130,7 @@ def test_portfolio_exposure_is_kept_in_the_browser_and_suggests_a_size(server_ur
     assert offline.blocked == [] and offline.errors == []
 
 
-def test_model_panel_shows_the_parameters_and_any_accuracy_figure(server_url, offline):
+def test_model_panel_shows_the_parameters_and_the_accuracy_figure(server_url, offline):
     page = offline.page()
     page.goto(server_url + "/")
     page.wait_for_function(READY, timeout=30_000)
@@ -138,7 +138,10 @@ def test_model_panel_shows_the_parameters_and_any_accuracy_figure(server_url, of
     body = page.inner_text("#model-body")
     model = get(server_url + "/api/v1/model?symbol=BTC")
     assert "ladder" in body and model["ladder"] in body and "resolution" in body and "100x" in body, body
-    if model.get("accuracy"):  # the accuracy figure, when the server reports one
-        page.wait_for_selector("#accuracy h2", timeout=10_000)
-        assert "Accuracy" in page.inner_text("#accuracy") and "README" in page.inner_text("#accuracy")
+    # the headline accuracy figure the server reports, where it was measured, and where to read more
+    page.wait_for_selector("#accuracy h2", timeout=10_000)
+    acc = page.inner_text("#accuracy")
+    assert model["accuracy"] and model["accuracy"] in acc, acc
+    assert "Accuracy — measured, with baselines" in acc and "fitted on" in body, (acc, body)
+    page.locator("#model").screenshot(path=str(SCREENSHOTS / "model-panel.png"))
     assert offline.blocked == [] and offline.errors == []
