@@ -46,6 +46,21 @@ def _blocks(h: np.ndarray, width: int) -> np.ndarray:
     return np.asarray(starts, dtype=np.int64)
 
 
+def _stream(
+    col: np.ndarray, key: np.ndarray, usd: np.ndarray, log_birth: np.ndarray, tier: np.ndarray, h: np.ndarray,
+    starts: np.ndarray, block_of: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Events (column, key, weight) sorted by block, and each block's bounds. The weight is in the units
+    of the event's block: usd * exp(H[tier, block start] - F[tier, birth])."""
+    block = block_of[col]
+    weight = np.exp(h[tier, starts[block]] - log_birth)
+    weight *= usd
+    nblocks = len(starts) - 1
+    order = np.argsort(block.astype(np.uint16) if nblocks < 1 << 16 else block, kind="stable")
+    bounds = np.searchsorted(block[order], np.arange(nblocks + 1))
+    return col.astype(np.int32)[order], key[order], weight[order], bounds
+
+
 def outstanding(
     appear: np.ndarray,
     gone: np.ndarray,
@@ -70,21 +85,12 @@ def outstanding(
         return out
     starts = _blocks(h, BLOCK_COLUMNS)
     nblocks = len(starts) - 1
-    block_of = np.repeat(np.arange(nblocks, dtype=np.int64), np.diff(starts))
-    ends = gone < ncol
-    # events: births (+1) then deaths (-1); key: (cell, tier), so one cell's tiers sit side by side
-    col = np.concatenate([appear, gone[ends]]).astype(np.int64)
-    sign = np.r_[np.ones(len(appear)), -np.ones(int(ends.sum()))]
-    ev_tier = np.concatenate([tier, tier[ends]]).astype(np.int64)
-    key = np.concatenate([cell, cell[ends]]).astype(np.int64) * t + ev_tier
-    block = block_of[col]
-    # weight in the units of the event's block: usd * exp(H[tier, block start] - F[tier, birth])
-    weight = np.exp(h[ev_tier, starts[block]] - np.concatenate([log_birth, log_birth[ends]]))
-    weight *= np.concatenate([usd, usd[ends]])
-    weight *= sign
-    order = np.argsort(block.astype(np.uint16) if nblocks < 1 << 16 else block, kind="stable")
-    bounds = np.searchsorted(block[order], np.arange(nblocks + 1))
-    col, key, weight, sign = col[order], key[order], weight[order], sign[order]
+    block_of = np.repeat(np.arange(nblocks, dtype=np.int32), np.diff(starts))
+    ends = np.flatnonzero(gone < ncol)
+    key = cell.astype(np.int32) * np.int32(t) + tier.astype(np.int32)  # (cell, tier): a cell's tiers side by side
+    # two streams of events, births and deaths, each grouped by block (no concatenated copy of both)
+    births = _stream(appear, key, usd, log_birth, tier, h, starts, block_of)
+    deaths = _stream(gone[ends], key[ends], usd[ends], log_birth[ends], tier[ends], h, starts, block_of)
     carry = np.zeros((ncells, t))  # USD at the block's first column, per (cell, tier)
     count = np.zeros((ncells, t), dtype=np.int64)  # alive cohorts per (cell, tier)
     flat_carry, flat_count = carry.reshape(-1), count.reshape(-1)
@@ -105,22 +111,27 @@ def outstanding(
             for tier_row in range(1, t):
                 np.multiply(s32[tier_row][:, None], c32[tier_row][None, :], out=tmp[:width])
                 now += tmp[:width]
-        a, b = int(bounds[k]), int(bounds[k + 1])
-        if a == b:
+        ba, bb = int(births[3][k]), int(births[3][k + 1])
+        da, db = int(deaths[3][k]), int(deaths[3][k + 1])
+        if ba == bb and da == db:
             carry *= scale[:, -1] if c1 == ncol else np.exp(h[:, c1] - h[:, c0])
             carry[carry < TINY] = 0.0
             continue
+        ev_col = np.concatenate([births[0][ba:bb], deaths[0][da:db]])
+        ev_key = np.concatenate([births[1][ba:bb], deaths[1][da:db]])
+        ev_weight = np.concatenate([births[2][ba:bb], -deaths[2][da:db]])
+        ev_sign = np.r_[np.ones(bb - ba), -np.ones(db - da)]
         # the (cell, tier) pairs that see births or deaths: their units added up to each column
         # (a table over every (cell, tier) key, not np.unique: no sort of a block's events)
-        seen = np.bincount(key[a:b], minlength=ncells * t)
+        seen = np.bincount(ev_key, minlength=ncells * t)
         pairs = np.flatnonzero(seen)
         npairs = len(pairs)
         slot[pairs] = np.arange(npairs)
-        inv = slot[key[a:b]]
-        at = inv * width + (col[a:b] - c0)
-        added = np.bincount(at, weights=weight[a:b], minlength=npairs * width).reshape(npairs, width)
+        inv = slot[ev_key]
+        at = inv * width + (ev_col - c0)
+        added = np.bincount(at, weights=ev_weight, minlength=npairs * width).reshape(npairs, width)
         np.cumsum(added, axis=1, out=added)
-        alive = np.bincount(at, weights=sign[a:b], minlength=npairs * width).reshape(npairs, width)
+        alive = np.bincount(at, weights=ev_sign, minlength=npairs * width).reshape(npairs, width)
         np.cumsum(alive, axis=1, out=alive)
         alive += flat_count[pairs][:, None]
         p_tier, p_cell = pairs % t, pairs // t
@@ -144,7 +155,7 @@ def outstanding(
             total = units.sum(axis=1)
             # columns before the cell's first event keep what the product wrote
             first = np.full(len(cells), width)
-            np.minimum.at(first, which[inv], col[a:b] - c0)
+            np.minimum.at(first, which[inv], ev_col - c0)
             keep = np.arange(width)[None, :] < first[:, None]
             total[keep] = out[c0:c1, cells, 0].T[keep]
             out[c0:c1, cells, 0] = total.T

@@ -232,7 +232,7 @@ class Estimate:
         n = len(self.bars)
         closed = np.searchsorted(self.bars.close_time, times, side="right")  # bars closed by each column
         # first column that sees bar i closed (i = n: never), so a birth or a death maps to a column
-        col_of = np.searchsorted(closed, np.arange(n + 1), side="right")
+        col_of = np.searchsorted(closed, np.arange(n + 1), side="right").astype(np.int32)
         sel = np.flatnonzero(c.tier == tier) if tier is not None else slice(None)
         level = c.level[sel]
         # display bins of each level and its share of each (a level's USD is split over the bins its
@@ -246,15 +246,15 @@ class Estimate:
         appear = col_of[birth]
         gone = col_of[self.death[sel]]
         live, piece = np.nonzero((pieces >= 0) & (appear < gone)[:, None])
-        disp, share = pieces[live, piece], lut_share[level[live] - kmin, piece]
-        birth, cohort_tier = birth[live], c.tier[sel][live].astype(np.int64)
+        disp, share = pieces[live, piece].astype(np.int32), lut_share[level[live] - kmin, piece]
+        birth, cohort_tier = birth[live], c.tier[sel][live].astype(np.int32)
         H = self.F[:, np.maximum(closed - 1, 0)]  # (T, C): each tier's log survival at each column
         if tier is not None:
-            H, row = H[tier : tier + 1], np.zeros(len(live), dtype=np.int64)
+            H, row = H[tier : tier + 1], np.zeros(len(live), dtype=np.int32)
         else:
             row = cohort_tier
         grid = outstanding(
-            appear[live], gone[live], c.side[sel][live].astype(np.int64) * nb + disp, row,
+            appear[live], gone[live], c.side[sel][live].astype(np.int32) * np.int32(nb) + disp, row,
             c.usd[sel][live] * share, self.F[cohort_tier, birth], H, 2 * nb, split_tiers=by_tier or tier is not None,
         ).reshape(ncol, 2, nb, -1)
         return Heatmap(times, edges, grid[:, LONG], grid[:, SHORT], labels)
