@@ -342,7 +342,7 @@ class MarketAnalytics:
         vol = self.volatility()
         if vol is None:
             raise AnalyticsError("too little history to measure volatility: no risk-weighted map yet")
-        lmap = self.svc.liquidation_map(bins=bins, span=span, log=log)
+        lmap = self.svc.liquidation_map(bins=bins, span=span, log=log, spread=True)  # as drawn
         with np.errstate(over="ignore", under="ignore"):
             return risk_weighted_map(lmap, vol, horizon_hours)
 

@@ -461,15 +461,17 @@ class MarketService:
         since: int | None = None,
         until: int | None = None,
         columns: int | None = None,
+        spread: bool = False,
     ) -> Heatmap:
         """One column per candle of ``timeframe``: the book at the candle's close (the forming candle's
-        column is the live book). ``times`` are the column times (candle close)."""
+        column is the live book). ``times`` are the column times (candle close). ``spread``: levels split
+        over the bins they overlap (what the chart page draws: no striping)."""
         tf = timeframe_seconds(timeframe)
         if tf < self.base_timeframe or tf % self.base_timeframe:
             raise ViewError(f"timeframe must be a multiple of the {self.base_timeframe}s base bars")
         if tier is not None and not (0 <= tier < len(self.params.ladder.leverage)):
             raise ViewError(f"tier must be between 0 and {len(self.params.ladder.leverage) - 1}")
-        key = ("hm", tf, tier, bins, price_low, price_high, log, since, until, columns, self._live_version)
+        key = ("hm", tf, tier, bins, price_low, price_high, log, since, until, columns, spread, self._live_version)
         cached = self._cache.get(key)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
@@ -483,13 +485,13 @@ class MarketService:
         with self._lock:
             last_closed = int(self.bars.close_time[-1])
         closed_cols = closes[closes <= last_closed]
-        closed = self._closed_columns(closed_cols, edges, (tf, bins, lo, hi, log)) if len(closed_cols) else None
+        closed = self._closed_columns(closed_cols, edges, (tf, bins, lo, hi, log, spread)) if len(closed_cols) else None
         t = len(self.params.ladder.leverage)
         longs = [closed.long_usd] if closed is not None else [np.zeros((0, bins, t))]
         shorts = [closed.short_usd] if closed is not None else [np.zeros((0, bins, t))]
         if len(closes) > len(closed_cols):
             # the candle still forming: the live book (includes the forming base bar if any)
-            lb, sb = self.live_book().binned(edges)
+            lb, sb = self.live_book().binned(edges, spread=spread)
             longs.append(lb[None])
             shorts.append(sb[None])
         long_usd, short_usd = np.concatenate(longs), np.concatenate(shorts)
@@ -513,7 +515,7 @@ class MarketService:
                     # Keep every column known for this grid (up to _CLOSED_KEPT), not only the ones asked
                     # for: the live fan-out asks for the last 2 columns of a grid that a 300-column view
                     # shares, and keeping only those would send the next big request to the batch path.
-                    binned = [self._book_at(int(m)).binned(edges) for m in missing]  # type: ignore[union-attr]
+                    binned = [self._book_at(int(m)).binned(edges, spread=grid_key[-1]) for m in missing]  # type: ignore[union-attr]
                     prev = Heatmap(
                         np.concatenate([prev.times, missing])[-_CLOSED_KEPT:],
                         edges,
@@ -526,14 +528,15 @@ class MarketService:
                 if sel.sum() == len(times):  # else the request reaches past what is kept: batch below
                     return Heatmap(times, edges, prev.long_usd[sel], prev.short_usd[sel], prev.tiers)
         est = self._current_estimate(int(times[-1]))
-        out = est.heatmap(times=times, edges=edges)
+        out = est.heatmap(times=times, edges=edges, spread=grid_key[-1])
         self._closed_hm[grid_key] = out
         if len(self._closed_hm) > _GRIDS_KEPT:
             self._closed_hm.pop(next(iter(self._closed_hm)))
         return out
 
-    def liquidation_map(self, bins: int = 200, span: float = 0.25, log: bool = False) -> LiquidationMap:
-        return self.live_book().liquidation_map(bins=bins, span=span, log=log)
+    def liquidation_map(self, bins: int = 200, span: float = 0.25, log: bool = False, spread: bool = False) -> LiquidationMap:
+        """``spread``: levels split over the bins they overlap, as drawn beside the heatmap (no striping)."""
+        return self.live_book().liquidation_map(bins=bins, span=span, log=log, spread=spread)
 
     def zones(self, bins: int = 200, span: float = 0.25) -> list[Zone]:
         key = ("zones", bins, span, self._live_version)

@@ -252,7 +252,7 @@ async def heatmap_cell(request: web.Request) -> web.Response:
     start = bucket_start(t, tf)
 
     def build() -> dict[str, Any]:
-        hm = svc.heatmap(tf, tier=None, bins=1, price_low=lo, price_high=hi, since=start, until=start + 1)
+        hm = svc.heatmap(tf, tier=None, bins=1, price_low=lo, price_high=hi, since=start, until=start + 1, spread=True)
         if len(hm.times) == 0:
             raise BadRequest(f"no candle opens at {t} on {tf}")
         longs, shorts = hm.long_usd[-1, 0], hm.short_usd[-1, 0]
@@ -291,7 +291,7 @@ async def liquidation_map(request: web.Request) -> web.Response:
         if weight == "touch":
             lmap = svc.analytics.risk_weighted_map(bins=bins, span=span, log=log, horizon_hours=horizon)
         else:
-            lmap = svc.liquidation_map(bins=bins, span=span, log=log)
+            lmap = svc.liquidation_map(bins=bins, span=span, log=log, spread=True)
         out = map_payload(lmap)
         out.update({"symbol": svc.market.key, "span": span, "weight": weight, "estimate": True})
         if weight == "touch":

@@ -439,7 +439,7 @@ def _view_deltas(
             if want_map and lo is not None and hi is not None:
                 mkey = (spec.bins, map_span(price, lo, hi), spec.log)
                 if mkey not in maps:
-                    maps[mkey] = dumps(map_payload(svc.liquidation_map(bins=mkey[0], span=mkey[1], log=mkey[2])))
+                    maps[mkey] = dumps(map_payload(svc.liquidation_map(bins=mkey[0], span=mkey[1], log=mkey[2], spread=True)))
                 msgs.append(("map", maps[mkey]))
         if realised_times:
             if spec.timeframe not in realised_by_tf:

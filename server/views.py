@@ -40,7 +40,8 @@ def map_span(price: float, low: float, high: float) -> float:
 def heatmap_view(svc: MarketService, spec: ViewSpec, since: int | None = None, until: int | None = None,
                  encoding: str = "sqrt-u8") -> dict[str, Any]:
     hm = svc.heatmap(spec.timeframe, tier=spec.tier, bins=spec.bins, price_low=spec.price_low,
-                     price_high=spec.price_high, log=spec.log, since=since, until=until, columns=spec.columns)
+                     price_high=spec.price_high, log=spec.log, since=since, until=until, columns=spec.columns,
+                     spread=True)
     out = heatmap_payload(hm, spec.tf, tier_name(spec.tier, svc.params.ladder.labels), encoding)
     out.update({"symbol": svc.market.key, "timeframe": spec.timeframe, "log": spec.log, "estimate": True})
     return out
@@ -52,7 +53,7 @@ def snapshot_body(svc: MarketService, spec: ViewSpec) -> dict[str, Any]:
     heat = heatmap_view(svc, spec)
     lo, hi = heat["edges"][0], heat["edges"][-1]
     price = svc.last_price
-    lmap = svc.liquidation_map(bins=spec.bins, span=map_span(price, lo, hi), log=spec.log)
+    lmap = svc.liquidation_map(bins=spec.bins, span=map_span(price, lo, hi), log=spec.log, spread=True)
     since = int(candles.time[0]) if len(candles) else None
     return {
         "symbol": svc.market.key,
@@ -89,7 +90,7 @@ def last_candles(svc: MarketService, timeframe: str, since: int) -> list[dict[st
 def last_columns(svc: MarketService, spec: ViewSpec, since: int) -> list[dict[str, Any]]:
     """The newest heatmap columns (candle open time >= ``since``), each with its own USD scale."""
     hm = svc.heatmap(spec.timeframe, tier=spec.tier, bins=spec.bins, price_low=spec.price_low,
-                     price_high=spec.price_high, log=spec.log, columns=2)
+                     price_high=spec.price_high, log=spec.log, columns=2, spread=True)
     longs, shorts = hm.total(None)
     out = []
     for c in range(len(hm.times)):
@@ -108,7 +109,7 @@ def live_column(svc: MarketService, spec: ViewSpec, time: int) -> dict[str, Any]
     uses for the last column of its heatmap, without rebuilding the closed ones."""
     assert spec.price_low is not None and spec.price_high is not None
     edges = price_edges(spec.price_low, spec.price_high, spec.bins, spec.log)
-    longs, shorts = svc.live_book().binned(edges)  # (bins, tiers)
+    longs, shorts = svc.live_book().binned(edges, spread=True)  # (bins, tiers), as the heatmap's columns
     if spec.tier is not None:
         longs, shorts = longs[:, spec.tier], shorts[:, spec.tier]
     else:

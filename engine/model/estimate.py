@@ -17,7 +17,17 @@ from .cohorts import Cohorts, LevelGrid, SeedCarry, build_cohorts, seed_exposure
 from .ladder import ModelParams
 from .lifetime import FirstTouch
 from .margin import LONG, SHORT
-from .views import Heatmap, LiquidationMap, ViewError, Zone, bin_levels, find_zones, level_shares, price_edges
+from .views import (
+    Heatmap,
+    LiquidationMap,
+    ViewError,
+    Zone,
+    bin_levels,
+    bin_of,
+    find_zones,
+    level_shares,
+    price_edges,
+)
 
 WICK, BODY = 0, 1  # which part of a bar clears a piece (body only matters with partial wick clearing)
 _CHUNK = 1 << 18  # cohorts per chunk in the heatmap and realised passes (temporaries stay in cache)
@@ -46,8 +56,9 @@ class LevelBook:
     def prices(self) -> np.ndarray:
         return self.grid.price(np.arange(self.kmin, self.kmin + self.usd.shape[2]))
 
-    def binned(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(long, short) USD per (bin, tier)."""
+    def binned(self, edges: np.ndarray, spread: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(long, short) USD per (bin, tier). ``spread``: each level's USD split over the bins its grid cell
+        overlaps, as the heatmap's columns are (for drawing; zones and scoring keep whole levels)."""
         nb, t = len(edges) - 1, self.usd.shape[1]
         if self.usd.shape[2] == 0:
             return np.zeros((nb, t)), np.zeros((nb, t))
@@ -56,16 +67,17 @@ class LevelBook:
         side = np.broadcast_to(np.arange(2)[:, None, None], (2, t, k))
         tier = np.broadcast_to(np.arange(t)[None, :, None], (2, t, k))
         nz = self.usd > 0
-        return bin_levels(prices[nz], self.usd[nz], side[nz], tier[nz], edges, t, step=self.grid.step)
+        return bin_levels(prices[nz], self.usd[nz], side[nz], tier[nz], edges, t, step=self.grid.step if spread else None)
 
     def liquidation_map(
-        self, edges: np.ndarray | None = None, bins: int = 200, span: float = 0.25, log: bool = False
+        self, edges: np.ndarray | None = None, bins: int = 200, span: float = 0.25, log: bool = False,
+        spread: bool = False,
     ) -> LiquidationMap:
         if edges is None:
             if not (0.0 < span < 0.95):
                 raise ViewError("map span must be between 0 and 0.95 of the price")
             edges = price_edges(self.price * (1 - span), self.price * (1 + span), bins, log)
-        longs, shorts = self.binned(edges)
+        longs, shorts = self.binned(edges, spread)
         return LiquidationMap(self.price, edges, longs, shorts, self.tiers)
 
     def zones(self, daily_volume_usd: float | None = None, bins: int = 200, span: float = 0.25) -> list[Zone]:
@@ -213,10 +225,13 @@ class Estimate:
         log: bool = False,
         by_tier: bool = True,
         tier: int | None = None,
+        spread: bool = False,
     ) -> Heatmap:
         """Outstanding notional at each column time, binned on ``edges`` (default: the traded price range
         widened by 10% each side), as float32. Per tier unless ``by_tier`` is False (one summed tier,
-        "all"); only tier ``tier`` when given."""
+        "all"); only tier ``tier`` when given. ``spread``: each level's USD split over the bins its grid
+        cell overlaps (level_shares: no striping where bins and grid disagree), else all of it in the bin
+        holding the level's price."""
         if times is None:
             times = self.column_times(step or self.bars.timeframe, columns)
         times = np.asarray(times, dtype=np.int64)
@@ -240,7 +255,11 @@ class Estimate:
         # levels in use; every (cohort, bin) piece then counts as a cohort of its own
         kmin = int(level.min()) if len(level) else 0
         kmax = int(level.max()) if len(level) else -1
-        lut_bin, lut_share = level_shares(edges, np.arange(kmin, kmax + 1) * self.grid.step, self.grid.step)
+        if spread:
+            lut_bin, lut_share = level_shares(edges, np.arange(kmin, kmax + 1) * self.grid.step, self.grid.step)
+        else:
+            lut_bin = bin_of(edges, self.grid.price(np.arange(kmin, kmax + 1)))[:, None]
+            lut_share = np.ones(lut_bin.shape)
         pieces = lut_bin[level - kmin]  # (cohorts, pieces); -1: none
         birth = c.birth[sel]
         appear = col_of[birth]

@@ -48,7 +48,7 @@ def test_engine_equals_the_naive_reference(variant):
     assert np.allclose(book.usd, want, rtol=1e-9, atol=1e-9 * book.usd.max())
 
     edges = price_edges(float(bars.low.min()) * 0.8, float(bars.high.max()) * 1.25, 300, log=True)
-    hm = est.heatmap(times=times, edges=edges)
+    hm = est.heatmap(times=times, edges=edges, spread=True)  # the reference splits levels over bins
     grid = np.array(ref.heatmap(list(edges), len(params.ladder.leverage)))  # (C, side, bin, tier)
     top = grid.max()
     # the heatmap is float32: equal to float32's precision

@@ -64,7 +64,7 @@ async def test_candles_time_window(client):
 async def test_heatmap_carries_the_engines_usd_at_candle_open_times(client, hub):
     svc = hub.get("BTC")
     body = await get_json(client, "/api/v1/heatmap?symbol=BTC&timeframe=5m&bins=120&columns=50")
-    hm = svc.heatmap("5m", bins=120, columns=50)
+    hm = svc.heatmap("5m", bins=120, columns=50, spread=True)  # the API serves levels split over the bins
     longs, shorts = hm.total()
     assert body["encoding"] == "sqrt-u8" and body["estimate"] is True
     assert body["times"] == (hm.times - 300).tolist()
