@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
 import time
@@ -16,12 +17,15 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
+from engine.memory import ByteLRU
 from engine.service import MarketService, ServiceEvent
 
 from .analytics import MarketAlerts
+from .budget import BYTES_PER_CELL_TIER
 from .config import ServerConfig
+from .limits import HEAVY_CELLS, Busy
 from .markets import Markets, dumps
 from .views import (
     ViewSpec,
@@ -42,6 +46,9 @@ SNAPSHOT_BUFFER = 512
 # Messages per frame at most, for connections that asked for batched frames.
 BATCH_MAX = 64
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
+# Close tasks of aborted connections (kept referenced until done).
+_background: set[asyncio.Task[None]] = set()
+_VIEW_IDS = itertools.count(1)
 
 
 @dataclass(eq=False)
@@ -54,6 +61,7 @@ class Subscriber:
     # live: deltas flow | building: snapshot being computed, deltas buffered | resync: waiting for room
     state: str = "building"
     buffer: list[str] = field(default_factory=list)
+    buffer_bytes: int = 0
     dropped: int = 0
     closed: bool = False
     # the id as JSON, serialised once: every delta carries it (a json.dumps per message per subscriber
@@ -71,13 +79,21 @@ class Subscriber:
 
 
 class Connection:
-    """One WebSocket: a send queue with a bound on *deltas* (control messages always go through), and
-    the writer task that drains it."""
+    """One WebSocket: a send queue bounded in messages (deltas) and in bytes (everything), and the
+    writer task that drains it. Deltas that do not fit are dropped and resynced later; a reply (pong,
+    error, ...) that does not fit means the client is not reading: the connection is closed (1008)."""
 
-    def __init__(self, ws: web.WebSocketResponse, queue_size: int, batch: bool = False, sock: Any = None) -> None:
+    def __init__(self, ws: web.WebSocketResponse, queue_size: int, batch: bool = False, sock: Any = None,
+                 max_bytes: int = 16 * 1024 * 1024, hub: LiveHub | None = None, transport: Any = None,
+                 client: str = "") -> None:
         self.ws = ws
         self.sock = sock  # the connection's socket, to cork bursts (None: write frames as they come)
+        self.transport = transport  # to abort a client that will not even read a close frame
+        self.client = client  # peer address: whose work this connection's snapshots count as
         self.queue_size = queue_size
+        self.max_bytes = max_bytes
+        self.hub = hub
+        self.queued_bytes = 0
         # batch: everything waiting goes out as one frame holding a JSON array (fewer frames, wake-ups
         # and syscalls on both ends when messages come in bursts); the client asked for it (?batch=1).
         self.batch = batch
@@ -98,36 +114,96 @@ class Connection:
             return False
         return True
 
-    def send(self, text: str) -> None:
+    def _fits(self, n: int) -> bool:
+        """Room for ``n`` more bytes here and in the process-wide total (one message always fits an
+        empty queue, so a big snapshot still reaches a client that reads)."""
+        if not self._queue:
+            return True
+        if self.queued_bytes + n > self.max_bytes:
+            return False
+        return self.hub is None or self.hub.queued_bytes + n <= self.hub.max_bytes
+
+    def _push(self, text: str) -> bool:
         if self.closed:
-            return
+            return True
+        n = len(text)
+        if not self._fits(n):
+            return False
         self._queue.append(text)
+        self.queued_bytes += n
+        if self.hub is not None:
+            self.hub.queued_bytes += n
         self._ready.set()
+        return True
+
+    def _pop(self) -> str:
+        text = self._queue.popleft()
+        self.queued_bytes -= len(text)
+        if self.hub is not None:
+            self.hub.queued_bytes -= len(text)
+        return text
+
+    def send(self, text: str) -> None:
+        """A reply or notice; if it does not fit, the client stopped reading: close the connection."""
+        if not self._push(text):
+            self.abort("send queue full: the client is not reading")
 
     def pending(self) -> int:
         return len(self._queue)
+
+    def release(self) -> None:
+        """Drop everything queued (the socket is closing): its bytes go back to the budget now."""
+        self.closed = True
+        while self._queue:
+            self._pop()
+        self.need_resync.clear()
+        for sub in self.subs.values():
+            sub.buffer.clear()
+        self._ready.set()
+
+    def abort(self, reason: str) -> None:
+        """Close with 1008 (policy) and free the queue; a client that does not read the close frame
+        within 2 s loses the TCP connection."""
+        if self.closed:
+            return
+        log.info("closing a WebSocket client: %s", reason)
+        self.release()
+
+        async def close() -> None:
+            try:
+                async with asyncio.timeout(2.0):
+                    await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120])
+            except (TimeoutError, ConnectionError, RuntimeError):
+                if self.transport is not None:
+                    self.transport.abort()
+
+        task = asyncio.ensure_future(close())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
 
     def offer(self, sub: Subscriber, kind: str, body: str) -> None:
         """A delta for ``sub``: queued, buffered (snapshot in progress) or dropped (slow client)."""
         if sub.closed or self.closed:
             return
         if sub.state == "building":
-            if len(sub.buffer) >= SNAPSHOT_BUFFER:
+            if len(sub.buffer) >= SNAPSHOT_BUFFER or sub.buffer_bytes + len(body) > self.max_bytes // 4:
                 sub.buffer.clear()
+                sub.buffer_bytes = 0
                 self._overflow(sub)
             else:
                 sub.buffer.append(kind + "\n" + body)
+                sub.buffer_bytes += len(body)
             return
         if sub.state == "resync":
             sub.seq += 1  # the sequence keeps counting, so a gap is visible to anyone who looks
             sub.dropped += 1
             return
-        if len(self._queue) >= self.queue_size:
+        if len(self._queue) >= self.queue_size or not self._fits(len(body) + 64):
             sub.seq += 1
             sub.dropped += 1
             self._overflow(sub)
             return
-        self.send(sub.envelope(kind, body))
+        self._push(sub.envelope(kind, body))
 
     def _overflow(self, sub: Subscriber) -> None:
         if sub.state != "resync":
@@ -140,12 +216,15 @@ class Connection:
         if sub.closed or self.closed:
             return
         head = f'{{"type":"snapshot","sub":{sub.id_json},"seq":{sub.seq},"reason":"{reason}"'
-        self.send(head + "," + body[1:])
-        buffered, sub.buffer = sub.buffer, []
+        buffered, sub.buffer, sub.buffer_bytes = sub.buffer, [], 0
+        if not self._push(head + "," + body[1:]):  # no room: the client gets it once it has read some
+            sub.state = "live"
+            self._overflow(sub)
+            return
         sub.state = "live"
         for item in buffered:
             kind, _, payload = item.partition("\n")
-            self.send(sub.envelope(kind, payload))
+            self.offer(sub, kind, payload)
 
     async def writer(self) -> None:
         try:
@@ -156,7 +235,7 @@ class Connection:
                     continue
                 if self.batch:
                     n = min(len(self._queue), BATCH_MAX)
-                    items = [self._queue.popleft() for _ in range(n)]
+                    items = [self._pop() for _ in range(n)]
                     await self.ws.send_str("[" + ",".join(items) + "]")
                     self.sent += n
                 else:
@@ -169,7 +248,7 @@ class Connection:
                         for _ in range(n):
                             if not self._queue:
                                 break
-                            await self.ws.send_str(self._queue.popleft())
+                            await self.ws.send_str(self._pop())
                             self.sent += 1
                     finally:
                         if corked:
@@ -197,17 +276,22 @@ class View:
     last_bar: int = 0  # newest candle time already sent
     last_column: int = 0
     last_map: float = 0.0
-    snapshot_task: asyncio.Future[tuple[ViewSpec, str, int, int]] | None = None
+    # the snapshot being built, or the last one built (its body moves to the hub's byte-bounded cache
+    # once delivered, so a view never pins megabytes of JSON by itself)
+    snapshot_task: asyncio.Future[tuple[ViewSpec, str | None, int, int]] | None = None
     snapshot_gen: int = -1
+    uid: int = field(default_factory=lambda: next(_VIEW_IDS))
 
 
 class MarketChannel:
     """Consumes one market's engine events and fans view deltas out to its subscribers."""
 
-    def __init__(self, svc: MarketService, markets: Markets, config: ServerConfig) -> None:
+    def __init__(self, svc: MarketService, markets: Markets, config: ServerConfig,
+                 snapshots: ByteLRU[str] | None = None) -> None:
         self.svc = svc
         self.markets = markets
         self.config = config
+        self.snapshots: ByteLRU[str] = snapshots if snapshots is not None else ByteLRU("snapshots", 64 * 2**20)
         self.views: dict[tuple[Any, ...], View] = {}
         self.events_seen = 0
         self.service_dropped = 0
@@ -249,23 +333,44 @@ class MarketChannel:
                 return
             exc = t.exception()
             if exc is not None:
-                sub.conn.send(dumps({"type": "error", "sub": sub.id, "error": _one_line(exc)}))
-                sub.state = "live"
+                err: dict[str, Any] = {"type": "error", "sub": sub.id, "error": _one_line(exc)}
+                if isinstance(exc, Busy):  # no snapshot now: deltas stop until the client asks to resync
+                    err["retry_after"] = exc.retry_after
+                    sub.state = "resync"
+                else:
+                    sub.state = "live"
+                sub.conn.send(dumps(err))
                 return
             sub.conn.deliver_snapshot(sub, reason, t.result()[1])
 
-        self._snapshot(sub.view).add_done_callback(done)
+        try:
+            fut = self._snapshot(sub.view, sub.conn.client)
+        except Busy as exc:
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            fut = failed
+        fut.add_done_callback(done)
 
-    def _snapshot(self, view: View) -> asyncio.Future[tuple[ViewSpec, str, int, int]]:
-        """One computation per view and market generation, shared by every subscriber asking for it."""
+    def _snapshot(self, view: View, client: str = "") -> asyncio.Future[tuple[ViewSpec, str | None, int, int]]:
+        """One computation per view and market generation, shared by every subscriber asking for it.
+        A default-sized view is light work; a batch-sized one queues in the heavy lane, charged to the
+        client that asked first (server.limits)."""
         gen = self.markets.gen(self.svc.market.key)
         task = view.snapshot_task
         if task is not None:
             if not task.done():
                 return task
             if view.snapshot_gen == gen and not task.cancelled() and task.exception() is None:
-                return task
+                fixed, body, last_bar, last_col = task.result()
+                body = body or self.snapshots.get((view.uid, gen))
+                if body is not None:
+                    ready: asyncio.Future[tuple[ViewSpec, str | None, int, int]] = asyncio.get_running_loop().create_future()
+                    ready.set_result((fixed, body, last_bar, last_col))
+                    return ready
         spec = view.spec
+        cells = spec.bins * spec.columns
+        lane = self.markets.heavy if cells > HEAVY_CELLS else self.markets.light
+        cost = cells * len(self.svc.params.ladder.leverage) * BYTES_PER_CELL_TIER
 
         def build() -> tuple[ViewSpec, str, int, int]:
             body = snapshot_body(self.svc, spec)
@@ -275,16 +380,29 @@ class MarketChannel:
             last_col = heat["times"][-1] if heat["times"] else 0
             return fixed, dumps(body), last_bar, last_col
 
-        task = asyncio.ensure_future(self.markets.run(build))
+        lane.admit(client, cost)  # Busy now rather than after queueing
+        task: asyncio.Future[tuple[ViewSpec, str | None, int, int]] = asyncio.ensure_future(
+            lane.run(client, build, cost_bytes=cost))
         view.snapshot_task, view.snapshot_gen = task, gen
 
-        def fix_range(t: asyncio.Future[tuple[ViewSpec, str, int, int]]) -> None:
+        def fix_range(t: asyncio.Future[tuple[ViewSpec, str | None, int, int]]) -> None:
             # A snapshot overtaken by a range change must not bring its old edges back.
             if view.snapshot_task is t and not t.cancelled() and t.exception() is None:
                 # deltas use the snapshot's edges from now on, and start from its newest candle
-                view.spec, _, last_bar, last_col = t.result()
+                view.spec, body, last_bar, last_col = t.result()
                 view.last_bar = max(view.last_bar, last_bar)
                 view.last_column = max(view.last_column, last_col)
+                if body is not None:
+                    self.snapshots.put((view.uid, gen), body)
+                # once every subscriber waiting now has it (their callbacks run before this one), the
+                # view keeps only the figures; later subscribers find the body in the bounded cache
+                asyncio.get_running_loop().call_soon(release, t, (view.spec, None, last_bar, last_col))
+
+        def release(t: asyncio.Future[Any], light: tuple[ViewSpec, None, int, int]) -> None:
+            if view.snapshot_task is t:
+                done: asyncio.Future[tuple[ViewSpec, str | None, int, int]] = asyncio.get_running_loop().create_future()
+                done.set_result(light)
+                view.snapshot_task = done
 
         task.add_done_callback(fix_range)
         return task
@@ -491,11 +609,18 @@ class LiveHub:
         self.channels: dict[str, MarketChannel] = {}
         self.connections: set[Connection] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        # Bytes waiting in all connections' send queues, and the budget's bound on them.
+        self.queued_bytes = 0
+        self.max_bytes = markets.budget.send_queues
+        self.snapshots: ByteLRU[str] = ByteLRU("snapshots", markets.budget.snapshots)
+
+    def cache_stats(self) -> dict[str, dict[str, int]]:
+        return {"snapshots": self.snapshots.stats()}
 
     def channel(self, svc: MarketService) -> MarketChannel:
         ch = self.channels.get(svc.market.key)
         if ch is None:
-            ch = self.channels[svc.market.key] = MarketChannel(svc, self.markets, self.config)
+            ch = self.channels[svc.market.key] = MarketChannel(svc, self.markets, self.config, self.snapshots)
         return ch
 
     async def start(self) -> None:
