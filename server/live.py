@@ -301,6 +301,7 @@ class MarketChannel:
         self.alerts = MarketAlerts(svc, config.alert_interval_s)
         self._alerts_running = False
         self.fanout_ms: deque[float] = deque(maxlen=512)
+        self.received_at = 0.0  # wall time the oldest event of the current batch arrived
 
     # ---- views and subscribers ----------------------------------------------------------------------
     def view_for(self, spec: ViewSpec) -> View:
@@ -415,6 +416,8 @@ class MarketChannel:
 
         async def pump() -> None:
             async for event in sub:
+                if not pending:
+                    self.received_at = time.time()
                 pending.append(event)
                 wake.set()
 
@@ -482,7 +485,8 @@ class MarketChannel:
         specs = [(v.spec, v.last_bar, v.last_column, want_map[id(v)], v.auto_range) for v in views]
         t0 = time.perf_counter()
         try:
-            results = await self.markets.run(_view_deltas, self.svc, specs, changed, realised_times)
+            results = await self.markets.run(_view_deltas, self.svc, specs, changed, realised_times,
+                                             int(self.received_at * 1000))
         except Exception as exc:  # a view that cannot be computed must not end the market's stream
             log.warning("%s: view deltas failed: %s", self.svc.market.key, exc)
             return
@@ -547,6 +551,7 @@ def _view_deltas(
     specs: list[tuple[ViewSpec, int, int, bool, bool]],
     changed: bool,
     realised_times: list[int],
+    received_ms: int = 0,
 ) -> list[tuple[list[tuple[str, str]], int, int, bool] | None]:
     """In the pool: the deltas of each view for one batch of events (shared work computed once)."""
     price = svc.last_price
@@ -568,7 +573,8 @@ def _view_deltas(
                 bars_by_tf[spec.timeframe] = last_candles(svc, spec.timeframe, 0)
             for bar in bars_by_tf[spec.timeframe]:
                 if bar["time"] >= last_bar or not bar["closed"]:
-                    msgs.append(("bar", dumps(bar)))
+                    # server_ms: when the server got the update that moved this bar (clients measure lag)
+                    msgs.append(("bar", dumps(bar | {"server_ms": received_ms})))
                     new_bar = max(new_bar, bar["time"])
             newest = bars_by_tf[spec.timeframe][-1]["time"] if bars_by_tf[spec.timeframe] else 0
             if newest > last_column or lo is None:

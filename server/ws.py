@@ -139,6 +139,8 @@ def parse(text: str) -> Any:
         raise Malformed(f"message is not JSON: {exc.msg} at {exc.pos}") from None
     except RecursionError:
         raise Malformed("JSON nested too deep") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise Malformed(f"message is not usable JSON: {_one_line(exc)[:80]}") from None
     if _too_deep(m, MAX_DEPTH):
         raise Malformed(f"JSON nested more than {MAX_DEPTH} deep")
     return m

@@ -263,17 +263,22 @@ async def test_one_x_leverage_is_a_real_position(client, hub):
 
 def test_sigterm_stops_the_server_with_exit_0(tmp_path):
     """``liqheat serve`` used to exit 1 on SIGTERM; now it closes its clients (1001) and exits 0."""
-    import signal
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--history-days", "1",
-                             "--symbols", "BTC"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--history-days", "1",
+                           "--symbols", "BTC"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        _stop_with_sigterm(proc, port)
+
+
+def _stop_with_sigterm(proc, port: int) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import time
+    import urllib.request
+
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -296,7 +301,7 @@ def test_sigterm_stops_the_server_with_exit_0(tmp_path):
                         return int(msg.data or 0)
 
         code = asyncio.run(watch())
-        assert proc.wait(20) == 0, proc.stderr.read() if proc.stderr else ""
+        assert proc.wait(20) == 0, proc.stderr.read()
         assert code == 1001
     finally:
         if proc.poll() is None:
