@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -63,6 +64,7 @@ class ByteLRU(Generic[V]):
         self.limit = max(0, int(limit))
         self.max_item = self.limit // 2 if max_item is None else int(max_item)
         self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
+        self._used: dict[Hashable, float] = {}  # last use (monotonic), for expire()
         self._lock = threading.Lock()
         self.bytes = 0
         self.evictions = 0
@@ -74,6 +76,7 @@ class ByteLRU(Generic[V]):
             if hit is None:
                 return None
             self._items.move_to_end(key)
+            self._used[key] = time.monotonic()
             return hit[0]
 
     def __contains__(self, key: Hashable) -> bool:
@@ -89,10 +92,12 @@ class ByteLRU(Generic[V]):
             old = self._items.pop(key, None)
             if old is not None:
                 self.bytes -= old[1]
+                del self._used[key]
             if size > self.max_item or size > self.limit:
                 self.refused += 1
                 return False
             self._items[key] = (value, size)
+            self._used[key] = time.monotonic()
             self.bytes += size
             self._shrink(self.limit)
             return True
@@ -103,6 +108,7 @@ class ByteLRU(Generic[V]):
             if old is None:
                 return None
             self.bytes -= old[1]
+            del self._used[key]
             return old[0]
 
     def resize(self, limit: int, max_item: int | None = None) -> None:
@@ -114,13 +120,27 @@ class ByteLRU(Generic[V]):
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._used.clear()
             self.bytes = 0
 
     def _shrink(self, limit: int) -> None:
         while self.bytes > limit and self._items:
-            _, (_, size) = self._items.popitem(last=False)
+            key, (_, size) = self._items.popitem(last=False)
+            del self._used[key]
             self.bytes -= size
             self.evictions += 1
+
+    def prune(self, dead: Callable[[Hashable], bool], idle_s: float | None = None) -> int:
+        """Drop entries whose key is ``dead`` (made for a state that is gone) or unused for ``idle_s``
+        seconds: a cache the attack filled gives its memory back once the attack stops."""
+        now = time.monotonic()
+        with self._lock:
+            gone = [k for k in self._items if dead(k) or (idle_s is not None and now - self._used[k] > idle_s)]
+            for k in gone:
+                _, size = self._items.pop(k)
+                del self._used[k]
+                self.bytes -= size
+            return len(gone)
 
     def stats(self) -> dict[str, int]:
         return {"bytes": self.bytes, "limit": self.limit, "entries": len(self._items), "evictions": self.evictions,

@@ -409,6 +409,16 @@ class MarketService:
         self._cache.resize(nbytes // 3)
         self._closed_hm.resize(nbytes - nbytes // 3)
 
+    def prune_caches(self, idle_s: float = 60.0) -> None:
+        """Drop cached views of an older book (never asked for again) and anything unused for ``idle_s``."""
+        live, closed = self._live_version, self._version
+
+        def dead(key: Any) -> bool:
+            return key[-1] < (closed if key[0] == "candles" else live)
+
+        self._cache.prune(dead, idle_s)
+        self._closed_hm.prune(lambda key: False, idle_s)
+
     def cache_stats(self) -> dict[str, dict[str, int]]:
         return {"views": self._cache.stats(), "closed_columns": self._closed_hm.stats()}
 

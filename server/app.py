@@ -169,13 +169,19 @@ async def vendor_missing(request: web.Request) -> web.Response:
     )
 
 
-async def _trim_memory(every_s: float = 5.0) -> None:
-    """Give freed heap pages back to the system now and then (in a thread: it can take milliseconds),
-    so the process shrinks after a burst of big answers or a closed greedy client."""
+async def _trim_memory(app: web.Application, every_s: float = 5.0) -> None:
+    """Now and then: drop cache entries nobody can ask for any more (an older book, unused for a minute)
+    and give freed heap pages back to the system (in a thread: it can take milliseconds), so the process
+    shrinks after an attack or a burst of big answers."""
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(every_s)
-        await loop.run_in_executor(None, budget.trim)
+        try:
+            app[MARKETS].prune(app[CONFIG].cache_idle_s)
+            app[LIVE].snapshots.prune(lambda key: False, app[CONFIG].cache_idle_s)
+            await loop.run_in_executor(None, budget.trim)
+        except Exception as exc:  # housekeeping must never end
+            log.warning("memory trim failed: %s", _one_line(exc))
 
 
 def create_app(source: Hub | Sequence[Hub] | FeedSpec, config: ServerConfig | None = None) -> web.Application:
@@ -193,7 +199,8 @@ def create_app(source: Hub | Sequence[Hub] | FeedSpec, config: ServerConfig | No
     markets = Markets(hubs, workers=config.workers, cache_entries=config.cache_entries, max_stale_s=config.max_stale_s,
                       budget=MemoryBudget(config.memory_budget), heavy_workers=config.heavy_workers,
                       heavy_waiting=config.heavy_waiting, heavy_per_client=config.heavy_per_client,
-                      light_waiting=config.light_waiting, light_per_client=config.light_per_client)
+                      light_waiting=config.light_waiting, light_per_client=config.light_per_client,
+                      heavy_duty=config.heavy_duty)
     app[CONFIG] = config
     app[MARKETS] = markets
     app[LIVE] = LiveHub(markets, config)
@@ -224,7 +231,7 @@ def create_app(source: Hub | Sequence[Hub] | FeedSpec, config: ServerConfig | No
         # of the cyclic collector's full passes, which otherwise stalled the loop 15-65 ms at a time with
         # 1,000 WebSocket clients (measured with gc.callbacks).
         gc.freeze()
-        trimmer = asyncio.create_task(_trim_memory(), name="memory trim")
+        trimmer = asyncio.create_task(_trim_memory(app), name="memory trim")
         yield
         trimmer.cancel()
         gc.unfreeze()

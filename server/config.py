@@ -59,9 +59,15 @@ class ServerConfig:
     heavy_workers: int = 1
     heavy_waiting: int = 8
     heavy_per_client: int = 2
+    # Share of the time the heavy lane may compute (it pauses after each job in proportion), so batch
+    # work leaves the interpreter to the live pages.
+    heavy_duty: float = 0.5
     # Other REST work: requests admitted at once, and per client.
     light_waiting: int = 256
     light_per_client: int = 64
+    # Seconds a cached answer, view or snapshot may go unused before it is dropped (memory returns to
+    # the system after a burst instead of staying at the budget).
+    cache_idle_s: float = 60.0
     # Host header values accepted when the server listens on loopback only (besides localhost,
     # 127.0.0.1 and [::1]): a DNS-rebinding page reaches a loopback server under its own name.
     allow_hosts: tuple[str, ...] = ()

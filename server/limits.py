@@ -39,8 +39,15 @@ class Busy(Exception):
 class Lane:
     """Threads for one kind of work, with a bounded queue and a per-client share of it."""
 
-    def __init__(self, name: str, workers: int, max_waiting: int, per_client: int, work_bytes: int = 0) -> None:
+    def __init__(self, name: str, workers: int, max_waiting: int, per_client: int, work_bytes: int = 0,
+                 duty: float = 1.0) -> None:
         self.name = name
+        # Share of the time this lane may compute (< 1: after a job of t seconds the next one waits
+        # t * (1/duty - 1)). Numpy work in a thread still holds the interpreter lock much of the time, so a
+        # lane busy back to back slows the event loop (and every live page) down; a pause gives it back.
+        self.duty = duty
+        self._gate = asyncio.Lock() if duty < 1.0 else None
+        self._next_start = 0.0
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"liqheat-{name}")
         self.workers = workers
         self.max_waiting = max_waiting  # admitted (running + queued) jobs at most
@@ -72,7 +79,16 @@ class Lane:
         self.by_client[client] += 1
         self.bytes_in_flight += cost_bytes
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+            if self._gate is None:
+                return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+            async with self._gate:  # one at a time, with a pause after each
+                await asyncio.sleep(max(0.0, self._next_start - time.monotonic()))
+                started = time.monotonic()
+                try:
+                    return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+                finally:
+                    ended = time.monotonic()
+                    self._next_start = ended + (ended - started) * (1.0 / self.duty - 1.0)
         finally:
             self.admitted -= 1
             self.bytes_in_flight -= cost_bytes

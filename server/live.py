@@ -329,10 +329,12 @@ class MarketChannel:
         sub.state = "building"
         sub.buffer.clear()
 
-        def done(t: asyncio.Future[tuple[ViewSpec, str, int, int]]) -> None:
-            if sub.closed or t.cancelled():
+        def done(t: asyncio.Future[tuple[ViewSpec, str | None, int, int]]) -> None:
+            if t.cancelled():
                 return
-            exc = t.exception()
+            exc = t.exception()  # retrieved even for a subscriber gone meanwhile (else asyncio logs it)
+            if sub.closed:
+                return
             if exc is not None:
                 err: dict[str, Any] = {"type": "error", "sub": sub.id, "error": _one_line(exc)}
                 if isinstance(exc, Busy):  # no snapshot now: deltas stop until the client asks to resync
@@ -388,7 +390,8 @@ class MarketChannel:
 
         def fix_range(t: asyncio.Future[tuple[ViewSpec, str | None, int, int]]) -> None:
             # A snapshot overtaken by a range change must not bring its old edges back.
-            if view.snapshot_task is t and not t.cancelled() and t.exception() is None:
+            failed = t.cancelled() or t.exception() is not None
+            if view.snapshot_task is t and not failed:
                 # deltas use the snapshot's edges from now on, and start from its newest candle
                 view.spec, body, last_bar, last_col = t.result()
                 view.last_bar = max(view.last_bar, last_bar)
@@ -471,7 +474,7 @@ class MarketChannel:
                         s.conn.offer(s, kind, body)
         realised_times = [int(e.data["time"]) for e in batch if e.kind == "realised"]
         changed = bool(kinds & {"bar", "book"})
-        views = [v for v in self.views.values() if v.subscribers and v.snapshot_task is not None and v.snapshot_task.done()]
+        views = [v for v in self.views.values() if v.subscribers and _built(v)]
         if not views or not (changed or realised_times):
             return
         if common:
@@ -540,6 +543,12 @@ class MarketChannel:
             "compute_ms_p50": p(self.compute_ms, 0.5), "compute_ms_p99": p(self.compute_ms, 0.99),
             "fanout_ms_p50": p(self.fanout_ms, 0.5), "fanout_ms_p99": p(self.fanout_ms, 0.99),
         }
+
+
+def _built(view: View) -> bool:
+    """The view has a snapshot (deltas make sense): not still building, not refused (busy) or failed."""
+    t = view.snapshot_task
+    return t is not None and t.done() and not t.cancelled() and t.exception() is None
 
 
 def changed_book(kinds: set[str]) -> bool:

@@ -42,13 +42,15 @@ def dumps(obj: Any) -> str:
 class Markets:
     def __init__(self, hubs: Sequence[Hub], workers: int = 4, cache_entries: int = 256, max_stale_s: float = 0.0,
                  budget: MemoryBudget | None = None, heavy_workers: int = 1, heavy_waiting: int = 8,
-                 heavy_per_client: int = 2, light_waiting: int = 256, light_per_client: int = 64) -> None:
+                 heavy_per_client: int = 2, light_waiting: int = 256, light_per_client: int = 64,
+                 heavy_duty: float = 1.0) -> None:
         self.hubs = list(hubs)
         self.budget = budget or MemoryBudget()
         # Separate threads per kind of work (server.limits): the live fan-out never waits behind a batch.
         self.live = Lane("live", 2, 1 << 30, 1 << 30)
         self.light = Lane("light", workers, light_waiting, light_per_client)
-        self.heavy = Lane("heavy", heavy_workers, heavy_waiting, heavy_per_client, work_bytes=self.budget.work)
+        self.heavy = Lane("heavy", heavy_workers, heavy_waiting, heavy_per_client, work_bytes=self.budget.work,
+                          duty=heavy_duty)
         self.executor = self.live.executor
         self.cache_entries = cache_entries  # kept for callers; the bound is in bytes now
         # (market, key, generation) -> answer, at most the budget's share of bytes (least recently used go)
@@ -73,6 +75,17 @@ class Markets:
         services = self.services()
         for svc in services:
             svc.set_memory_budget(self.budget.engine_caches // max(1, len(services)))
+
+    def prune(self, idle_s: float = 60.0) -> None:
+        """Free what cannot be asked for again: answers of an older market generation (kept only while
+        stale-while-revalidate may hand them out), and anything unused for ``idle_s``."""
+        gens = dict(self.generation)
+        self._cache.prune(lambda key: key[2] < gens.get(key[0], 0) - 1, idle_s)  # type: ignore[index]
+        self._latest.prune(lambda key: False, idle_s)
+        self._memo.prune(lambda key: False, idle_s)
+        self._calls.prune(lambda key: False, idle_s)
+        for svc in self.services():
+            svc.prune_caches(idle_s)
 
     def memory(self) -> dict[str, Any]:
         """Bytes held per cache (what /api/v1/health reports)."""
