@@ -116,12 +116,20 @@ class Connection:
 
     def _fits(self, n: int) -> bool:
         """Room for ``n`` more bytes here and in the process-wide total (one message always fits an
-        empty queue, so a big snapshot still reaches a client that reads)."""
+        empty queue, so a big snapshot still reaches a client that reads). When the total is what is
+        full, the connection holding the most gives way (closed), not the one that asks."""
         if not self._queue:
             return True
         if self.queued_bytes + n > self.max_bytes:
             return False
-        return self.hub is None or self.hub.queued_bytes + n <= self.hub.max_bytes
+        hub = self.hub
+        if hub is None or hub.queued_bytes + n <= hub.max_bytes:
+            return True
+        greedy = max(hub.connections, key=lambda c: c.queued_bytes, default=self)
+        if greedy is self or greedy.queued_bytes <= self.queued_bytes:
+            return False
+        greedy.abort("send queue full: this client holds the most of the server's send budget")
+        return hub.queued_bytes + n <= hub.max_bytes
 
     def _push(self, text: str) -> bool:
         if self.closed:

@@ -307,3 +307,42 @@ def _stop_with_sigterm(proc, port: int) -> None:  # type: ignore[no-untyped-def]
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class _Unread:
+    """A WebSocket whose client never reads: every send waits forever."""
+
+    def __init__(self) -> None:
+        self.closed_with: int | None = None
+
+    async def send_str(self, text: str) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self, code: int = 1000, message: bytes = b"") -> None:
+        self.closed_with = code
+
+
+async def test_when_the_total_send_budget_is_full_the_greediest_client_gives_way():
+    from server.live import Connection
+
+    class Hub:
+        queued_bytes = 0
+        max_bytes = 1 * MB
+        connections: set = set()
+
+    hub = Hub()
+    greedy_ws, normal_ws = _Unread(), _Unread()
+    greedy = Connection(greedy_ws, 10_000, max_bytes=4 * MB, hub=hub)  # type: ignore[arg-type]
+    normal = Connection(normal_ws, 10_000, max_bytes=4 * MB, hub=hub)  # type: ignore[arg-type]
+    hub.connections = {greedy, normal}
+    for _ in range(9):
+        greedy.send("x" * 100_000)
+    normal.send('{"type":"pong"}')
+    normal.send('{"type":"subscribed"}')
+    assert hub.queued_bytes > 0.85 * MB and not greedy.closed
+    # the total is full: the client holding 0.9 MB of it is closed, not the page asking for room
+    normal.send('{"type":"snapshot","pad":"' + "y" * 150_000 + '"}')
+    await asyncio.sleep(0)
+    assert greedy.closed and greedy.queued_bytes == 0 and greedy_ws.closed_with == 1008
+    assert not normal.closed and normal.pending() == 3
+    assert hub.queued_bytes == normal.queued_bytes
