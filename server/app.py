@@ -174,12 +174,15 @@ async def _trim_memory(app: web.Application, every_s: float = 5.0) -> None:
     and give freed heap pages back to the system (in a thread: it can take milliseconds), so the process
     shrinks after an attack or a burst of big answers."""
     loop = asyncio.get_running_loop()
+    rounds = 0
     while True:
         await asyncio.sleep(every_s)
+        rounds += 1
         try:
             app[MARKETS].prune(app[CONFIG].cache_idle_s)
             app[LIVE].snapshots.prune(lambda key: False, app[CONFIG].cache_idle_s)
-            await loop.run_in_executor(None, budget.trim)
+            if rounds % 6 == 0:  # malloc_trim holds the allocator's locks while it walks the heap: not often
+                await loop.run_in_executor(None, budget.trim)
         except Exception as exc:  # housekeeping must never end
             log.warning("memory trim failed: %s", _one_line(exc))
 
