@@ -35,6 +35,7 @@ from engine.feeds.base import (
     UnknownSymbol,
 )
 from engine.ladderfile import load_ladder
+from engine.memory import ByteLRU, nbytes, owned
 from engine.model import (
     TIMEFRAMES,
     Bars,
@@ -188,14 +189,16 @@ class MarketService:
         self._live_book: LevelBook | None = None
         self._version = 0  # bumps on every closed bar
         self._live_version = 0  # bumps on every forming update too
-        self._cache: dict[tuple[Any, ...], Any] = {}
+        # Views and closed heatmap columns, bounded in bytes (a faces' memory budget resizes them).
+        self._cache: ByteLRU[Any] = ByteLRU(f"{market.key} views", DEFAULT_CACHE_BYTES // 3)
         self._subs: set[Subscription] = set()
         self._seq = 0
         self._liquidations: deque[Liquidation] = deque(maxlen=20_000)
         self._zones_key: tuple[Any, ...] = ()
         self._books: OrderedDict[int, LevelBook] = OrderedDict()  # book at recent 5m closes
         self._recent_books: OrderedDict[int, LevelBook] = OrderedDict()  # book at the last few bar closes
-        self._closed_hm: dict[tuple[Any, ...], Heatmap] = {}  # newest closed columns per grid
+        self._closed_hm: ByteLRU[Heatmap] = ByteLRU(f"{market.key} closed columns", DEFAULT_CACHE_BYTES * 2 // 3)
+        self._zones_running = False
         self.loaded = asyncio.Event()
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -273,8 +276,6 @@ class MarketService:
                 realised = None
             self._live_version += 1
             self._live_book = None
-            if len(self._cache) > 256:
-                self._cache.clear()
         if self.health in (Health.STALE, Health.RECONNECTING):
             self._set_health(Health.LIVE, "")
         self._publish("bar", _bar_dict(bar, update.closed))
@@ -282,7 +283,7 @@ class MarketService:
             self._publish("realised", realised)
         self._publish("book", {"time": t, "price": float(bar.close[0])})
         if update.closed:
-            self._maybe_publish_zones()
+            self._schedule_zones()
 
     def _snapshot_book(self, close_time: int) -> None:
         """Keep the book as it stood at recent closes — every bar for the last few minutes, and every
@@ -300,11 +301,41 @@ class MarketService:
         return self._books.get(close_time) or self._recent_books.get(close_time)
 
     def _maybe_publish_zones(self) -> None:
+        self._publish_zones(self._zones_now())
+
+    def _zones_now(self) -> tuple[tuple[Any, ...], list[Zone]]:
         zones = self.zones()
-        key = tuple((z.side, round(z.price_low, 2), round(z.price_high, 2), z.grade) for z in zones)
+        return tuple((z.side, round(z.price_low, 2), round(z.price_high, 2), z.grade) for z in zones), zones
+
+    def _publish_zones(self, keyed: tuple[tuple[Any, ...], list[Zone]]) -> None:
+        key, zones = keyed
         if key != self._zones_key:
             self._zones_key = key
             self._publish("zones", {"zones": self.analytics.zone_rows(refresh_confluence=False)})  # ranked, touch, age
+
+    def _schedule_zones(self) -> None:
+        """The zones of the new book are numpy work (milliseconds per market and bar): compute them in a
+        thread and publish from the loop, so ingesting a bar never stalls the clients. One at a time;
+        a bar closing meanwhile is covered by the next run."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # ingest() called outside an event loop (scripts, tests): inline
+            self._maybe_publish_zones()
+            return
+        if self._zones_running:
+            return
+        self._zones_running = True
+
+        def done(fut: asyncio.Future[tuple[tuple[Any, ...], list[Zone]]]) -> None:
+            self._zones_running = False
+            if fut.cancelled():
+                return
+            if fut.exception() is not None:
+                log.warning("%s: zones failed: %s", self.market.key, fut.exception())
+                return
+            self._publish_zones(fut.result())
+
+        loop.run_in_executor(None, self._zones_now).add_done_callback(done)
 
     # ---- subscribers --------------------------------------------------------------------------------
     def subscribe(self, maxsize: int = 256) -> Subscription:
@@ -417,6 +448,24 @@ class MarketService:
             an = self._analytics
         return an  # type: ignore[no-any-return]
 
+    def set_memory_budget(self, nbytes: int) -> None:
+        """Bound this market's view caches to ``nbytes`` in all (a third views, the rest closed columns)."""
+        self._cache.resize(nbytes // 3)
+        self._closed_hm.resize(nbytes - nbytes // 3)
+
+    def prune_caches(self, idle_s: float = 60.0) -> None:
+        """Drop cached views of an older book (never asked for again) and anything unused for ``idle_s``."""
+        live, closed = self._live_version, self._version
+
+        def dead(key: Any) -> bool:
+            return key[-1] < (closed if key[0] == "candles" else live)
+
+        self._cache.prune(dead, idle_s)
+        self._closed_hm.prune(lambda key: False, idle_s)
+
+    def cache_stats(self) -> dict[str, dict[str, int]]:
+        return {"views": self._cache.stats(), "closed_columns": self._closed_hm.stats()}
+
     # ---- views --------------------------------------------------------------------------------------
     def candles(
         self, timeframe: str | int = "5m", since: int | None = None, until: int | None = None, limit: int | None = None
@@ -428,7 +477,7 @@ class MarketService:
         closed = self._cache.get(key)
         if closed is None:
             closed = bars.resample(tf)
-            self._cache[key] = closed
+            self._cache.put(key, closed)
         out = closed if forming is None else _merge_forming(closed, forming.resample(tf))
         return _window(out, since, until, limit)
 
@@ -496,10 +545,10 @@ class MarketService:
             shorts.append(sb[None])
         long_usd, short_usd = np.concatenate(longs), np.concatenate(shorts)
         tiers = self.params.ladder.labels
-        if tier is not None:
-            long_usd, short_usd, tiers = long_usd[:, :, tier : tier + 1], short_usd[:, :, tier : tier + 1], (tiers[tier],)
+        if tier is not None:  # copies: a cached slice would pin the whole all-tier grid
+            long_usd, short_usd, tiers = owned(long_usd[:, :, tier : tier + 1]), owned(short_usd[:, :, tier : tier + 1]), (tiers[tier],)
         out = Heatmap(closes, edges, long_usd, short_usd, tiers)
-        self._cache[key] = out
+        self._cache.put(key, out)
         return out
 
     def _closed_columns(self, times: np.ndarray, edges: np.ndarray, grid_key: tuple[Any, ...]) -> Heatmap:
@@ -517,21 +566,20 @@ class MarketService:
                     # shares, and keeping only those would send the next big request to the batch path.
                     binned = [self._book_at(int(m)).binned(edges, spread=grid_key[-1]) for m in missing]  # type: ignore[union-attr]
                     prev = Heatmap(
-                        np.concatenate([prev.times, missing])[-_CLOSED_KEPT:],
+                        owned(np.concatenate([prev.times, missing])[-_CLOSED_KEPT:]),
                         edges,
-                        np.concatenate([prev.long_usd, np.stack([lb for lb, _ in binned])])[-_CLOSED_KEPT:],
-                        np.concatenate([prev.short_usd, np.stack([sb for _, sb in binned])])[-_CLOSED_KEPT:],
+                        owned(np.concatenate([prev.long_usd, np.stack([lb for lb, _ in binned])])[-_CLOSED_KEPT:]),
+                        owned(np.concatenate([prev.short_usd, np.stack([sb for _, sb in binned])])[-_CLOSED_KEPT:]),
                         prev.tiers,
                     )
-                    self._closed_hm[grid_key] = prev
+                    self._closed_hm.put(grid_key, prev)
                 sel = np.isin(prev.times, times)
                 if sel.sum() == len(times):  # else the request reaches past what is kept: batch below
                     return Heatmap(times, edges, prev.long_usd[sel], prev.short_usd[sel], prev.tiers)
         est = self._current_estimate(int(times[-1]))
         out = est.heatmap(times=times, edges=edges, spread=grid_key[-1])
-        self._closed_hm[grid_key] = out
-        if len(self._closed_hm) > _GRIDS_KEPT:
-            self._closed_hm.pop(next(iter(self._closed_hm)))
+        self._closed_hm.put(grid_key, Heatmap(owned(out.times), owned(out.edges), owned(out.long_usd),
+                                              owned(out.short_usd), out.tiers))
         return out
 
     def liquidation_map(self, bins: int = 200, span: float = 0.25, log: bool = False, spread: bool = False) -> LiquidationMap:
@@ -543,7 +591,7 @@ class MarketService:
         cached = self._cache.get(key)
         if cached is None:
             cached = self.live_book().zones(self.daily_volume_usd(), bins=bins, span=span)
-            self._cache[key] = cached
+            self._cache.put(key, cached)
         return list(cached)
 
     def realised(self, timeframe: str | int = "5m", since: int | None = None, until: int | None = None) -> Realised:
@@ -569,7 +617,10 @@ _SNAPSHOT_EVERY = 300  # seconds: 5m, 15m, 1h, 4h, 1d and 1w candles all close o
 _SNAPSHOTS_KEPT = 24
 _RECENT_KEPT = 16  # every base bar, so 1m views also grow column by column
 _CLOSED_KEPT = 2000  # closed heatmap columns kept per grid (the API's largest request)
-_GRIDS_KEPT = 8  # grids (timeframe x bins x range) whose closed columns are kept: up to ~32 MB each
+# Bytes of cached views and closed columns per market unless a face sets a budget (set_memory_budget):
+# a third for views, two thirds for closed-column grids (2000 x 1000 x 5 tiers is 160 MB, so the largest
+# grids are recomputed rather than kept at this size).
+DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 _NICE = 0.02  # default heatmap ranges snap to 2% steps so a moving price does not change the bins
 
 
@@ -783,6 +834,7 @@ def open_hub(
 
 # What the faces may use from the engine besides engine.analytics (tests/test_face_imports.py).
 __all__ = [
+    "ByteLRU", "nbytes",  # the byte-bounded cache, for the faces' own caches (one memory budget)
     "FEEDS", "TIMEFRAMES", "Bars", "BarsError", "CascadeError", "Feed", "FeedError", "Health", "Heatmap", "Hub",
     "LadderError", "Liquidation", "LiquidationMap", "Market", "MarketService", "ModelParams", "Realised", "RiskError",
     "ServiceEvent", "Subscription", "TouchError", "UnknownSymbol", "ViewError", "Zone", "bucket_start", "load_ladder", "open_feed",

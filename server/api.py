@@ -10,6 +10,7 @@ import functools
 import gzip
 import hashlib
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from engine.analytics import AnalyticsError, PositionSpec
 from engine.service import MarketService, bucket_start, timeframe_seconds
 
 from . import __version__
+from .budget import BYTES_PER_CELL_TIER, rss_bytes
 from .config import API_TIMEFRAMES
 from .encoding import candles_payload, json_number, map_payload, realised_payload
+from .limits import HEAVY_CELLS
 from .markets import compact_ticker, dumps, udf_name
 from .params import BadRequest, Query, parse_tier
 from .state import CONFIG, LIVE, MARKETS, STARTED_AT
@@ -68,13 +71,34 @@ def encoded_response(request: web.Request, enc: Encoded) -> web.Response:
     return web.Response(body=enc.raw, content_type="application/json", headers=headers)
 
 
-async def _cached(request: web.Request, svc: MarketService, key: tuple[Any, ...], build: Callable[[], Any]) -> web.Response:
+async def _cached(request: web.Request, svc: MarketService, key: tuple[Any, ...], build: Callable[[], Any],
+                  cells: int = 0) -> web.Response:
+    """The answer from the cache or computed once in a lane: batch-sized work (``cells`` above
+    limits.HEAVY_CELLS) goes to the heavy lane, capped per client; the rest to the light one."""
     markets = request.app[MARKETS]
-    markets.remember_call(request.path, request.query_string, svc, key, build)
-    enc = await markets.cached(svc, key, lambda: Encoded.of(build()))
+    lane, cost = work_lane(svc, cells)
+    markets.remember_call(request.path, request.query_string, svc, key, build, lane, cost)
+    return await _answer(request, svc, key, build, lane, cost)
+
+
+async def _answer(request: web.Request, svc: MarketService, key: tuple[Any, ...], build: Callable[[], Any],
+                  lane: str, cost: int) -> web.Response:
+    markets = request.app[MARKETS]
+    enc = await markets.cached(svc, key, lambda: Encoded.of(build()), lane, client_of(request), cost)
     if markets.is_current(svc, key, enc):  # never pin a stale-while-revalidate answer to the query string
-        markets.remember(request.path, request.query_string, svc.market.key, markets.gen(svc.market.key), enc)
+        markets.remember(request.path, request.query_string, svc.market.key, markets.gen(svc.market.key), key)
     return encoded_response(request, enc)
+
+
+def client_of(request: web.Request) -> str:
+    """Whom a request's work is counted against: its peer address."""
+    return request.remote or "?"
+
+
+def work_lane(svc: MarketService, cells: int) -> tuple[str, int]:
+    """(lane, estimated working bytes) of a heatmap-like computation over ``cells`` price x time cells."""
+    cost = cells * len(svc.params.ladder.leverage) * BYTES_PER_CELL_TIER
+    return ("heavy" if cells > HEAVY_CELLS else "light"), cost
 
 
 def memoized(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -90,7 +114,7 @@ def memoized(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Calla
             return encoded_response(request, enc)
         call = markets.recall_call(request.path, request.query_string)
         if call is not None:  # validated before: only the answer is new (or being recomputed)
-            return await _cached(request, *call)
+            return await _answer(request, *call)
         return await handler(request)
 
     return wrapper
@@ -125,6 +149,17 @@ def market_info(svc: MarketService) -> dict[str, Any]:
     }
 
 
+def memory_info(request: web.Request) -> dict[str, Any]:
+    """The process's own accounting: bytes per cache, in send queues and in work lanes, against the budget."""
+    markets, live = request.app[MARKETS], request.app[LIVE]
+    out = markets.memory()
+    out["caches"].update(live.cache_stats())
+    out["cache_bytes"] = sum(c["bytes"] for c in out["caches"].values())
+    out.update({"budget_bytes": request.app[CONFIG].memory_budget, "send_queue_bytes": live.queued_bytes,
+                "rss_bytes": rss_bytes()})
+    return out
+
+
 @routes.get("/api/v1/health")
 async def health(request: web.Request) -> web.Response:
     Query(request.query).done()
@@ -138,8 +173,10 @@ async def health(request: web.Request) -> web.Response:
         "markets": [{"key": svc.market.key, **h} for svc, h in zip(services, states, strict=True)],
         "live": {
             "connections": len(request.app[LIVE].connections),
+            "max_clients": request.app[CONFIG].max_clients,
             "markets": {key: ch.stats() for key, ch in request.app[LIVE].channels.items()},
         },
+        "memory": memory_info(request),
     }
     return json_response(dumps(body))
 
@@ -195,7 +232,7 @@ async def candles(request: web.Request) -> web.Response:
         bars = svc.candles(tf, since=since, until=until, limit=limit)
         return {"symbol": svc.market.key, "timeframe": tf, **candles_payload(bars)}
 
-    return await _cached(request, svc, ("candles", tf, since, until, limit), build)
+    return await _cached(request, svc, ("candles", tf, since, until, limit), build)  # no grid: light
 
 
 def view_spec(svc: MarketService, q: Query, default_bins: int, default_columns: int) -> ViewSpec:
@@ -228,7 +265,7 @@ async def heatmap(request: web.Request) -> web.Response:
     encoding = q.choice("encoding", "sqrt-u8", ("sqrt-u8", "json"))
     q.done()
     return await _cached(request, svc, ("heatmap", spec, since, until, encoding),
-                         lambda: heatmap_view(svc, spec, since, until, encoding))
+                         lambda: heatmap_view(svc, spec, since, until, encoding), cells=spec.bins * spec.columns)
 
 
 @routes.get("/api/v1/heatmap/cell")
@@ -398,7 +435,18 @@ async def risk(request: web.Request) -> web.Response:
     _plausible_entry(entry, svc.last_price)
     assert size is not None
     return await _cached(request, svc, ("risk", side, entry, leverage, size),
-                         lambda: svc.analytics.position(side, entry, leverage, size))
+                         lambda: finite_json(svc.analytics.position(side, entry, leverage, size)))
+
+
+def finite_json(obj: Any) -> Any:
+    """Non-finite numbers → null (JSON has no infinity: a 1x inverse short is liquidated "at infinity")."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 def _plausible_entry(entry: float, price: float) -> None:

@@ -6,6 +6,7 @@ in ``on_shutdown``, numpy work runs in a thread pool, state is typed with ``web.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -32,8 +33,10 @@ from engine.service import (
     open_hub,
 )
 
-from . import api, assets, udf, ws
+from . import api, assets, budget, udf, ws
+from .budget import MemoryBudget
 from .config import ServerConfig
+from .limits import Busy
 from .live import LiveHub
 from .markets import Markets, dumps
 from .openapi import document
@@ -66,8 +69,24 @@ class FeedSpec:
                          seed=self.seed, alerts=self.alerts, webhook=self.webhook) for spec in self.feeds]
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.Response(status=status, text=dumps({"error": message}), content_type="application/json")
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=dumps({"error": message}), content_type="application/json",
+                        headers=headers)
+
+
+# Longest path a static file may have (a file name longer than 255 bytes makes the OS raise instead of
+# answering "not found").
+_MAX_STATIC_PATH = 512
+
+
+@web.middleware
+async def host_allowed(request: web.Request, handler: Any) -> web.StreamResponse:
+    """On loopback, only requests addressed to this machine by name: a DNS-rebinding page reaches the
+    server under its own host name (and would pass a same-host Origin check)."""
+    if not request.app[CONFIG].host_allowed(request.headers.get("Host", "")):
+        return _error(421, f"host {request.headers.get('Host', '')[:80]!r} is not served here; "
+                           "start the server with --allow-host")
+    return await handler(request)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -78,8 +97,14 @@ def _one_line(exc: BaseException) -> str:
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
     """Bad input → 400, unknown symbol → 404, a market still loading → 503; never a bare 500 page."""
+    if request.path.startswith("/static/") and (
+        len(request.path) > _MAX_STATIC_PATH or any(len(part.encode()) > 255 for part in request.path.split("/"))
+    ):
+        return _error(404, "not found")
     try:
         return await handler(request)
+    except Busy as exc:
+        return _error(exc.status, str(exc), {"Retry-After": str(exc.retry_after)})
     except (BadRequest, ViewError, BarsError, LadderError, RiskError, TouchError, CascadeError, AnalyticsError) as exc:
         return _error(400, _one_line(exc))
     except UnknownSymbol as exc:
@@ -94,9 +119,14 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
                     resp.headers[name] = exc.headers[name]
             return resp
         raise
+    except OSError as exc:
+        if request.path.startswith("/static/"):  # a name the file system will not look up: not found
+            return _error(404, "not found")
+        log.error("unhandled error on %s: %s", request.path[:200], _one_line(exc))
+        return _error(500, f"internal error ({type(exc).__name__})")
     except Exception as exc:
-        log.exception("unhandled error on %s", request.path_qs)
-        return _error(500, f"internal error: {_one_line(exc)}")
+        log.exception("unhandled error on %s", request.path[:200])
+        return _error(500, f"internal error ({type(exc).__name__})")  # no paths or values of the machine
 
 
 # Read-only market data: any page may read it (no cookies, no credentials). The WebSocket has its own
@@ -141,14 +171,41 @@ async def vendor_missing(request: web.Request) -> web.Response:
     )
 
 
+async def _trim_memory(app: web.Application, every_s: float = 5.0) -> None:
+    """Now and then: drop cache entries nobody can ask for any more (an older book, unused for a minute)
+    and give freed heap pages back to the system (in a thread: it can take milliseconds), so the process
+    shrinks after an attack or a burst of big answers."""
+    loop = asyncio.get_running_loop()
+    rounds = 0
+    while True:
+        await asyncio.sleep(every_s)
+        rounds += 1
+        try:
+            app[MARKETS].prune(app[CONFIG].cache_idle_s)
+            app[LIVE].snapshots.prune(lambda key: False, app[CONFIG].cache_idle_s)
+            if rounds % 6 == 0:  # malloc_trim holds the allocator's locks while it walks the heap: not often
+                await loop.run_in_executor(None, budget.trim)
+        except Exception as exc:  # housekeeping must never end
+            log.warning("memory trim failed: %s", _one_line(exc))
+
+
 def create_app(source: Hub | Sequence[Hub] | FeedSpec, config: ServerConfig | None = None) -> web.Application:
     """A ``Hub`` (or several) is owned by the caller — started before, stopped after. A ``FeedSpec``
     makes the app build, start and stop its own hubs."""
     config = config or ServerConfig()
-    app = web.Application(middlewares=[cors, errors_as_json], client_max_size=64 * 1024)
+    # keepalive_timeout also bounds how long a client may take to send a request's headers (aiohttp closes
+    # a connection still waiting for them at that deadline: slowloris); lingering_time bounds reading a
+    # body nobody asked for (every endpoint is a GET).
+    app = web.Application(middlewares=[host_allowed, cors, errors_as_json], client_max_size=64 * 1024,
+                          handler_args={"keepalive_timeout": config.request_timeout_s,
+                                        "lingering_time": min(config.request_timeout_s, 5.0)})
     owned = isinstance(source, FeedSpec)
     hubs: list[Hub] = [] if owned else ([source] if isinstance(source, Hub) else list(source))
-    markets = Markets(hubs, workers=config.workers, cache_entries=config.cache_entries, max_stale_s=config.max_stale_s)
+    markets = Markets(hubs, workers=config.workers, cache_entries=config.cache_entries, max_stale_s=config.max_stale_s,
+                      budget=MemoryBudget(config.memory_budget), heavy_workers=config.heavy_workers,
+                      heavy_waiting=config.heavy_waiting, heavy_per_client=config.heavy_per_client,
+                      light_waiting=config.light_waiting, light_per_client=config.light_per_client,
+                      heavy_duty=config.heavy_duty)
     app[CONFIG] = config
     app[MARKETS] = markets
     app[LIVE] = LiveHub(markets, config)
@@ -173,12 +230,15 @@ def create_app(source: Hub | Sequence[Hub] | FeedSpec, config: ServerConfig | No
         app.cleanup_ctx.append(run_hubs)
 
     async def run_live(app: web.Application) -> AsyncIterator[None]:
+        markets.apply_budget()
         await app[LIVE].start()
         # Everything alive now (imported modules, loaded markets) lives as long as the server: keep it out
         # of the cyclic collector's full passes, which otherwise stalled the loop 15-65 ms at a time with
         # 1,000 WebSocket clients (measured with gc.callbacks).
         gc.freeze()
+        trimmer = asyncio.create_task(_trim_memory(app), name="memory trim")
         yield
+        trimmer.cancel()
         gc.unfreeze()
         await app[LIVE].stop()
         markets.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import socket
 import sys
 
@@ -15,6 +17,7 @@ from engine.service import FeedError, LadderError, load_ladder
 
 from . import assets
 from .app import FeedSpec, create_app
+from .budget import MIN_BUDGET, parse_size, tune_malloc
 from .config import ServerConfig
 
 HELP = "serve the live liquidation heatmap in the browser (+ REST/WebSocket/UDF API); demo market by default"
@@ -29,6 +32,26 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {port}")
     return port
+
+
+def _size(text: str) -> int:
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size < MIN_BUDGET:
+        raise argparse.ArgumentTypeError(f"at least {MIN_BUDGET // 2**20}MB, got {text!r}")
+    return size
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= n <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1000000, got {n}")
+    return n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="another page origin allowed to open the WebSocket (e.g. https://my.site); '*' = any")
     parser.add_argument("--seed", type=int, default=None, help="demo market random seed")
+    parser.add_argument("--memory-budget", type=_size, default=1024**3, metavar="SIZE",
+                        help="memory for caches, send queues and work in flight, e.g. 512MB (default 1GB)")
+    parser.add_argument("--max-clients", type=_positive, default=1000, metavar="N",
+                        help="WebSocket connections at once (default 1000); more get 503 + Retry-After")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                        help="another Host name to answer on loopback (default: localhost, 127.0.0.1, [::1])")
     parser.add_argument("--verbose", action="store_true", help="log requests")
 
 
@@ -85,8 +114,15 @@ def _spec(args: argparse.Namespace, config: Config | None = None) -> FeedSpec:
 
 async def serve(spec: FeedSpec, config: ServerConfig, verbose: bool = False) -> int:
     app = create_app(spec, config)
+    # SIGTERM / SIGINT end the wait below; the finally closes the clients (1001) and the markets, and
+    # the command exits 0 (aiohttp's own handlers raise GracefulExit, which exited 1).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if verbose else None,
-                           handle_signals=True)
+                           handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()  # starts the markets (cleanup_ctx): history loads here
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
@@ -97,7 +133,7 @@ async def serve(spec: FeedSpec, config: ServerConfig, verbose: bool = False) -> 
     host = config.host if config.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104 - printing only
     print(f"liqheat: serving {', '.join(spec.feeds)} at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await runner.cleanup()
     return 0
@@ -112,7 +148,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"liqheat serve: {exc}", file=sys.stderr)
         return 2
     config = ServerConfig(host=args.host, port=args.port, allow_origins=tuple(args.allow_origin),
-                          risk_limit=file_config.risk_limit)
+                          risk_limit=file_config.risk_limit,
+                          memory_budget=args.memory_budget, max_clients=args.max_clients,
+                          allow_hosts=tuple(args.allow_host))
+    tune_malloc()  # freed buffers go back to the system, so the process shrinks after a burst
+    # Numpy work in the lanes' threads holds the interpreter lock between array operations; the event
+    # loop (every page's live bars) waits up to one switch interval each time it wants it back. 1 ms
+    # instead of 5 keeps that wait short while batch work runs (soak benchmark: live-bar lag).
+    sys.setswitchinterval(0.001)
     if args.port:
         # Fail before loading a month of history, not after.
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
 import time
@@ -16,11 +17,13 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
-from engine.service import MarketService, ServiceEvent, bucket_start
+from engine.service import ByteLRU, MarketService, ServiceEvent, bucket_start
 
+from .budget import BYTES_PER_CELL_TIER
 from .config import ServerConfig
+from .limits import HEAVY_CELLS, Busy
 from .markets import Markets, dumps
 from .views import (
     ViewSpec,
@@ -40,6 +43,9 @@ SNAPSHOT_BUFFER = 512
 # Messages per frame at most, for connections that asked for batched frames.
 BATCH_MAX = 64
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
+# Close tasks of aborted connections (kept referenced until done).
+_background: set[asyncio.Task[None]] = set()
+_VIEW_IDS = itertools.count(1)
 
 
 @dataclass(eq=False)
@@ -52,6 +58,7 @@ class Subscriber:
     # live: deltas flow | building: snapshot being computed, deltas buffered | resync: waiting for room
     state: str = "building"
     buffer: list[str] = field(default_factory=list)
+    buffer_bytes: int = 0
     dropped: int = 0
     closed: bool = False
     # the id as JSON, serialised once: every delta carries it (a json.dumps per message per subscriber
@@ -69,13 +76,21 @@ class Subscriber:
 
 
 class Connection:
-    """One WebSocket: a send queue with a bound on *deltas* (control messages always go through), and
-    the writer task that drains it."""
+    """One WebSocket: a send queue bounded in messages (deltas) and in bytes (everything), and the
+    writer task that drains it. Deltas that do not fit are dropped and resynced later; a reply (pong,
+    error, ...) that does not fit means the client is not reading: the connection is closed (1008)."""
 
-    def __init__(self, ws: web.WebSocketResponse, queue_size: int, batch: bool = False, sock: Any = None) -> None:
+    def __init__(self, ws: web.WebSocketResponse, queue_size: int, batch: bool = False, sock: Any = None,
+                 max_bytes: int = 16 * 1024 * 1024, hub: LiveHub | None = None, transport: Any = None,
+                 client: str = "") -> None:
         self.ws = ws
         self.sock = sock  # the connection's socket, to cork bursts (None: write frames as they come)
+        self.transport = transport  # to abort a client that will not even read a close frame
+        self.client = client  # peer address: whose work this connection's snapshots count as
         self.queue_size = queue_size
+        self.max_bytes = max_bytes
+        self.hub = hub
+        self.queued_bytes = 0
         # batch: everything waiting goes out as one frame holding a JSON array (fewer frames, wake-ups
         # and syscalls on both ends when messages come in bursts); the client asked for it (?batch=1).
         self.batch = batch
@@ -96,36 +111,104 @@ class Connection:
             return False
         return True
 
-    def send(self, text: str) -> None:
+    def _fits(self, n: int) -> bool:
+        """Room for ``n`` more bytes here and in the process-wide total (one message always fits an
+        empty queue, so a big snapshot still reaches a client that reads). When the total is what is
+        full, the connection holding the most gives way (closed), not the one that asks."""
+        if not self._queue:
+            return True
+        if self.queued_bytes + n > self.max_bytes:
+            return False
+        hub = self.hub
+        if hub is None or hub.queued_bytes + n <= hub.max_bytes:
+            return True
+        greedy = max(hub.connections, key=lambda c: c.queued_bytes, default=self)
+        if greedy is self or greedy.queued_bytes <= self.queued_bytes:
+            return False
+        greedy.abort("send queue full: this client holds the most of the server's send budget")
+        return hub.queued_bytes + n <= hub.max_bytes
+
+    def _push(self, text: str) -> bool:
         if self.closed:
-            return
+            return True
+        n = len(text)
+        if not self._fits(n):
+            return False
         self._queue.append(text)
+        self.queued_bytes += n
+        if self.hub is not None:
+            self.hub.queued_bytes += n
         self._ready.set()
+        return True
+
+    def _pop(self) -> str:
+        text = self._queue.popleft()
+        self.queued_bytes -= len(text)
+        if self.hub is not None:
+            self.hub.queued_bytes -= len(text)
+        return text
+
+    def send(self, text: str) -> None:
+        """A reply or notice; if it does not fit, the client stopped reading: close the connection."""
+        if not self._push(text):
+            self.abort("send queue full: the client is not reading")
 
     def pending(self) -> int:
         return len(self._queue)
+
+    def release(self) -> None:
+        """Drop everything queued (the socket is closing): its bytes go back to the budget now."""
+        self.closed = True
+        while self._queue:
+            self._pop()
+        self.need_resync.clear()
+        for sub in self.subs.values():
+            sub.buffer.clear()
+        self._ready.set()
+
+    def abort(self, reason: str) -> None:
+        """Close with 1008 (policy) and free the queue; a client that does not read the close frame
+        within 2 s loses the TCP connection."""
+        if self.closed:
+            return
+        log.info("closing a WebSocket client: %s", reason)
+        self.release()
+
+        async def close() -> None:
+            try:
+                async with asyncio.timeout(2.0):
+                    await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120])
+            except (TimeoutError, ConnectionError, RuntimeError):
+                if self.transport is not None:
+                    self.transport.abort()
+
+        task = asyncio.ensure_future(close())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
 
     def offer(self, sub: Subscriber, kind: str, body: str) -> None:
         """A delta for ``sub``: queued, buffered (snapshot in progress) or dropped (slow client)."""
         if sub.closed or self.closed:
             return
         if sub.state == "building":
-            if len(sub.buffer) >= SNAPSHOT_BUFFER:
+            if len(sub.buffer) >= SNAPSHOT_BUFFER or sub.buffer_bytes + len(body) > self.max_bytes // 4:
                 sub.buffer.clear()
+                sub.buffer_bytes = 0
                 self._overflow(sub)
             else:
                 sub.buffer.append(kind + "\n" + body)
+                sub.buffer_bytes += len(body)
             return
         if sub.state == "resync":
             sub.seq += 1  # the sequence keeps counting, so a gap is visible to anyone who looks
             sub.dropped += 1
             return
-        if len(self._queue) >= self.queue_size:
+        if len(self._queue) >= self.queue_size or not self._fits(len(body) + 64):
             sub.seq += 1
             sub.dropped += 1
             self._overflow(sub)
             return
-        self.send(sub.envelope(kind, body))
+        self._push(sub.envelope(kind, body))
 
     def _overflow(self, sub: Subscriber) -> None:
         if sub.state != "resync":
@@ -138,12 +221,15 @@ class Connection:
         if sub.closed or self.closed:
             return
         head = f'{{"type":"snapshot","sub":{sub.id_json},"seq":{sub.seq},"reason":"{reason}"'
-        self.send(head + "," + body[1:])
-        buffered, sub.buffer = sub.buffer, []
+        buffered, sub.buffer, sub.buffer_bytes = sub.buffer, [], 0
+        if not self._push(head + "," + body[1:]):  # no room: the client gets it once it has read some
+            sub.state = "live"
+            self._overflow(sub)
+            return
         sub.state = "live"
         for item in buffered:
             kind, _, payload = item.partition("\n")
-            self.send(sub.envelope(kind, payload))
+            self.offer(sub, kind, payload)
 
     async def writer(self) -> None:
         try:
@@ -154,7 +240,7 @@ class Connection:
                     continue
                 if self.batch:
                     n = min(len(self._queue), BATCH_MAX)
-                    items = [self._queue.popleft() for _ in range(n)]
+                    items = [self._pop() for _ in range(n)]
                     await self.ws.send_str("[" + ",".join(items) + "]")
                     self.sent += n
                 else:
@@ -167,7 +253,7 @@ class Connection:
                         for _ in range(n):
                             if not self._queue:
                                 break
-                            await self.ws.send_str(self._queue.popleft())
+                            await self.ws.send_str(self._pop())
                             self.sent += 1
                     finally:
                         if corked:
@@ -195,17 +281,22 @@ class View:
     last_bar: int = 0  # newest candle time already sent
     last_column: int = 0
     last_map: float = 0.0
-    snapshot_task: asyncio.Future[tuple[ViewSpec, str, int, int]] | None = None
+    # the snapshot being built, or the last one built (its body moves to the hub's byte-bounded cache
+    # once delivered, so a view never pins megabytes of JSON by itself)
+    snapshot_task: asyncio.Future[tuple[ViewSpec, str | None, int, int]] | None = None
     snapshot_gen: int = -1
+    uid: int = field(default_factory=lambda: next(_VIEW_IDS))
 
 
 class MarketChannel:
     """Consumes one market's engine events and fans view deltas out to its subscribers."""
 
-    def __init__(self, svc: MarketService, markets: Markets, config: ServerConfig) -> None:
+    def __init__(self, svc: MarketService, markets: Markets, config: ServerConfig,
+                 snapshots: ByteLRU[str] | None = None) -> None:
         self.svc = svc
         self.markets = markets
         self.config = config
+        self.snapshots: ByteLRU[str] = snapshots if snapshots is not None else ByteLRU("snapshots", 64 * 2**20)
         self.views: dict[tuple[Any, ...], View] = {}
         self.events_seen = 0
         self.service_dropped = 0
@@ -213,6 +304,7 @@ class MarketChannel:
         # recent (view computation, fan-out) durations in ms, for /api/v1/health and the benchmarks
         self.compute_ms: deque[float] = deque(maxlen=512)
         self.fanout_ms: deque[float] = deque(maxlen=512)
+        self.received_at = 0.0  # wall time the oldest event of the current batch arrived
 
     # ---- views and subscribers ----------------------------------------------------------------------
     def view_for(self, spec: ViewSpec) -> View:
@@ -240,28 +332,51 @@ class MarketChannel:
         sub.state = "building"
         sub.buffer.clear()
 
-        def done(t: asyncio.Future[tuple[ViewSpec, str, int, int]]) -> None:
-            if sub.closed or t.cancelled():
+        def done(t: asyncio.Future[tuple[ViewSpec, str | None, int, int]]) -> None:
+            if t.cancelled():
                 return
-            exc = t.exception()
+            exc = t.exception()  # retrieved even for a subscriber gone meanwhile (else asyncio logs it)
+            if sub.closed:
+                return
             if exc is not None:
-                sub.conn.send(dumps({"type": "error", "sub": sub.id, "error": _one_line(exc)}))
-                sub.state = "live"
+                err: dict[str, Any] = {"type": "error", "sub": sub.id, "error": _one_line(exc)}
+                if isinstance(exc, Busy):  # no snapshot now: deltas stop until the client asks to resync
+                    err["retry_after"] = exc.retry_after
+                    sub.state = "resync"
+                else:
+                    sub.state = "live"
+                sub.conn.send(dumps(err))
                 return
             sub.conn.deliver_snapshot(sub, reason, t.result()[1])
 
-        self._snapshot(sub.view).add_done_callback(done)
+        try:
+            fut = self._snapshot(sub.view, sub.conn.client)
+        except Busy as exc:
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            fut = failed
+        fut.add_done_callback(done)
 
-    def _snapshot(self, view: View) -> asyncio.Future[tuple[ViewSpec, str, int, int]]:
-        """One computation per view and market generation, shared by every subscriber asking for it."""
+    def _snapshot(self, view: View, client: str = "") -> asyncio.Future[tuple[ViewSpec, str | None, int, int]]:
+        """One computation per view and market generation, shared by every subscriber asking for it.
+        A default-sized view is light work; a batch-sized one queues in the heavy lane, charged to the
+        client that asked first (server.limits)."""
         gen = self.markets.gen(self.svc.market.key)
         task = view.snapshot_task
         if task is not None:
             if not task.done():
                 return task
             if view.snapshot_gen == gen and not task.cancelled() and task.exception() is None:
-                return task
+                fixed, body, last_bar, last_col = task.result()
+                body = body or self.snapshots.get((view.uid, gen))
+                if body is not None:
+                    ready: asyncio.Future[tuple[ViewSpec, str | None, int, int]] = asyncio.get_running_loop().create_future()
+                    ready.set_result((fixed, body, last_bar, last_col))
+                    return ready
         spec = view.spec
+        cells = spec.bins * spec.columns
+        lane = self.markets.heavy if cells > HEAVY_CELLS else self.markets.light
+        cost = cells * len(self.svc.params.ladder.leverage) * BYTES_PER_CELL_TIER
 
         def build() -> tuple[ViewSpec, str, int, int]:
             body = snapshot_body(self.svc, spec)
@@ -271,16 +386,30 @@ class MarketChannel:
             last_col = heat["times"][-1] if heat["times"] else 0
             return fixed, dumps(body), last_bar, last_col
 
-        task = asyncio.ensure_future(self.markets.run(build))
+        lane.admit(client, cost)  # Busy now rather than after queueing
+        task: asyncio.Future[tuple[ViewSpec, str | None, int, int]] = asyncio.ensure_future(
+            lane.run(client, build, cost_bytes=cost))
         view.snapshot_task, view.snapshot_gen = task, gen
 
-        def fix_range(t: asyncio.Future[tuple[ViewSpec, str, int, int]]) -> None:
+        def fix_range(t: asyncio.Future[tuple[ViewSpec, str | None, int, int]]) -> None:
             # A snapshot overtaken by a range change must not bring its old edges back.
-            if view.snapshot_task is t and not t.cancelled() and t.exception() is None:
+            failed = t.cancelled() or t.exception() is not None
+            if view.snapshot_task is t and not failed:
                 # deltas use the snapshot's edges from now on, and start from its newest candle
-                view.spec, _, last_bar, last_col = t.result()
+                view.spec, body, last_bar, last_col = t.result()
                 view.last_bar = max(view.last_bar, last_bar)
                 view.last_column = max(view.last_column, last_col)
+                if body is not None:
+                    self.snapshots.put((view.uid, gen), body)
+                # once every subscriber waiting now has it (their callbacks run before this one), the
+                # view keeps only the figures; later subscribers find the body in the bounded cache
+                asyncio.get_running_loop().call_soon(release, t, (view.spec, None, last_bar, last_col))
+
+        def release(t: asyncio.Future[Any], light: tuple[ViewSpec, None, int, int]) -> None:
+            if view.snapshot_task is t:
+                done: asyncio.Future[tuple[ViewSpec, str | None, int, int]] = asyncio.get_running_loop().create_future()
+                done.set_result(light)
+                view.snapshot_task = done
 
         task.add_done_callback(fix_range)
         return task
@@ -293,6 +422,8 @@ class MarketChannel:
 
         async def pump() -> None:
             async for event in sub:
+                if not pending:
+                    self.received_at = time.time()
                 pending.append(event)
                 wake.set()
 
@@ -343,7 +474,7 @@ class MarketChannel:
                         s.conn.offer(s, kind, body)
         realised_times = [int(e.data["time"]) for e in batch if e.kind == "realised"]
         changed = bool(kinds & {"bar", "book"})
-        views = [v for v in self.views.values() if v.subscribers and v.snapshot_task is not None and v.snapshot_task.done()]
+        views = [v for v in self.views.values() if v.subscribers and _built(v)]
         if not views or not (changed or realised_times):
             return
         if common:
@@ -357,7 +488,8 @@ class MarketChannel:
         specs = [(v.spec, v.last_bar, v.last_column, want_map[id(v)], v.auto_range) for v in views]
         t0 = time.perf_counter()
         try:
-            results = await self.markets.run(_view_deltas, self.svc, specs, changed, realised_times)
+            results = await self.markets.run(_view_deltas, self.svc, specs, changed, realised_times,
+                                             int(self.received_at * 1000))
         except Exception as exc:  # a view that cannot be computed must not end the market's stream
             log.warning("%s: view deltas failed: %s", self.svc.market.key, exc)
             return
@@ -398,11 +530,22 @@ class MarketChannel:
         }
 
 
+def _built(view: View) -> bool:
+    """The view has a snapshot (deltas make sense): not still building, not refused (busy) or failed."""
+    t = view.snapshot_task
+    return t is not None and t.done() and not t.cancelled() and t.exception() is None
+
+
+def changed_book(kinds: set[str]) -> bool:
+    return bool(kinds & {"bar", "book", "zones"})
+
+
 def _view_deltas(
     svc: MarketService,
     specs: list[tuple[ViewSpec, int, int, bool, bool]],
     changed: bool,
     realised_times: list[int],
+    received_ms: int = 0,
 ) -> list[tuple[list[tuple[str, str]], int, int, bool] | None]:
     """In the pool: the deltas of each view for one batch of events (shared work computed once)."""
     price = svc.last_price
@@ -424,7 +567,8 @@ def _view_deltas(
                 bars_by_tf[spec.timeframe] = last_candles(svc, spec.timeframe, 0)
             for bar in bars_by_tf[spec.timeframe]:
                 if bar["time"] >= last_bar or not bar["closed"]:
-                    msgs.append(("bar", dumps(bar)))
+                    # server_ms: when the server got the update that moved this bar (clients measure lag)
+                    msgs.append(("bar", dumps(bar | {"server_ms": received_ms})))
                     new_bar = max(new_bar, bar["time"])
             newest = bars_by_tf[spec.timeframe][-1]["time"] if bars_by_tf[spec.timeframe] else 0
             if newest > last_column or lo is None:
@@ -465,11 +609,18 @@ class LiveHub:
         self.channels: dict[str, MarketChannel] = {}
         self.connections: set[Connection] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        # Bytes waiting in all connections' send queues, and the budget's bound on them.
+        self.queued_bytes = 0
+        self.max_bytes = markets.budget.send_queues
+        self.snapshots: ByteLRU[str] = ByteLRU("snapshots", markets.budget.snapshots)
+
+    def cache_stats(self) -> dict[str, dict[str, int]]:
+        return {"snapshots": self.snapshots.stats()}
 
     def channel(self, svc: MarketService) -> MarketChannel:
         ch = self.channels.get(svc.market.key)
         if ch is None:
-            ch = self.channels[svc.market.key] = MarketChannel(svc, self.markets, self.config)
+            ch = self.channels[svc.market.key] = MarketChannel(svc, self.markets, self.config, self.snapshots)
         return ch
 
     async def start(self) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from engine.service import Hub, Market, MarketService, UnknownSymbol
+from engine.service import ByteLRU, Hub, Market, MarketService, UnknownSymbol, nbytes
+
+from .budget import MemoryBudget
+from .limits import Lane
 
 T = TypeVar("T")
 
@@ -37,23 +38,61 @@ def dumps(obj: Any) -> str:
 
 
 class Markets:
-    def __init__(self, hubs: Sequence[Hub], workers: int = 4, cache_entries: int = 256, max_stale_s: float = 0.0) -> None:
+    def __init__(self, hubs: Sequence[Hub], workers: int = 4, cache_entries: int = 256, max_stale_s: float = 0.0,
+                 budget: MemoryBudget | None = None, heavy_workers: int = 1, heavy_waiting: int = 8,
+                 heavy_per_client: int = 2, light_waiting: int = 256, light_per_client: int = 64,
+                 heavy_duty: float = 1.0) -> None:
         self.hubs = list(hubs)
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="liqheat-view")
-        self.cache_entries = cache_entries
-        self._cache: OrderedDict[Hashable, Any] = OrderedDict()
+        self.budget = budget or MemoryBudget()
+        # Separate threads per kind of work (server.limits): the live fan-out never waits behind a batch.
+        self.live = Lane("live", 2, 1 << 30, 1 << 30)
+        self.light = Lane("light", workers, light_waiting, light_per_client)
+        self.heavy = Lane("heavy", heavy_workers, heavy_waiting, heavy_per_client, work_bytes=self.budget.work,
+                          duty=heavy_duty)
+        self.executor = self.live.executor
+        self.cache_entries = cache_entries  # kept for callers; the bound is in bytes now
+        # (market, key, generation) -> answer, at most the budget's share of bytes (least recently used go)
+        self._cache: ByteLRU[Any] = ByteLRU("answers", self.budget.answers)
         self._inflight: dict[Hashable, asyncio.Future[Any]] = {}
         self.generation: dict[str, int] = {}
         # Stale-while-revalidate: while a newer answer is being computed, callers get the previous one if
         # it is at most this old (0: always wait). Keeps REST latency flat on a market that ticks fast.
+        # Holds the cache key of the previous answer, not the answer: what the cache evicted is gone.
         self.max_stale_s = max_stale_s
-        self._latest: dict[tuple[str, Hashable], tuple[float, Any]] = {}
-        # (path, query string) -> (market key, generation, answer): repeated identical requests
-        self._memo: OrderedDict[tuple[str, str], tuple[str, int, Any]] = OrderedDict()
+        self._latest: ByteLRU[tuple[float, Hashable]] = ByteLRU("latest", self.budget.queries // 2)
+        # (path, query string) -> (market key, generation, cache key): repeated identical requests
+        self._memo: ByteLRU[tuple[str, int, Hashable]] = ByteLRU("memo", self.budget.queries // 4)
         # (path, query string) -> (service, cache key, build) of a request that passed validation: the same
         # query again goes straight to the cache even while the market's new answer is being computed (on
         # a market ticking 4x a second, re-validating those requests was a quarter of the REST load)
-        self._calls: OrderedDict[tuple[str, str], tuple[MarketService, Hashable, Callable[[], Any]]] = OrderedDict()
+        self._calls: ByteLRU[tuple[MarketService, Hashable, Callable[[], Any], str, int]] = ByteLRU(
+            "calls", self.budget.queries // 4)
+
+    def apply_budget(self) -> None:
+        """Split the engine's share of the budget across the markets (call once they are loaded)."""
+        services = self.services()
+        for svc in services:
+            svc.set_memory_budget(self.budget.engine_caches // max(1, len(services)))
+
+    def prune(self, idle_s: float = 60.0) -> None:
+        """Free what cannot be asked for again: answers of an older market generation (kept only while
+        stale-while-revalidate may hand them out), and anything unused for ``idle_s``."""
+        gens = dict(self.generation)
+        self._cache.prune(lambda key: key[2] < gens.get(key[0], 0) - 1, idle_s)  # type: ignore[index]
+        self._latest.prune(lambda key: False, idle_s)
+        self._memo.prune(lambda key: False, idle_s)
+        self._calls.prune(lambda key: False, idle_s)
+        for svc in self.services():
+            svc.prune_caches(idle_s)
+
+    def memory(self) -> dict[str, Any]:
+        """Bytes held per cache (what /api/v1/health reports)."""
+        caches = {c.name: c.stats() for c in (self._cache, self._latest, self._memo, self._calls)}
+        for svc in self.services():
+            for name, st in svc.cache_stats().items():
+                caches[f"{svc.market.key} {name}"] = st
+        return {"caches": caches, "cache_bytes": sum(c["bytes"] for c in caches.values()),
+                "lanes": {lane.name: lane.stats() for lane in (self.live, self.light, self.heavy)}}
 
     # ---- lookup -------------------------------------------------------------------------------------
     def services(self) -> list[MarketService]:
@@ -87,49 +126,73 @@ class Markets:
     def gen(self, key: str) -> int:
         return self.generation.get(key, 0)
 
-    def remember(self, path: str, query: str, market: str, gen: int, answer: Any) -> None:
+    def remember(self, path: str, query: str, market: str, gen: int, key: Hashable) -> None:
+        """The answer to (path, query) is the cached answer ``key`` of ``market`` at ``gen``."""
         if self.gen(market) != gen:
             return  # the market moved while this was computed: do not pin a stale answer
-        self._memo[(path, query)] = (market, gen, answer)
-        if len(self._memo) > 4 * self.cache_entries:
-            self._memo.popitem(last=False)
+        self._memo.put((path, query), (market, gen, key), _key_bytes(path, query))
 
     def recall(self, path: str, query: str) -> Any | None:
         hit = self._memo.get((path, query))
         if hit is None or self.gen(hit[0]) != hit[1]:
             return None
-        return hit[2]
+        return self._cache.get((hit[0], hit[2], hit[1]))
 
-    def remember_call(self, path: str, query: str, svc: MarketService, key: Hashable, build: Callable[[], Any]) -> None:
-        self._calls[(path, query)] = (svc, key, build)
-        if len(self._calls) > 4 * self.cache_entries:
-            self._calls.popitem(last=False)
+    def remember_call(self, path: str, query: str, svc: MarketService, key: Hashable, build: Callable[[], Any],
+                      lane: str = "light", cost_bytes: int = 0) -> None:
+        self._calls.put((path, query), (svc, key, build, lane, cost_bytes), _key_bytes(path, query))
 
-    def recall_call(self, path: str, query: str) -> tuple[MarketService, Hashable, Callable[[], Any]] | None:
+    def recall_call(self, path: str, query: str) -> tuple[MarketService, Hashable, Callable[[], Any], str, int] | None:
         return self._calls.get((path, query))
 
     # ---- computation --------------------------------------------------------------------------------
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Live work (the fan-out, alerts): its own threads, never behind a client's request."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, fn, *args)
+        return await loop.run_in_executor(self.live.executor, fn, *args)
 
-    async def cached(self, svc: MarketService, key: Hashable, fn: Callable[[], T]) -> T:
-        """``fn()`` in the pool, cached per (market, key, generation); concurrent callers share one run."""
+    def lane(self, name: str) -> Lane:
+        return {"live": self.live, "light": self.light, "heavy": self.heavy}[name]
+
+    async def cached(self, svc: MarketService, key: Hashable, fn: Callable[[], T], lane: str = "light",
+                     client: str = "", cost_bytes: int = 0) -> T:
+        """``fn()`` in ``lane``'s pool, cached per (market, key, generation); concurrent callers share one
+        run (only the first is admitted by the lane: the others wait for the same answer)."""
         full = (svc.market.key, key, self.gen(svc.market.key))
-        if full in self._cache:
-            self._cache.move_to_end(full)
-            return self._cache[full]  # type: ignore[no-any-return]
+        hit = self._cache.get(full)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
         task = self._inflight.get(full)
         if task is None:
-            # The computation is its own task: a caller that goes away does not cancel it for the others.
-            task = asyncio.ensure_future(self.run(fn))
-            self._inflight[full] = task
-            task.add_done_callback(lambda t: self._store(full, t))
-        if self.max_stale_s > 0:
-            previous = self._latest.get((svc.market.key, key))
-            if previous is not None and time.monotonic() - previous[0] <= self.max_stale_s:
-                return previous[1]  # type: ignore[no-any-return]
+            if self.max_stale_s > 0:
+                stale = self._stale(svc, key)
+                if stale is not None:  # answer now, recompute in the background if a lane has room
+                    try:
+                        self._start(full, fn, lane, client, cost_bytes)
+                    except Exception:  # noqa: S110 - busy: the stale answer is all this caller needs
+                        pass
+                    return stale  # type: ignore[no-any-return]
+            task = self._start(full, fn, lane, client, cost_bytes)
+        elif self.max_stale_s > 0:
+            stale = self._stale(svc, key)
+            if stale is not None:
+                return stale  # type: ignore[no-any-return]
         return await asyncio.shield(task)  # type: ignore[no-any-return]
+
+    def _start(self, full: Hashable, fn: Callable[[], T], lane: str, client: str, cost_bytes: int) -> asyncio.Future[T]:
+        worker = self.lane(lane)
+        worker.admit(client, cost_bytes)  # raise Busy before anything is queued
+        # The computation is its own task: a caller that goes away does not cancel it for the others.
+        task = asyncio.ensure_future(worker.run(client, fn, cost_bytes=cost_bytes))
+        self._inflight[full] = task
+        task.add_done_callback(lambda t: self._store(full, t))
+        return task
+
+    def _stale(self, svc: MarketService, key: Hashable) -> Any | None:
+        previous = self._latest.get((svc.market.key, key))
+        if previous is None or time.monotonic() - previous[0] > self.max_stale_s:
+            return None
+        return self._cache.get(previous[1])
 
     def is_current(self, svc: MarketService, key: Hashable, value: Any) -> bool:
         """Whether ``value`` is the answer for the market as it is now (not a stale-while-revalidate one)."""
@@ -139,13 +202,15 @@ class Markets:
         self._inflight.pop(full, None)
         if task.cancelled() or task.exception() is not None:
             return
-        self._cache[full] = task.result()
-        market, key, _ = full  # type: ignore[misc]
-        self._latest[(market, key)] = (time.monotonic(), task.result())
-        if len(self._latest) > 4 * self.cache_entries:
-            self._latest.pop(next(iter(self._latest)))
-        while len(self._cache) > self.cache_entries * max(1, len(self.services())):
-            self._cache.popitem(last=False)
+        if self._cache.put(full, task.result()):
+            market, key, _ = full  # type: ignore[misc]
+            self._latest.put((market, key), (time.monotonic(), full), 256)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        for lane in (self.live, self.light, self.heavy):
+            lane.close()
+
+
+def _key_bytes(path: str, query: str) -> int:
+    """A remembered query: its strings plus the small tuple that points at the answer."""
+    return nbytes(path) + nbytes(query) + 512

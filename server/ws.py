@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 from typing import Any
 
@@ -15,10 +16,13 @@ from engine.service import BarsError, FeedError, LadderError, UnknownSymbol, Vie
 from . import __version__
 from .api import view_spec
 from .config import API_TIMEFRAMES
+from .limits import Busy, TokenBucket
 from .live import Connection, LiveHub, Subscriber
 from .markets import dumps
 from .params import BadRequest, Query
 from .state import CONFIG, LIVE, MARKETS
+
+log = logging.getLogger("liqheat.server.ws")
 
 PROTOCOL = 1
 MAX_ERRORS = 20
@@ -50,11 +54,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         return web.Response(status=400, text=dumps({"error": "this endpoint expects a WebSocket upgrade"}),
                             content_type="application/json")
+    if len(live.connections) >= cfg.max_clients:
+        return web.Response(status=503, text=dumps({"error": f"the server has {cfg.max_clients} clients, its limit; "
+                                                             "retry later"}),
+                            content_type="application/json", headers={"Retry-After": "5"})
     batch = request.query.get("batch", "0") in ("1", "true", "yes")
     await ws.prepare(request)
     sock = request.transport.get_extra_info("socket") if request.transport is not None else None
-    conn = Connection(ws, cfg.queue_size, batch=batch, sock=sock)
+    conn = Connection(ws, cfg.queue_size, batch=batch, sock=sock, max_bytes=cfg.ws_queue_bytes, hub=live,
+                      transport=request.transport, client=request.remote or "?")
     live.connections.add(conn)
+    messages = TokenBucket(cfg.ws_msg_rate, cfg.ws_msg_burst)
+    churn = TokenBucket(cfg.ws_churn_rate, cfg.ws_churn_burst)
     writer = asyncio.create_task(conn.writer(), name="ws writer")
     conn.send(dumps({
         "type": "hello", "protocol": PROTOCOL, "server": f"liqheat {__version__}", "heartbeat_s": cfg.heartbeat_s,
@@ -68,13 +79,25 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 if msg.type == WSMsgType.BINARY:
                     await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"text JSON frames only")
                 break
+            if conn.closed:  # aborted (not reading its replies): stop reading it too
+                break
+            if not messages.take():
+                await _refuse(ws, WSCloseCode.POLICY_VIOLATION, f"more than {cfg.ws_msg_rate:g} messages a second")
+                break
             m: Any = None
             try:
-                m = json.loads(msg.data)
+                m = parse(msg.data)
+            except Malformed as exc:
+                await _refuse(ws, WSCloseCode.INVALID_TEXT, str(exc))
+                break
+            try:
                 if not isinstance(m, dict):
                     raise BadRequest("a message must be a JSON object")
+                if m.get("op") in CHURN_OPS and not churn.take():
+                    raise BadRequest(f"too many subscription changes: at most {cfg.ws_churn_rate:g} a second "
+                                     f"(bursts of {cfg.ws_churn_burst}); slow down")
                 _dispatch(request, live, conn, m)
-            except (BadRequest, ViewError, BarsError, LadderError, FeedError, ValueError) as exc:
+            except (BadRequest, ViewError, BarsError, LadderError, FeedError, ValueError, Busy) as exc:
                 errors += 1
                 err = {"type": "error", "error": _one_line(exc)}
                 if isinstance(m, dict):
@@ -86,15 +109,64 @@ async def handle(request: web.Request) -> web.StreamResponse:
                     await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many errors")
                     break
     finally:
-        conn.closed = True
         for sub in list(conn.subs.values()):
             sub.channel.remove(sub)
+        conn.release()
         conn.subs.clear()
         live.connections.discard(conn)
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await writer
     return ws
+
+
+class Malformed(ValueError):
+    """A frame that is not a JSON document of the protocol's shape (not JSON, nested too deep)."""
+
+
+# Protocol messages are flat objects; a ping may echo a little structure. Deeper is not a client.
+MAX_DEPTH = 8
+CHURN_OPS = ("subscribe", "unsubscribe", "resync")
+
+
+def parse(text: str) -> Any:
+    """The JSON of one frame, or :class:`Malformed` (one line). 2 kB of ``[[[...`` used to end in an
+    uncaught RecursionError: the decoder recurses once per level."""
+    try:
+        m = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Malformed(f"message is not JSON: {exc.msg} at {exc.pos}") from None
+    except RecursionError:
+        raise Malformed("JSON nested too deep") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise Malformed(f"message is not usable JSON: {_one_line(exc)[:80]}") from None
+    if _too_deep(m, MAX_DEPTH):
+        raise Malformed(f"JSON nested more than {MAX_DEPTH} deep")
+    return m
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels (iterative: no recursion to exhaust)."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+async def _refuse(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+    """Close with ``code`` and log one line (never a traceback per hostile frame)."""
+    log.info("closing a WebSocket client (%d): %s", code, reason[:200])
+    with contextlib.suppress(Exception):
+        await ws.close(code=code, message=reason.encode()[:120])
 
 
 def _one_line(exc: BaseException) -> str:
@@ -115,7 +187,8 @@ def _dispatch(request: web.Request, live: LiveHub, conn: Connection, m: dict[str
         conn.send(dumps({"type": "unsubscribed", "sub": sub.id}))
     elif op == "resync":
         sub = _sub(conn, m)
-        sub.channel.request_snapshot(sub, "resync")
+        if sub.state != "building":  # a snapshot already on its way answers this one too
+            sub.channel.request_snapshot(sub, "resync")
     elif op == "ping":
         conn.send(dumps({k: v for k, v in m.items() if k != "op"} | {"type": "pong"}))
     else:

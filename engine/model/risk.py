@@ -138,7 +138,9 @@ def position_risk(
         edge = z.price_high if z.price_high < liq else z.price_low
         return (edge / liq - 1.0) * 100.0
 
-    nearest = min(high, key=lambda z: abs(edge_distance(z))) if high else None
+    # A position that cannot be liquidated (1x long: price 0; 1x inverse short: infinity) has no nearest cluster.
+    liquidatable = 0.0 < liq < math.inf
+    nearest = min(high, key=lambda z: abs(edge_distance(z))) if high and liquidatable else None
     lo, hi = min(liq, price), max(liq, price)
     between = sum(1 for z in high if z.price_high >= lo and z.price_low <= hi)
     cascade = reaches = None

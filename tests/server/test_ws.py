@@ -159,13 +159,13 @@ async def test_bad_messages_get_errors_and_the_socket_stays_open(client, message
     await ws.close()
 
 
-async def test_not_json_is_an_error(client):
+async def test_not_json_closes_with_1007_and_one_line(client):
     ws = await client.ws_connect("/api/v1/ws")
     await recv(ws)
     await ws.send_str("{nope")
-    err = await recv(ws)
-    assert err["type"] == "error" and "not JSON" in err["error"]
-    await ws.close()
+    msg = await ws.receive(timeout=5)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1007, msg
+    assert "not JSON" in msg.extra and "\n" not in msg.extra
 
 
 async def test_heartbeats_arrive(client):

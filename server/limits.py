@@ -1,0 +1,125 @@
+"""Fair scheduling and admission: who may make the server work, and how much at once.
+
+Three lanes of threads, so one kind of work never queues behind another:
+
+- ``live``: what open pages need every bar (the fan-out's deltas, alerts). Nobody else uses it.
+- ``light``: small REST answers and default-sized snapshots (a page opening its first chart).
+- ``heavy``: batch-sized requests (big heatmaps). One client (IP) may have a few waiting; past that it
+  gets 429, and past the lane's queue everyone gets 503 — both with ``Retry-After``. A request is
+  admitted only if its estimated working memory fits the budget's share for work in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .params import BadRequest
+
+T = TypeVar("T")
+
+# A heatmap (or snapshot) above this many cells is batch-sized: the page's default is 300 x 200.
+HEAVY_CELLS = 120_000
+
+
+class Busy(Exception):
+    """The server will not take this work now: HTTP ``status`` with ``Retry-After: retry_after``."""
+
+    def __init__(self, message: str, status: int = 503, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Lane:
+    """Threads for one kind of work, with a bounded queue and a per-client share of it."""
+
+    def __init__(self, name: str, workers: int, max_waiting: int, per_client: int, work_bytes: int = 0,
+                 duty: float = 1.0) -> None:
+        self.name = name
+        # Share of the time this lane may compute (< 1: after a job of t seconds the next one waits
+        # t * (1/duty - 1)). Numpy work in a thread still holds the interpreter lock much of the time, so a
+        # lane busy back to back slows the event loop (and every live page) down; a pause gives it back.
+        self.duty = duty
+        self._gate = asyncio.Lock() if duty < 1.0 else None
+        self._next_start = 0.0
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"liqheat-{name}")
+        self.workers = workers
+        self.max_waiting = max_waiting  # admitted (running + queued) jobs at most
+        self.per_client = per_client
+        self.work_bytes = work_bytes  # 0: not bounded by memory
+        self.admitted = 0
+        self.bytes_in_flight = 0
+        self.by_client: Counter[str] = Counter()
+        self.refused = 0
+        self.done = 0
+
+    def admit(self, client: str, cost_bytes: int = 0) -> None:
+        """Raise :class:`Busy` unless this job may queue now."""
+        retry = max(1, math.ceil(self.admitted / max(1, self.workers)))
+        if self.work_bytes and cost_bytes > self.work_bytes:
+            raise BadRequest(f"this request needs ~{cost_bytes // 2**20} MB of working memory; the server's "
+                             f"budget allows {self.work_bytes // 2**20} MB: ask for fewer columns or bins")
+        if self.by_client[client] >= self.per_client:
+            self.refused += 1
+            raise Busy(f"too many {self.name} requests from this client at once ({self.per_client}); retry later",
+                       429, retry)
+        if self.admitted >= self.max_waiting:
+            self.refused += 1
+            raise Busy(f"the server is busy with {self.admitted} {self.name} requests; retry later", 503, retry)
+
+    async def run(self, client: str, fn: Callable[..., T], *args: Any, cost_bytes: int = 0) -> T:
+        self.admit(client, cost_bytes)
+        self.admitted += 1
+        self.by_client[client] += 1
+        self.bytes_in_flight += cost_bytes
+        try:
+            if self._gate is None:
+                return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+            async with self._gate:  # one at a time, with a pause after each
+                await asyncio.sleep(max(0.0, self._next_start - time.monotonic()))
+                started = time.monotonic()
+                try:
+                    return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+                finally:
+                    ended = time.monotonic()
+                    self._next_start = ended + (ended - started) * (1.0 / self.duty - 1.0)
+        finally:
+            self.admitted -= 1
+            self.bytes_in_flight -= cost_bytes
+            self.by_client[client] -= 1
+            if self.by_client[client] <= 0:
+                del self.by_client[client]
+            self.done += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {"workers": self.workers, "admitted": self.admitted, "max_waiting": self.max_waiting,
+                "per_client": self.per_client, "bytes_in_flight": self.bytes_in_flight, "refused": self.refused,
+                "done": self.done}
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class TokenBucket:
+    """``rate`` events a second on average, bursts up to ``burst`` (subscription churn, messages)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.last = time.monotonic()
+
+    def take(self, n: float = 1.0) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < n:
+            return False
+        self.tokens -= n
+        return True
