@@ -200,8 +200,14 @@ async def test_same_host_origin_and_listed_origins_are_accepted(aiohttp_client, 
         await client.ws_connect("/api/v1/ws", headers={"Origin": "https://other.example"})
 
 
-async def test_a_slow_client_does_not_stall_a_fast_one(client, feed):
+async def test_a_slow_client_does_not_stall_a_fast_one(aiohttp_client, hub, feed):
     """One client stops reading; the other still gets every delta promptly, in sequence."""
+    from server.app import create_app
+    from server.config import ServerConfig
+
+    # WebSocket pings every 15 s: a client that does not read cannot answer pings, and on a loaded
+    # machine the 1.5 s of the shared fixture dropped it before it started reading again.
+    client = await aiohttp_client(create_app(hub, ServerConfig(heartbeat_s=5.0, queue_size=64, map_interval_s=0.0)))
     big = {**SUB, "bins": 1000, "columns": 1000}
     slow, _ = await subscribed(client, big)
     fast, snap = await subscribed(client)
