@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (__doc__ or "").split("\n\n", 1)[1].replace("``", "")
     src = p.add_argument_group("input (one of)")
     src.add_argument("--bars", metavar="FILE", help="candles: CSV, CSV.gz, Parquet or JSON (see engine/feeds/files.py)")
-    src.add_argument("--store", metavar="DB", help="a liqheat store (SQLite) recorded by 'liqheat record' / 'import'")
+    src.add_argument("--store", metavar="DB", help="a liqheat store (SQLite file or postgresql://...) recorded by 'liqheat record' / 'import'")
     p.add_argument("--market", metavar="EXCHANGE:SYMBOL", help="with --store: which market, e.g. okx:BTC/USDT:USDT")
     p.add_argument("--since", metavar="TIME", help="with --store: first bar (ISO date/time or UNIX seconds)")
     p.add_argument("--until", metavar="TIME", help="with --store: bars opened before this (ISO or UNIX seconds)")
@@ -224,18 +224,20 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, str | None, str | None]:
         return bars, str(args.bars), args.venue, args.coin
     if not args.market:
         raise ExportError("--store needs --market EXCHANGE:SYMBOL (e.g. okx:BTC/USDT:USDT)")
-    from engine.store import Store, parse_market_key  # imported only when a store is used
+    from engine.store import parse_market_key  # imported only when a store is used
+    from engine.stores import open_store
 
     exchange, symbol = parse_market_key(args.market)
     since = _when(args.since, "--since") if args.since else None
     until = _when(args.until, "--until") if args.until else None
-    with Store(args.store, create=False) as store:
+    with open_store(args.store, create=False) as store:
         bars = store.read_bars(args.market, since, until)
+        where = str(store.path)  # a server URL without its password
     if len(bars) == 0:
-        raise ExportError(f"{args.store}: no bars for {args.market} in the range asked")
+        raise ExportError(f"{where}: no bars for {args.market} in the range asked")
     bars.validate()
     coin = args.coin or symbol.split("/")[0].split(":")[0].split("-")[0]
-    return bars, f"{args.store} {args.market}", args.venue or exchange, coin
+    return bars, f"{where} {args.market}", args.venue or exchange, coin
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
