@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="another page origin allowed to open the WebSocket (e.g. https://my.site); '*' = any")
     parser.add_argument("--seed", type=int, default=None, help="demo market random seed")
+    parser.add_argument("--bus", default=None, metavar="redis://HOST:PORT/DB",
+                        help="run as a stateless replica of a cluster: views from this Redis, written by `liqheat worker`s")
     parser.add_argument("--verbose", action="store_true", help="log requests")
 
 
@@ -64,8 +66,13 @@ def _spec(args: argparse.Namespace) -> FeedSpec:
     )
 
 
-async def serve(spec: FeedSpec, config: ServerConfig, verbose: bool = False) -> int:
-    app = create_app(spec, config)
+async def serve(spec: FeedSpec, config: ServerConfig, verbose: bool = False, bus: str | None = None) -> int:
+    if bus:
+        from .replica import create_replica_app
+
+        app = create_replica_app(bus, config)
+    else:
+        app = create_app(spec, config)
     runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if verbose else None,
                            handle_signals=True)
     await runner.setup()  # starts the markets (cleanup_ctx): history loads here
@@ -76,7 +83,8 @@ async def serve(spec: FeedSpec, config: ServerConfig, verbose: bool = False) -> 
     if server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
     host = config.host if config.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104 - printing only
-    print(f"liqheat: serving {', '.join(spec.feeds)} at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+    what = f"the cluster on {bus}" if bus else ", ".join(spec.feeds)
+    print(f"liqheat: serving {what} at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -108,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"liqheat serve: the chart library is missing and could not be installed: {exc}\n"
                   "  run `python -m server.assets` once with network access; the API works without it.", file=sys.stderr)
     try:
-        return asyncio.run(serve(spec, config, args.verbose))
+        return asyncio.run(serve(spec, config, args.verbose, args.bus))
     except FeedError as exc:
         print(f"liqheat serve: {exc}", file=sys.stderr)
         return 1
