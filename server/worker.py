@@ -242,6 +242,7 @@ class Worker:
                     "markets": [{"key": svc.market.key, "exchange": svc.market.exchange, "symbol": svc.market.symbol,
                                  "coin": svc.market.coin, **svc.health_info()} for svc in self.app[MARKETS].services()],
                     "views": sum(len(c.subs) for c in self.conns.values()),
+                    "recording": [h.feed.stats() for h in self.app[MARKETS].hubs if hasattr(h.feed, "stats")],
                     "published": self.publisher.published, "dropped": self.publisher.dropped,
                     "waiting": len(self.publisher.pending),
                 }
@@ -289,8 +290,11 @@ def _one_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
-async def owned_hubs(spec: FeedSpec, shard: tuple[int, int]) -> list[Hub]:
-    """The feed's markets (the --symbols ones, else its main ones), kept when this shard owns them."""
+async def owned_hubs(spec: FeedSpec, shard: tuple[int, int], store: Any = None) -> list[Hub]:
+    """The feed's markets (the --symbols ones, else its main ones), kept when this shard owns them. With a
+    store, history is read from it first and what the feed streams is recorded (engine/worker.py)."""
+    from engine.worker import RecordingFeed
+
     hubs = []
     for feed_spec in spec.feeds:
         opts: dict[str, Any] = {"history_days": spec.history_days}
@@ -308,6 +312,8 @@ async def owned_hubs(spec: FeedSpec, shard: tuple[int, int]) -> list[Hub]:
             names.append(found[0])
         mine = [s for s in names if bus.shard_of(f"{feed.exchange}:{s}", shard[1]) == shard[0]]
         if mine:
+            if store is not None:
+                feed = RecordingFeed(feed, store)
             hubs.append(Hub(feed, symbols=mine, params=spec.params(), history_days=spec.history_days))
     return hubs
 
@@ -326,6 +332,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--advertise", default=None, metavar="HOST",
                         help="host name replicas reach this worker by (default: the --listen host)")
     parser.add_argument("--id", default=None, help="worker id on the bus (default: hostname-pid)")
+    parser.add_argument("--store", default=None, metavar="DB|postgresql://...",
+                        help="read history from this store first and record the markets into it (SQLite file or PostgreSQL)")
 
 
 async def serve_worker(args: argparse.Namespace) -> int:
@@ -334,7 +342,17 @@ async def serve_worker(args: argparse.Namespace) -> int:
     shard = bus.parse_shard(args.shard)
     spec = FeedSpec(feeds=tuple(args.feed or ["demo"]), symbols=tuple(args.symbols) if args.symbols else None,
                     speed=args.speed, ladder=args.ladder, history_days=args.history_days, seed=args.seed)
-    hubs = await owned_hubs(spec, shard)
+    store = None
+    if args.store:
+        from engine.store import StoreError
+        from engine.stores import open_store
+
+        try:
+            store = open_store(args.store)
+        except StoreError as exc:
+            print(f"liqheat worker: {exc}", file=sys.stderr)
+            return 1
+    hubs = await owned_hubs(spec, shard, store)
     if not hubs:
         print(f"liqheat worker: shard {args.shard} owns none of the markets", file=sys.stderr)
         return 2
@@ -364,6 +382,8 @@ async def serve_worker(args: argparse.Namespace) -> int:
         for hub in hubs:
             await hub.stop()
         await redis.aclose()
+        if store is not None:
+            store.close()
     return 0
 
 

@@ -26,6 +26,7 @@ class Proc:
     def __init__(self, name: str, args: list[str], logdir: Path) -> None:
         self.name, self.args, self.log = name, args, logdir / f"{name}.log"
         self.p: subprocess.Popen[bytes] | None = None
+        self.killed = False  # by the test, on purpose
 
     def start(self) -> Proc:
         with open(self.log, "ab") as out:
@@ -34,6 +35,7 @@ class Proc:
         return self
 
     def kill(self) -> None:
+        self.killed = True
         if self.p is not None and self.p.poll() is None:
             self.p.kill()
             self.p.wait(10)
@@ -75,14 +77,14 @@ async def health(port: int) -> dict[str, Any] | None:
         return None
 
 
-async def wait_healthy(port: int, procs: list[Proc], timeout: float = 90.0) -> dict[str, Any]:
+async def wait_healthy(port: int, procs: list[Proc], timeout: float = 90.0) -> dict[str, Any]:  # noqa: ASYNC109 - a deadline, not a cancel scope
     deadline = time.monotonic() + timeout
     while True:
         h = await health(port)
         if h and h.get("status") == "ok":
             return h
         for p in procs:
-            if p.p is not None and p.p.poll() is not None:
+            if p.p is not None and not p.killed and p.p.poll() is not None:
                 raise AssertionError(f"{p.name} exited ({p.p.returncode}):\n{p.tail()}")
         if time.monotonic() > deadline:
             raise AssertionError(f"port {port} not healthy: {h}\n" + "\n".join(p.tail() for p in procs))
@@ -166,7 +168,7 @@ class Client:
     def count(self, kind: str) -> int:
         return sum(1 for m in self.messages if m["type"] == kind)
 
-    async def wait_for(self, pred: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    async def wait_for(self, pred: Any, timeout: float = 20.0, what: str = "condition") -> None:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout
         while not pred():
             if time.monotonic() > deadline:

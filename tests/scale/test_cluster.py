@@ -56,12 +56,14 @@ async def test_one_server_and_worker_redis_two_replicas_show_the_same_market(red
     assert all(liq(one)[t] == liq(a)[t] for t in common_ms)
 
 
-async def test_replica_worker_and_redis_failures_recover_without_losing_the_chart(redis_server, tmp_path):
+async def test_replica_worker_and_redis_failures_recover_without_losing_the_chart(redis_server, postgres_url, tmp_path):
     """Faults, one after another on one cluster: a replica killed (the client moves to the other and
-    resyncs), the worker killed and restarted (health shows it; clients resync to the new owner), Redis
-    restarted (the views keep coming), the log trimmed under a stopped replica (snapshot fallback)."""
+    resyncs), the worker killed and restarted (health shows it; the new one starts from the PostgreSQL
+    history the first recorded; clients resync to it), Redis restarted (the views keep coming), the log
+    trimmed under a stopped replica (snapshot fallback)."""
     p_a, p_b = free_port(), free_port()
-    w = worker(redis_server.url, tmp_path).start()
+    store = ["--store", postgres_url]
+    w = worker(redis_server.url, tmp_path, extra=store).start()
     ra = replica(redis_server.url, p_a, tmp_path, "replica-a").start()
     rb = replica(redis_server.url, p_b, tmp_path, "replica-b").start()
     procs = [w, ra, rb]
@@ -95,16 +97,25 @@ async def test_replica_worker_and_redis_failures_recover_without_losing_the_char
             assert time.monotonic() < deadline, h
             await asyncio.sleep(0.2)
         assert h["status"] == "degraded" and h["unowned"] == ["demo:BTC/USDT:USDT"]
-        w2 = worker(redis_server.url, tmp_path, "worker-2").start()
+        w2 = worker(redis_server.url, tmp_path, "worker-2", extra=store).start()
         procs.append(w2)
         t0 = time.monotonic()
         n_snap = len(client.snapshots)
         await client.wait_for(lambda: len(client.snapshots) > n_snap, timeout=90, what="a snapshot from the new worker")
         recovery["worker"] = time.monotonic() - t0
         assert client.resyncs >= 1  # the client was told to drop what it had, then got the new owner's view
-        await wait_healthy(p_b, procs)
+        h = await wait_healthy(p_b, procs)
+        (rec,) = h["workers"][0]["recording"]
+        assert rec["from_store"] >= 1000 and not rec["error"]  # a day of 1m bars came from the store, not the feed
         before = len(client.closed_bars())
         await client.wait_for(lambda: len(client.closed_bars()) > before, what="live candles from the new worker")
+        from engine.stores import open_store
+
+        with open_store(postgres_url) as s:  # the recording goes on: the chart's newest candles are stored
+            newest = max(t for t in client.closed_bars())
+            stored = s.read_bars("demo:BTC/USDT:USDT")
+            await client.wait_for(lambda: (s.last_time("demo:BTC/USDT:USDT") or 0) >= newest, what="recorded")
+            assert len(stored.time) == len(set(stored.time.tolist()))
 
         # 3. Redis restarts (empty): worker and replicas reconnect; the chart keeps moving
         redis_server.stop()
