@@ -271,8 +271,12 @@ class Worker:
         finally:
             for t in tasks:
                 t.cancel()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # a clean stop hands its markets back
                 await self.redis.delete(bus.worker_key(self.id))
+                owners = await self.redis.hgetall(bus.OWNERS)
+                mine = [k for k, wid in owners.items() if wid == self.id]
+                if mine:
+                    await self.redis.hdel(bus.OWNERS, *mine)
 
     async def _keep(self, job: Any) -> None:
         while True:
