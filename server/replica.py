@@ -64,6 +64,7 @@ class BusMarket:
     last_id: str = "0-0"
     epoch: int | None = None
     views: dict[str, BusView] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class ReplicaHub:
@@ -164,15 +165,20 @@ class ReplicaHub:
 
     # ---- following the logs -----------------------------------------------------------------------
     async def follow(self, market: str) -> BusMarket:
+        """The market's log, read from its current end (registered before the first await: clients
+        subscribing at the same moment share one reader position)."""
         bm = self.markets.get(market)
         if bm is None:
-            bm = BusMarket(market)
-            last = await self.redis.xrevrange(bus.log_key(market), count=1)
-            if last:
-                bm.last_id = last[0][0].decode()
-                bm.epoch = bus.split_id(bm.last_id)[0]
-            self.markets[market] = bm
+            bm = self.markets[market] = BusMarket(market)
+            try:
+                last = await self.redis.xrevrange(bus.log_key(market), count=1)
+                if last:
+                    bm.last_id = last[0][0].decode()
+                    bm.epoch = bus.split_id(bm.last_id)[0]
+            finally:
+                bm.ready.set()
             self._wake.set()
+        await bm.ready.wait()
         return bm
 
     async def _reader(self) -> None:
