@@ -22,15 +22,19 @@ async def test_one_server_and_worker_redis_two_replicas_show_the_same_market(red
              replica(redis_server.url, p_a, tmp_path, "replica-a").start(),
              replica(redis_server.url, p_b, tmp_path, "replica-b").start()]
     clients = [Client(p_single), Client(p_a), Client(p_b)]
+    crowd = [Client(p_b) for _ in range(5)]  # subscribing all at the same moment on one replica
     try:
         for port in (p_single, p_a, p_b):
             await wait_healthy(port, procs)
         for c in clients:
             await c.connect()
+        await asyncio.gather(*(c.connect() for c in crowd))
         for c in clients:  # 60x: a simulated minute a second - a few closed candles each
             await c.wait_for(lambda c=c: len(c.closed_bars()) >= 6, timeout=60, what="six closed candles")
+        for c in crowd:
+            await c.wait_for(lambda c=c: len(c.closed_bars()) >= 1, timeout=30, what="candles for every one of the crowd")
     finally:
-        for c in clients:
+        for c in clients + crowd:
             await c.close()
         for p in procs:
             p.stop()
