@@ -32,6 +32,44 @@ def _median(fn: Callable[[], object], repeat: int = 5) -> float:
     return statistics.median(runs)
 
 
+def _through_the_service(bars: object) -> list[tuple[str, float]]:
+    """What a face pays per live update for the engine's ranked zones (engine/analytics.py) next to the
+    plain graded zones: touch, identity, hysteresis order (confluence cached; its refresh listed apart)."""
+    import asyncio
+
+    from engine.feeds.base import Market
+    from engine.service import MarketService
+
+    class Feed:
+        exchange, timeframe = "bench", 60
+
+        async def history(self, symbol: str, since: int | None = None) -> object:
+            return bars
+
+    svc = MarketService(Feed(), Market("bench", "BTC/USDT:USDT", "BTC"), ModelParams(), history_days=0)  # type: ignore[arg-type]
+    asyncio.run(svc.load())
+    an = svc.analytics
+    an.zones()  # warm: volatility, confluence
+
+    def plain() -> object:
+        svc._live_version += 1  # a new live update: nothing cached
+        return svc.zones()
+
+    def ranked() -> object:
+        svc._live_version += 1
+        return an.zones(refresh_confluence=False)
+
+    def confluence_refresh() -> object:
+        an._confluence.clear()
+        return an._lookback_frames(200, 0.25)
+
+    return [
+        ("service: graded zones per live update", _median(plain)),
+        ("service: ranked zones per live update", _median(ranked)),
+        ("service: confluence refresh (every 5 min)", _median(confluence_refresh, 3)),
+    ]
+
+
 def main() -> None:
     bars = synthetic_bars(30 * 1440, seed=1)
     params = ModelParams()
@@ -58,6 +96,7 @@ def main() -> None:
         ("snapshot render 1200x720", _median(lambda: render_snapshot(est, "BTC", 3600), 3)),
         ("PNG encode 1200x720", _median(lambda: encode_png(img), 3)),
     ]
+    rows += _through_the_service(bars)
     print(f"book: {len(bars):,} bars of 1m (30 days); batch estimate {t_est * 1000:.0f} ms (for scale)")
     print(f"{'analytic':44} {'median ms':>10} {'x estimate':>11} {'of 1 s update':>14}")
     for name, sec in rows:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.feeds.base import Liquidation
-from engine.feeds.files import FileFeed, read_bars_file, write_bars_file
+from engine.feeds.files import FileFeed
+from engine.formats import read_bars_file, write_bars_file
 from engine.model.synthetic import synthetic_bars
 from engine.recorder import Recorder
 from engine.store import Store

@@ -53,8 +53,11 @@ class Context:
 
 
 class Rule(Protocol):
-    name: str
-    cooldown_s: float | None
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def cooldown_s(self) -> float | None: ...
 
     def check(self, ctx: Context) -> list[tuple[str, dict[str, Any]]]:
         """(cooldown key, alert fields) for every condition met now."""

@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,22 +34,37 @@ from engine.feeds.base import (
     Market,
     UnknownSymbol,
 )
+from engine.ladderfile import load_ladder
 from engine.model import (
+    TIMEFRAMES,
     Bars,
+    BarsError,
     Estimate,
     Heatmap,
     IncrementalEngine,
+    LadderError,
     LevelBook,
     LiquidationMap,
     ModelParams,
     Realised,
     Zone,
+    bucket_start,
     daily_volume_usd,
     estimate,
     price_edges,
+    timeframe_name,
     timeframe_seconds,
 )
+from engine.model.bars import BarHistory
+from engine.model.cascade import CascadeError
+from engine.model.risk import RiskError
+from engine.model.touch import TouchError
 from engine.model.views import ViewError
+
+if TYPE_CHECKING:
+    from engine.alerts import WebhookSender
+    from engine.analytics import MarketAnalytics
+    from engine.config import AlertSettings
 
 log = logging.getLogger("liqheat.service")
 
@@ -82,9 +97,9 @@ def open_feed(spec: str, **options: Any) -> Feed:
         path = spec[len("file:") :]
         if not path:
             raise FeedError("file feed needs a path: file:PATH")
-        from engine.feeds.files import FileFeed
+        from engine.store import open_replay  # a bars file or a store DB
 
-        return FileFeed(path, **{k: v for k, v in options.items() if k in ("speed",)})
+        return open_replay(path, **{k: v for k, v in options.items() if k in ("speed",)})
     raise FeedError(f"unknown feed {spec!r}; use one of {', '.join(FEEDS)}")
 
 
@@ -165,7 +180,8 @@ class MarketService:
         self.health_reason = "loading history"
         self.last_update = time.time()
         self._lock = threading.RLock()
-        self._bars: Bars | None = None
+        self._bars: Bars | None = None  # the history now (a view of _history_kept after the first close)
+        self._history_kept: BarHistory | None = None
         self._forming: Bars | None = None
         self._engine: IncrementalEngine | None = None
         self._estimate: Estimate | None = None
@@ -192,6 +208,8 @@ class MarketService:
         loop = asyncio.get_running_loop()
         est = await loop.run_in_executor(None, estimate, bars, self.params)
         with self._lock:
+            keep = int(self.history_days * 86_400 / self.base_timeframe)
+            self._history_kept = BarHistory(bars, keep=keep if keep > 0 else None)  # appends copy no history
             self._bars = bars
             self._estimate = est
             self._engine = IncrementalEngine.from_estimate(est)
@@ -220,10 +238,7 @@ class MarketService:
             self._on_bar(event)
         elif isinstance(event, Liquidation):
             self._liquidations.append(event)
-            self._publish(
-                "liquidation",
-                {"time_ms": event.time_ms, "side": event.side, "price": event.price, "base": event.base, "usd": event.usd},
-            )
+            self._publish("liquidation", event.to_dict())
         elif isinstance(event, HealthChange):
             self._set_health(event.state, event.reason)
 
@@ -240,19 +255,18 @@ class MarketService:
     def _on_bar(self, update: BarUpdate) -> None:
         bar = update.bar
         with self._lock:
-            assert self._bars is not None and self._engine is not None
+            assert self._bars is not None and self._engine is not None and self._history_kept is not None
             last_closed = int(self._bars.time[-1])
             t = int(bar.time[0])
             if t <= last_closed:
                 return  # a replay of a bar we already closed
             if update.closed:
-                self._bars = self._bars.concat(bar)
-                self._engine.append(bar)
+                self._history_kept.append(bar)
+                self._bars = self._history_kept.bars
+                r = self._engine.append(bar)
                 self._snapshot_book(int(bar.close_time[0]))
                 self._forming = None
                 self._version += 1
-                self._trim()
-                r = self._engine.realised
                 realised = {"time": t, "long_usd": float(r.long_usd[-1]), "short_usd": float(r.short_usd[-1])}
             else:
                 self._forming = bar
@@ -285,19 +299,12 @@ class MarketService:
     def _book_at(self, close_time: int) -> LevelBook | None:
         return self._books.get(close_time) or self._recent_books.get(close_time)
 
-    def _trim(self) -> None:
-        """Keep memory bounded on long runs: drop bars older than the history window (+10%)."""
-        assert self._bars is not None
-        keep = int(self.history_days * 86_400 / self.base_timeframe)
-        if keep > 0 and len(self._bars) > keep * 1.1:
-            self._bars = self._bars.slice(len(self._bars) - keep)
-
     def _maybe_publish_zones(self) -> None:
         zones = self.zones()
         key = tuple((z.side, round(z.price_low, 2), round(z.price_high, 2), z.grade) for z in zones)
         if key != self._zones_key:
             self._zones_key = key
-            self._publish("zones", {"zones": [z.to_dict() for z in zones]})
+            self._publish("zones", {"zones": self.analytics.zone_rows(refresh_confluence=False)})  # ranked, touch, age
 
     # ---- subscribers --------------------------------------------------------------------------------
     def subscribe(self, maxsize: int = 256) -> Subscription:
@@ -354,7 +361,11 @@ class MarketService:
 
     def health_info(self) -> dict[str, Any]:
         age = time.time() - self.last_update
-        return {"state": self.health.value, "reason": self.health_reason, "last_update": self.last_update, "age_s": round(age, 3)}
+        info = {"state": self.health.value, "reason": self.health_reason, "last_update": self.last_update, "age_s": round(age, 3)}
+        oi_source = getattr(self.feed, "oi_source", None)  # which venue fields the OI comes from (exchange feeds)
+        if callable(oi_source):
+            info["oi_source"] = oi_source(self.market.symbol)
+        return info
 
     def model_info(self) -> dict[str, Any]:
         info = self.params.describe()
@@ -372,6 +383,39 @@ class MarketService:
     def liquidations(self, since_ms: int | None = None, limit: int = 1000) -> list[Liquidation]:
         events = [e for e in self._liquidations if since_ms is None or e.time_ms >= since_ms]
         return events[-limit:] if limit > 0 else []
+
+    # ---- analytics wiring (engine/analytics.py; docs/ANALYTICS_API.md) -----------------------------
+    @property
+    def version(self) -> int:
+        """Bumps on every closed base bar (caches keyed on closed data use it)."""
+        return self._version
+
+    @property
+    def live_version(self) -> int:
+        """Bumps on every update, the forming bar's too (caches of the live book use it)."""
+        return self._live_version
+
+    def market_time(self) -> float:
+        """The market's clock (UNIX s): the close of the newest bar in the book. Replays and the sped-up
+        demo run on it, so alert cooldowns and persistence are in market time, not wall-clock time."""
+        if self._bars is None:
+            return time.time()
+        return float(self.live_book().time)
+
+    def configure_analytics(self, alerts: AlertSettings | None = None, webhook: WebhookSender | None = None) -> None:
+        """Alert thresholds (config file) and the webhook; set by the hub before streaming starts."""
+        from engine.analytics import MarketAnalytics
+
+        self._analytics = MarketAnalytics(self, alerts, webhook)
+
+    @property
+    def analytics(self) -> MarketAnalytics:
+        """Touch, ranked zones, risk, cascades, sessions, alerts for this market (one per service)."""
+        an = getattr(self, "_analytics", None)
+        if an is None:
+            self.configure_analytics()
+            an = self._analytics
+        return an  # type: ignore[no-any-return]
 
     # ---- views --------------------------------------------------------------------------------------
     def candles(
@@ -505,10 +549,7 @@ class MarketService:
         with self._lock:
             assert self._engine is not None
             r = self._engine.realised
-        bucket = r.time // tf * tf
-        if tf == 604_800:
-            off = 4 * 86_400
-            bucket = (r.time + off) // tf * tf - off
+        bucket = bucket_start(r.time, tf)
         starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if len(bucket) else np.zeros(0, dtype=np.int64)
         if len(starts) == 0:
             return Realised(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
@@ -577,6 +618,8 @@ class Hub:
         params: ModelParams | None = None,
         history_days: float = 30.0,
         max_default_symbols: int = 3,
+        alerts: AlertSettings | None = None,
+        webhook: str | None = None,
     ) -> None:
         self.feed = feed
         self.symbols = tuple(symbols) if symbols else None
@@ -585,6 +628,9 @@ class Hub:
         self.max_default_symbols = max_default_symbols
         self.services: dict[str, MarketService] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.alert_settings = alerts
+        self.webhook_url = webhook or (alerts.webhook if alerts is not None else None)
+        self.webhook: WebhookSender | None = None
 
     async def start(self) -> None:
         markets = await self.feed.markets()
@@ -603,9 +649,11 @@ class Hub:
             params = dataclasses.replace(self.params, coin=m.coin, exchange=exchange if exchange in ("binance", "bybit", "okx") else "binance")
             self.services[m.key] = MarketService(self.feed, m, params, self.history_days)
         await asyncio.gather(*(s.load() for s in self.services.values()))
+        await self._start_analytics()
         for s in self.services.values():
             self._tasks.append(asyncio.create_task(self._run(s), name=f"stream {s.market.key}"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="staleness watchdog"))
+        self._tasks.append(asyncio.create_task(self._alert_loop(), name="alerts"))
 
     async def _run(self, svc: MarketService) -> None:
         """Keep a market streaming: a feed error is shown as health, and the stream is retried."""
@@ -621,6 +669,48 @@ class Hub:
                 svc._set_health(Health.RECONNECTING, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    # ---- alerts: one rule set per market, run here so every face shows the same ones -------------------
+    async def _start_analytics(self) -> None:
+        from engine.alerts import WebhookSender
+        from engine.config import AlertSettings
+
+        settings = self.alert_settings or AlertSettings()
+        if self.webhook_url and self.webhook is None:
+            self.webhook = WebhookSender(self.webhook_url)
+            await self.webhook.start()
+        for s in self.services.values():
+            s.configure_analytics(settings, self.webhook)
+
+    def configure_alerts(self, settings: AlertSettings) -> None:
+        """New thresholds for every market (history and cooldowns start afresh; the webhook stays)."""
+        self.alert_settings = settings
+        for s in self.services.values():
+            s.configure_analytics(settings, self.webhook)
+
+    async def _alert_loop(self) -> None:
+        """Every few seconds, the rules of each market whose book moved; what fires is published as an
+        ``alert`` event (and POSTed to the webhook). The numpy work runs in a worker thread."""
+        seen: dict[str, int] = {}
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.25)  # short steps: configure_alerts() may shorten the interval
+            interval = self.alert_settings.interval_s if self.alert_settings is not None else 5.0
+            if loop.time() - last < interval:
+                continue
+            last = loop.time()
+            for s in list(self.services.values()):
+                if not s.loaded.is_set() or seen.get(s.market.key) == s.live_version:
+                    continue
+                seen[s.market.key] = s.live_version
+                try:
+                    fired = await loop.run_in_executor(None, s.analytics.alerts.check)
+                except Exception as exc:  # an alert rule must never end the stream
+                    log.warning("%s: alerts failed: %s", s.market.key, exc)
+                    continue
+                for alert in fired:
+                    s._publish("alert", {"kind": alert.get("rule"), **alert})
 
     async def _watchdog(self) -> None:
         while True:
@@ -646,6 +736,10 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        if self.webhook is not None:
+            await self.webhook.drain(timeout_s=2.0)
+            await self.webhook.close()
+            self.webhook = None
         await self.feed.close()
 
 
@@ -655,3 +749,39 @@ def _match(markets: list[Market], name: str) -> Market | None:
         if n in (m.coin.upper(), m.symbol.upper(), m.symbol.split(":")[0].upper(), m.key.upper()):
             return m
     return None
+
+
+def open_hub(
+    feed: str | Feed = "demo",
+    symbols: list[str] | tuple[str, ...] | None = None,
+    *,
+    ladder: str | None = None,
+    history_days: float = 30.0,
+    speed: float | None = None,
+    seed: int | None = None,
+    now: float | None = None,
+    alerts: AlertSettings | None = None,
+    webhook: str | None = None,
+) -> Hub:
+    """The one way the commands open markets (``serve``, ``tui``): a feed by name (or a Feed object), the
+    model with ``--ladder`` (preset, JSON, or a JSON file — engine/ladderfile.py), alert thresholds and a
+    webhook. Not started: ``await hub.start()``. LadderError / FeedError (one line) on bad input, before
+    anything runs."""
+    params = ModelParams(ladder=load_ladder(ladder)) if ladder else ModelParams()
+    if isinstance(feed, str):
+        opts: dict[str, Any] = {"history_days": history_days}  # the demo backfills only this much
+        for name, value in (("speed", speed), ("seed", seed), ("now", now)):
+            if value is not None:
+                opts[name] = value
+        feed = open_feed(feed, **opts)
+    return Hub(feed, symbols=list(symbols) if symbols else None, params=params, history_days=history_days,
+               alerts=alerts, webhook=webhook)
+
+
+# What the faces may use from the engine besides engine.analytics (tests/test_face_imports.py).
+__all__ = [
+    "FEEDS", "TIMEFRAMES", "Bars", "BarsError", "CascadeError", "Feed", "FeedError", "Health", "Heatmap", "Hub",
+    "LadderError", "Liquidation", "LiquidationMap", "Market", "MarketService", "ModelParams", "Realised", "RiskError",
+    "ServiceEvent", "Subscription", "TouchError", "UnknownSymbol", "ViewError", "Zone", "bucket_start", "load_ladder", "open_feed",
+    "open_hub", "price_edges", "timeframe_name", "timeframe_seconds",
+]

@@ -20,15 +20,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
 from engine.feeds.base import Liquidation
+from engine.feeds.normalise import price_kind
 from engine.model import Bars, BarsError
+from engine.model.margin import liquidation_from_bankruptcy
 
 # The schema this code writes. Older stores are migrated on open; a newer one is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # How long a stored OI point / funding settlement may stand in for a bar that has none (seconds).
 # OI history comes in 5-minute buckets at best; funding settles every 1-8 hours.
@@ -118,8 +120,66 @@ CREATE VIEW gaps_named AS
     FROM gaps g JOIN markets m ON m.id = g.market;
 """
 
+# ---- schema v2: where a liquidation price comes from ---------------------------------------------------
+# Bybit and OKX print the *bankruptcy* price of a liquidated position, Binance the liquidation order's fill.
+# v2 keeps both numbers: ``price`` = where the position was liquidated (estimated from the bankruptcy price
+# on those venues: engine.model.margin.liquidation_from_bankruptcy), ``reported_price`` = what the venue
+# sent, ``price_kind`` = 'fill' | 'bankruptcy'. The natural key moves to the reported price, so a replayed
+# event is still recognised if the estimate changes (a newer tier table). SQLite cannot change a primary
+# key in place: the table is rebuilt (its view depends on it, so that is rebuilt too).
+_V2 = """
+DROP VIEW liquidations_named;
+
+CREATE TABLE liquidations_v2 (
+    market         INTEGER NOT NULL REFERENCES markets (id),
+    time_ms        INTEGER NOT NULL,
+    side           TEXT NOT NULL CHECK (side IN ('long', 'short')),
+    price          REAL NOT NULL,
+    reported_price REAL NOT NULL,
+    price_kind     TEXT NOT NULL CHECK (price_kind IN ('fill', 'bankruptcy')),
+    base           REAL NOT NULL,
+    usd            REAL NOT NULL,
+    PRIMARY KEY (market, time_ms, side, reported_price, base)
+) WITHOUT ROWID;
+
+INSERT INTO liquidations_v2 (market, time_ms, side, price, reported_price, price_kind, base, usd)
+    SELECT market, time_ms, side, price, price, 'fill', base, usd FROM liquidations;
+
+DROP TABLE liquidations;
+
+ALTER TABLE liquidations_v2 RENAME TO liquidations;
+
+CREATE VIEW liquidations_named AS
+    SELECT m.exchange, m.symbol, l.time_ms, l.side, l.price, l.reported_price, l.price_kind, l.base, l.usd
+    FROM liquidations l JOIN markets m ON m.id = l.market;
+"""
+
+
+def _v2_settle_bankruptcy_prices(db: sqlite3.Connection) -> None:
+    """v1 stored what the venue printed as ``price``. On venues that print bankruptcy prices, mark those
+    rows 'bankruptcy' and estimate the liquidation price. The estimate is the reported price times a
+    factor that depends on the venue, coin, side and the tier table in force on the day, so it is applied
+    one (market, side, day) group at a time."""
+    for mid, exchange, symbol in db.execute("SELECT id, exchange, symbol FROM markets").fetchall():
+        if price_kind(exchange) != "bankruptcy":
+            continue
+        coin = symbol.split("/")[0]
+        groups = db.execute(
+            "SELECT DISTINCT side, date(time_ms / 1000, 'unixepoch') FROM liquidations WHERE market = ?", (mid,)
+        ).fetchall()
+        for side, day in groups:
+            factor = float(liquidation_from_bankruptcy(1.0, side, exchange, coin, day))  # proportional
+            db.execute(
+                "UPDATE liquidations SET price = reported_price * ?, price_kind = 'bankruptcy' "
+                "WHERE market = ? AND side = ? AND date(time_ms / 1000, 'unixepoch') = ?",
+                (factor, mid, side, day),
+            )
+
+
 # (version it brings the store to, SQL). Append a step for every schema change; never edit a shipped one.
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
+# Data a version's SQL cannot upgrade alone: a Python step run right after it, in the same transaction.
+MIGRATION_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _v2_settle_bankruptcy_prices}
 
 _OPTIONAL = ("volume", "taker_buy_volume", "taker_sell_volume", "oi_usd", "funding_rate")
 _CANDLE_COLS = ("time", "open", "high", "low", "close") + _OPTIONAL
@@ -285,6 +345,9 @@ class Store:
                     continue
                 for statement in _statements(sql):
                     db.execute(statement)
+                step = MIGRATION_STEPS.get(version)
+                if step is not None:
+                    step(db)
                 db.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -584,19 +647,23 @@ class Store:
     # ---- liquidations -------------------------------------------------------------------------------
     @_guarded
     def write_liquidations(self, events: Iterable[Liquidation]) -> int:
-        """Insert liquidation events; returns how many were new (a replayed event is ignored)."""
-        rows: list[tuple[int, int, str, float, float, float]] = []
+        """Insert liquidation events; returns how many were new (a replayed event is ignored). An event is
+        known by its market, time, side, *reported* price and size."""
+        rows: list[tuple[int, int, str, float, float, str, float, float]] = []
         with self._lock, self.transaction():
             for ev in events:
                 if ev.side not in ("long", "short"):
                     raise StoreError(f"liquidation side must be 'long' or 'short', got {ev.side!r}")
+                if ev.price_kind not in ("fill", "bankruptcy"):
+                    raise StoreError(f"liquidation price_kind must be 'fill' or 'bankruptcy', got {ev.price_kind!r}")
                 mid = self._market_id(f"{ev.exchange}:{ev.symbol}", create=True)
                 assert mid is not None
-                rows.append((mid, int(ev.time_ms), ev.side, float(ev.price), float(ev.base), float(ev.usd)))
+                rows.append((mid, int(ev.time_ms), ev.side, float(ev.price), float(ev.reported), ev.price_kind,
+                             float(ev.base), float(ev.usd)))
             before = self._db.total_changes  # after any new market rows: count events only
             self._db.executemany(
-                "INSERT OR IGNORE INTO liquidations (market, time_ms, side, price, base, usd) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO liquidations (market, time_ms, side, price, reported_price, price_kind, "
+                "base, usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             return self._db.total_changes - before
@@ -612,11 +679,15 @@ class Store:
             if mid is None:
                 return []
             rows = self._db.execute(
-                "SELECT time_ms, side, price, base, usd FROM liquidations "
+                "SELECT time_ms, side, price, reported_price, price_kind, base, usd FROM liquidations "
                 "WHERE market = ? AND time_ms >= ? AND time_ms < ? ORDER BY time_ms, side, price",
                 (mid, -(2**62) if since_ms is None else since_ms, 2**62 if until_ms is None else until_ms),
             ).fetchall()
-        return [Liquidation(t, exchange, symbol, side, p, b, u) for t, side, p, b, u in rows]
+        # a fill's reported price is its price: read back as written (reported_price None)
+        return [
+            Liquidation(t, exchange, symbol, side, p, b, u, None if kind == "fill" and rp == p else rp, kind)
+            for t, side, p, rp, kind, b, u in rows
+        ]
 
     @_guarded
     def count_liquidations(self, market: str) -> int:
@@ -681,3 +752,50 @@ def _statements(sql: str) -> list[str]:
     if buf.strip():
         out.append(buf.strip())
     return out
+
+
+# ---- replay ---------------------------------------------------------------------------------------------
+class _StoreRecording:
+    """A store as the replay feed's Recording (engine/feeds/files.py): the store depends on the feeds'
+    types, never the other way round."""
+
+    def __init__(self, path: Path) -> None:
+        from engine.feeds.base import FeedError
+
+        self._error = FeedError
+        try:
+            self._store = Store(path, create=False)
+        except StoreError as exc:
+            raise FeedError(str(exc)) from None
+
+    def recorded(self) -> list[tuple[str, str, int]]:
+        try:
+            return [(m.symbol, m.key, m.timeframe or 60) for m in self._store.markets() if m.bars]
+        except StoreError as exc:
+            raise self._error(str(exc)) from None
+
+    def bars(self, key: str) -> Bars:
+        try:
+            return self._store.read_bars(key)
+        except StoreError as exc:
+            raise self._error(str(exc)) from None
+
+    def liquidations(self, key: str) -> list[Liquidation]:
+        try:
+            return list(self._store.read_liquidations(key))
+        except StoreError as exc:
+            raise self._error(str(exc)) from None
+
+    def close(self) -> None:
+        self._store.close()
+
+
+def open_replay(spec: str, speed: float = 60.0, start: int | None = None) -> Any:
+    """``file:PATH`` (or a bare path) as a replay feed: a bars file, or every market of a store DB."""
+    from engine.feeds.files import FileFeed, file_feed_path
+    from engine.formats import STORE_SUFFIXES
+
+    path = file_feed_path(spec)
+    if path.suffix.lower() in STORE_SUFFIXES and path.exists():
+        return FileFeed(path, speed=speed, start=start, recording=_StoreRecording(path))
+    return FileFeed(path, speed=speed, start=start)

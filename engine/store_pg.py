@@ -57,7 +57,22 @@ _PG_V1 = [
     "CREATE VIEW gaps_named AS SELECT m.exchange, m.symbol, g.kind, g.start_time, g.end_time, g.reason "
     "FROM gaps g JOIN markets m ON m.id = g.market",
 ]
-PG_MIGRATIONS: list[tuple[int, list[str]]] = [(1, _PG_V1)]
+# v2 (engine.store's _V2): where a liquidation price comes from - the reported price and its kind are kept,
+# the natural key moves to the reported price. PostgreSQL changes the key in place.
+_PG_V2 = [
+    "DROP VIEW liquidations_named",
+    "ALTER TABLE liquidations ADD COLUMN reported_price DOUBLE PRECISION",
+    "UPDATE liquidations SET reported_price = price",
+    "ALTER TABLE liquidations ALTER COLUMN reported_price SET NOT NULL",
+    "ALTER TABLE liquidations ADD COLUMN price_kind TEXT NOT NULL DEFAULT 'fill' "
+    "CHECK (price_kind IN ('fill', 'bankruptcy'))",
+    "ALTER TABLE liquidations ALTER COLUMN price_kind DROP DEFAULT",
+    "ALTER TABLE liquidations DROP CONSTRAINT liquidations_pkey",
+    "ALTER TABLE liquidations ADD PRIMARY KEY (market, time_ms, side, reported_price, base)",
+    "CREATE VIEW liquidations_named AS SELECT m.exchange, m.symbol, l.time_ms, l.side, l.price, l.reported_price, "
+    "l.price_kind, l.base, l.usd FROM liquidations l JOIN markets m ON m.id = l.market",
+]
+PG_MIGRATIONS: list[tuple[int, list[str]]] = [(1, _PG_V1), (2, _PG_V2)]
 
 # hypertable chunks: a week of bar times (seconds) / liquidation times (milliseconds)
 _HYPERTABLES = [("candles", "time", 7 * 86_400), ("liquidations", "time_ms", 7 * 86_400_000)]
@@ -76,8 +91,9 @@ _UPSERT_CANDLES = (
     "funding_rate = coalesce(excluded.funding_rate, candles.funding_rate)"
 )
 _INSERT_LIQUIDATIONS = (
-    "INSERT INTO liquidations (market, time_ms, side, price, base, usd) SELECT * FROM unnest(%s::bigint[], "
-    "%s::bigint[], %s::text[], %s::float8[], %s::float8[], %s::float8[]) ON CONFLICT DO NOTHING"
+    "INSERT INTO liquidations (market, time_ms, side, price, reported_price, price_kind, base, usd) "
+    "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::float8[], %s::float8[], %s::text[], "
+    "%s::float8[], %s::float8[]) ON CONFLICT DO NOTHING"
 )
 
 # PostgreSQL's binary COPY header: signature, flags (int32), header-extension length (int32); each row is then
@@ -266,6 +282,8 @@ class PgStore(Store):
                     continue
                 for statement in statements:
                     db.execute(statement)
+                if version == 2:
+                    _pg_v2_settle_bankruptcy_prices(db)
                 db.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -376,13 +394,16 @@ class PgStore(Store):
         return n
 
     def write_liquidations(self, events: Iterable[Liquidation]) -> int:
-        cols: list[list[Any]] = [[], [], [], [], [], []]
+        cols: list[list[Any]] = [[], [], [], [], [], [], [], []]
         with self._lock, self.transaction():
             for ev in events:
                 if ev.side not in ("long", "short"):
                     raise StoreError(f"liquidation side must be 'long' or 'short', got {ev.side!r}")
+                if ev.price_kind not in ("fill", "bankruptcy"):
+                    raise StoreError(f"liquidation price_kind must be 'fill' or 'bankruptcy', got {ev.price_kind!r}")
                 mid = self._market_id(f"{ev.exchange}:{ev.symbol}", create=True)
-                row = (mid, int(ev.time_ms), ev.side, float(ev.price), float(ev.base), float(ev.usd))
+                row = (mid, int(ev.time_ms), ev.side, float(ev.price), float(ev.reported), ev.price_kind,
+                       float(ev.base), float(ev.usd))
                 for col, value in zip(cols, row, strict=True):
                     col.append(value)
             if not cols[0]:
@@ -411,3 +432,24 @@ class PgStore(Store):
             self._pg.execute("SELECT count(*) FROM meta")
         return "ok"
 
+
+
+def _pg_v2_settle_bankruptcy_prices(db: _PgConnection) -> None:
+    """engine.store's v2 data step in PostgreSQL's words: on venues that print bankruptcy prices, v1 rows
+    are marked 'bankruptcy' and their liquidation price estimated, one (market, side, UTC day) at a time."""
+    from engine.feeds.normalise import price_kind
+    from engine.model.margin import liquidation_from_bankruptcy
+
+    day = "to_char(to_timestamp(time_ms / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    for mid, exchange, symbol in db.execute("SELECT id, exchange, symbol FROM markets").fetchall():
+        if price_kind(exchange) != "bankruptcy":
+            continue
+        coin = symbol.split("/")[0]
+        groups = db.execute(f"SELECT DISTINCT side, {day} FROM liquidations WHERE market = %s", (mid,)).fetchall()  # noqa: S608
+        for side, when in groups:
+            factor = float(liquidation_from_bankruptcy(1.0, side, exchange, coin, when))
+            db.execute(
+                f"UPDATE liquidations SET price = reported_price * %s, price_kind = 'bankruptcy' "  # noqa: S608
+                f"WHERE market = %s AND side = %s AND {day} = %s",
+                (factor, mid, side, when),
+            )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,17 +18,16 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from engine.model import timeframe_seconds
-from engine.service import MarketService
+from engine.analytics import AnalyticsError, PositionSpec
+from engine.service import MarketService, bucket_start, timeframe_seconds
 
 from . import __version__
-from .analytics import cascade_view, risk_view, zones_with_touch
 from .config import API_TIMEFRAMES
-from .encoding import candles_payload, finite_or_none, map_payload, realised_payload
+from .encoding import candles_payload, json_number, map_payload, realised_payload
 from .markets import compact_ticker, dumps, udf_name
 from .params import BadRequest, Query, parse_tier
 from .state import CONFIG, LIVE, MARKETS, STARTED_AT
-from .views import ViewSpec, bucket_start, heatmap_view
+from .views import ViewSpec, heatmap_view
 
 routes = web.RouteTableDef()
 
@@ -119,7 +119,7 @@ def market_info(svc: MarketService) -> dict[str, Any]:
         "name": compact_ticker(m),
         "linear": m.linear,
         "tick": m.tick,
-        "price": finite_or_none(svc.last_price),
+        "price": json_number(svc.last_price),
         "tiers": list(svc.params.ladder.labels),
         "health": svc.health_info(),
     }
@@ -167,8 +167,8 @@ async def market(request: web.Request) -> web.Response:
         out = market_info(svc)
         out.update(
             {
-                "oi_usd": finite_or_none(svc.oi_usd()),
-                "daily_volume_usd": finite_or_none(svc.daily_volume_usd()),
+                "oi_usd": json_number(svc.oi_usd()),
+                "daily_volume_usd": json_number(svc.daily_volume_usd()),
                 "funding": svc.funding(),
                 "seed_mode": svc.seed_mode,
                 "estimate": True,
@@ -276,33 +276,45 @@ async def heatmap_cell(request: web.Request) -> web.Response:
 @routes.get("/api/v1/map")
 @memoized
 async def liquidation_map(request: web.Request) -> web.Response:
+    """The liquidation map; ``weight=touch``: every bin's USD x P(price reaches it within ``horizon`` h)."""
     q = Query(request.query)
     svc = _symbol(request, q)
     bins = q.integer("bins", 200, 10, MAX_BINS)
     span = q.number("span", 0.25, 0.001, 0.9)
     log = q.boolean("log", False)
+    weight = q.choice("weight", "usd", ("usd", "touch"))
+    horizon = q.number("horizon", 4.0, 0.25, 168.0)
     q.done()
-    assert bins is not None and span is not None
+    assert bins is not None and span is not None and horizon is not None
 
     def build() -> dict[str, Any]:
-        out = map_payload(svc.liquidation_map(bins=bins, span=span, log=log))
-        out.update({"symbol": svc.market.key, "span": span, "estimate": True})
+        if weight == "touch":
+            lmap = svc.analytics.risk_weighted_map(bins=bins, span=span, log=log, horizon_hours=horizon)
+        else:
+            lmap = svc.liquidation_map(bins=bins, span=span, log=log)
+        out = map_payload(lmap)
+        out.update({"symbol": svc.market.key, "span": span, "weight": weight, "estimate": True})
+        if weight == "touch":
+            out["horizon_hours"] = horizon
         return out
 
-    return await _cached(request, svc, ("map", bins, span, log), build)
+    return await _cached(request, svc, ("map", bins, span, log, weight, horizon if weight == "touch" else None), build)
 
 
 @routes.get("/api/v1/zones")
 @memoized
 async def zones(request: web.Request) -> web.Response:
-    """Graded zones, each with the chance price reaches it within 1h / 4h / 24h (touch model)."""
+    """Zones ranked by USD x P(touch within 4h) (``weight=usd``: raw USD), in a stable order, each with
+    touch probabilities, confluence and persistence (docs/ANALYTICS_API.md)."""
     q = Query(request.query)
     svc = _symbol(request, q)
     bins = q.integer("bins", 200, 10, MAX_BINS)
     span = q.number("span", 0.25, 0.001, 0.9)
+    weight = q.choice("weight", "touch", ("touch", "usd"))
     q.done()
     assert bins is not None and span is not None
-    return await _cached(request, svc, ("zones", bins, span), lambda: zones_with_touch(svc, bins, span))
+    return await _cached(request, svc, ("zones", bins, span, weight),
+                         lambda: svc.analytics.zones_body(bins, span, weight))
 
 
 @routes.get("/api/v1/cascade")
@@ -312,15 +324,69 @@ async def cascade(request: web.Request) -> web.Response:
     q = Query(request.query)
     svc = _symbol(request, q)
     q.done()
-    return await _cached(request, svc, ("cascade",), lambda: cascade_view(svc))
+    return await _cached(request, svc, ("cascade",), lambda: svc.analytics.cascade())
+
+
+@routes.get("/api/v1/sessions")
+@memoized
+async def sessions(request: web.Request) -> web.Response:
+    """Estimated liquidations by trading session (Asia / Europe / US) and by hour of the funding cycle."""
+    q = Query(request.query)
+    svc = _symbol(request, q)
+    days = q.number("days", None, 1.0, 365.0)
+    q.done()
+    return await _cached(request, svc, ("sessions", days), lambda: svc.analytics.sessions(days))
+
+
+MAX_POSITIONS = 20
+
+
+def _json_param(q: Query, name: str) -> Any:
+    text = q.text(name)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be JSON, e.g. {name}=[{{\"side\":\"long\",\"entry\":60000,"
+                         f"\"leverage\":10,\"size\":5000}}]") from None
 
 
 @routes.get("/api/v1/risk")
 @memoized
 async def risk(request: web.Request) -> web.Response:
-    """One position against the estimate: its liquidation price, the zone it sits in, the chance price
-    gets there, and whether a cascade would carry it there."""
+    """One position (side, entry, leverage, size) against the estimate — or a portfolio
+    (``positions`` = a JSON list, ``limit``, ``portfolio``, ``new``): each one's liquidation price and
+    zone grade, the share of exposure liquidated inside elevated/high zones against the limit, and a
+    suggested size for a new position."""
     q = Query(request.query)
+    markets = request.app[MARKETS]
+    if q.text("positions") is not None or q.text("new") is not None:
+        symbol = q.text("symbol")
+        svc = markets.resolve(symbol) if symbol else markets.services()[0]
+        raw = _json_param(q, "positions") or []
+        new_raw = _json_param(q, "new")
+        limit = q.number("limit", _risk_limit(request), 0.001, 1.0)
+        portfolio = q.number("portfolio", None, 0.0, 1e15, open_low=True)
+        q.done()
+        if not isinstance(raw, list):
+            raise BadRequest("positions must be a JSON list of objects")
+        if len(raw) > MAX_POSITIONS:
+            raise BadRequest(f"at most {MAX_POSITIONS} positions")
+        try:
+            specs = [PositionSpec.from_dict(d, f"position {i + 1}", default_size=10_000.0) for i, d in enumerate(raw)]
+            new = None
+            if new_raw is not None:
+                target = markets.resolve(new_raw["symbol"]) if isinstance(new_raw, dict) and new_raw.get("symbol") else svc
+                new = PositionSpec.from_dict(new_raw, "new", default_entry=target.last_price, default_size=10_000.0)
+        except AnalyticsError as exc:
+            raise BadRequest(str(exc)) from None
+        for spec in ([*specs, new] if new is not None else specs):
+            target = markets.resolve(spec.symbol) if spec.symbol else svc
+            _plausible_entry(spec.entry, target.last_price)
+        key = ("portfolio", json.dumps(raw, sort_keys=True), json.dumps(new_raw, sort_keys=True), limit, portfolio)
+        return await _cached(request, svc, key, lambda: svc.analytics.portfolio(
+            specs, limit_share=limit or _risk_limit(request), new=new, portfolio_usd=portfolio, resolve=markets.resolve))
     svc = _symbol(request, q)
     side = q.choice("side", "long", ("long", "short"))
     entry = q.number("entry", None, 0.0, 1e12, open_low=True)
@@ -329,26 +395,32 @@ async def risk(request: web.Request) -> web.Response:
     if entry is None or leverage is None:
         raise BadRequest("missing parameter 'entry' or 'leverage'")
     q.done()
-    price = svc.last_price
-    if not (price / 100 <= entry <= price * 100):
-        raise BadRequest(f"entry {entry:g} is implausibly far from the market price {price:g}")
+    _plausible_entry(entry, svc.last_price)
     assert size is not None
     return await _cached(request, svc, ("risk", side, entry, leverage, size),
-                         lambda: risk_view(svc, side, entry, leverage, size))
+                         lambda: svc.analytics.position(side, entry, leverage, size))
+
+
+def _plausible_entry(entry: float, price: float) -> None:
+    if not (price / 100 <= entry <= price * 100):
+        raise BadRequest(f"entry {entry:g} is implausibly far from the market price {price:g}")
+
+
+def _risk_limit(request: web.Request) -> float:
+    return float(request.app[CONFIG].risk_limit)
 
 
 @routes.get("/api/v1/alerts")
 async def alerts(request: web.Request) -> web.Response:
-    """Recent alerts of one market (the same ones pushed over the WebSocket as `alert`)."""
+    """Recent alerts of one market (the same ones pushed over the WebSocket as `alert`), market time."""
     q = Query(request.query)
     svc = _symbol(request, q)
     limit = q.integer("limit", 50, 1, 200)
     q.done()
     assert limit is not None
-    channel = request.app[LIVE].channels.get(svc.market.key)
-    recent = channel.alerts.recent(limit) if channel is not None else []
-    body = {"symbol": svc.market.key, "rules": [type(r).__name__ for r in channel.alerts.engine.rules] if channel else [],
-            "alerts": recent}
+    book = svc.analytics.alerts
+    body = {"symbol": svc.market.key, "rules": book.rules, "clock": "market", "webhook": book.webhook_stats(),
+            "alerts": book.recent(limit)}
     return json_response(dumps(body))
 
 
@@ -386,9 +458,9 @@ async def liquidations(request: web.Request) -> web.Response:
     body = {
         "symbol": svc.market.key,
         "source": "simulated" if svc.market.exchange == "demo" else svc.market.exchange,
-        "events": [
-            {"time_ms": e.time_ms, "side": e.side, "price": e.price, "base": e.base, "usd": e.usd} for e in events
-        ],
+        # price = where the liquidation happened (estimated from a bankruptcy price on Bybit/OKX);
+        # reported_price/price_kind = what the venue printed
+        "events": [e.to_dict() for e in events],
     }
     return json_response(dumps(body))
 

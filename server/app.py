@@ -16,12 +16,21 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from engine.feeds.base import FeedError, UnknownSymbol
-from engine.model import BarsError, LadderError, ModelParams, ViewError, parse_ladder
-from engine.model.cascade import CascadeError
-from engine.model.risk import RiskError
-from engine.model.touch import TouchError
-from engine.service import Hub, open_feed
+from engine.analytics import AlertSettings, AnalyticsError
+from engine.service import (
+    BarsError,
+    CascadeError,
+    FeedError,
+    Hub,
+    LadderError,
+    ModelParams,
+    RiskError,
+    TouchError,
+    UnknownSymbol,
+    ViewError,
+    load_ladder,
+    open_hub,
+)
 
 from . import api, assets, udf, ws
 from .config import ServerConfig
@@ -43,25 +52,18 @@ class FeedSpec:
     feeds: tuple[str, ...] = ("demo",)
     symbols: tuple[str, ...] | None = None
     speed: float | None = None  # demo / file replay speed (x real time)
-    ladder: str | None = None  # preset name or JSON
+    ladder: str | None = None  # preset name, JSON, or a JSON file (a calibrated ladder)
     history_days: float = 30.0
     seed: int | None = None
+    alerts: AlertSettings | None = None  # thresholds from the config file (None: the defaults)
+    webhook: str | None = None  # alerts are POSTed here too
 
     def params(self) -> ModelParams:
-        return ModelParams(ladder=parse_ladder(self.ladder)) if self.ladder else ModelParams()
+        return ModelParams(ladder=load_ladder(self.ladder)) if self.ladder else ModelParams()
 
     def build_hubs(self) -> list[Hub]:
-        hubs = []
-        for spec in self.feeds:
-            opts: dict[str, Any] = {"history_days": self.history_days}  # the demo backfills only this much
-            if self.speed is not None:
-                opts["speed"] = self.speed
-            if self.seed is not None:
-                opts["seed"] = self.seed
-            feed = open_feed(spec, **opts)
-            hubs.append(Hub(feed, symbols=list(self.symbols) if self.symbols else None, params=self.params(),
-                            history_days=self.history_days))
-        return hubs
+        return [open_hub(spec, self.symbols, ladder=self.ladder, history_days=self.history_days, speed=self.speed,
+                         seed=self.seed, alerts=self.alerts, webhook=self.webhook) for spec in self.feeds]
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -78,7 +80,7 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
     """Bad input → 400, unknown symbol → 404, a market still loading → 503; never a bare 500 page."""
     try:
         return await handler(request)
-    except (BadRequest, ViewError, BarsError, LadderError, RiskError, TouchError, CascadeError) as exc:
+    except (BadRequest, ViewError, BarsError, LadderError, RiskError, TouchError, CascadeError, AnalyticsError) as exc:
         return _error(400, _one_line(exc))
     except UnknownSymbol as exc:
         return _error(404, _one_line(exc))

@@ -10,8 +10,8 @@ import sys
 
 from aiohttp import web
 
-from engine.feeds.base import FeedError
-from engine.model import LadderError, parse_ladder
+from engine.config import Config, ConfigError, load_config
+from engine.service import FeedError, LadderError, load_ladder
 
 from . import assets
 from .app import FeedSpec, create_app
@@ -40,9 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--speed", type=float, default=None,
                         help="demo/replay speed, x real time (e.g. 60 = one simulated minute per second)")
-    parser.add_argument("--ladder", default=None, metavar="NAME|JSON",
-                        help="leverage ladder: default, high, swing, coinglass, or JSON like '{\"10\":0.5,\"25\":0.5}'")
-    parser.add_argument("--history-days", type=float, default=30.0, help="history to load per market (default 30)")
+    parser.add_argument("--ladder", default=None, metavar="NAME|JSON|FILE",
+                        help="leverage ladder: default, high, swing, coinglass, JSON like '{\"10\":0.5,\"25\":0.5}', "
+                             "or a JSON file (e.g. from `liqheat backtest --calibrate FILE`)")
+    parser.add_argument("--history-days", type=float, default=None, help="history to load per market (default 30)")
+    parser.add_argument("--webhook", default=None, metavar="URL",
+                        help="also POST every alert as JSON to this URL (retried; never blocks the feed)")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="config file (default $XDG_CONFIG_HOME/liqheat/config.toml); flags override it")
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="another page origin allowed to open the WebSocket (e.g. https://my.site); '*' = any")
     parser.add_argument("--seed", type=int, default=None, help="demo market random seed")
@@ -51,18 +56,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="log requests")
 
 
-def _spec(args: argparse.Namespace) -> FeedSpec:
-    if args.ladder:
-        parse_ladder(args.ladder)  # fail before starting anything
-    if args.speed is not None and not (0 < args.speed <= 100_000):
+def _spec(args: argparse.Namespace, config: Config | None = None) -> FeedSpec:
+    """The markets to serve: flags, else the config file's [defaults], else the built-in defaults."""
+    config = config or Config()
+    ladder = args.ladder or config.default("ladder")
+    if ladder:
+        load_ladder(ladder)  # fail before starting anything
+    speed = args.speed if args.speed is not None else config.default("speed")
+    if speed is not None and not (0 < speed <= 100_000):
         raise LadderError("--speed must be above 0 and at most 100000")
+    history_days = args.history_days if args.history_days is not None else float(config.default("history_days", 30.0))
+    if not history_days > 0:
+        raise LadderError("--history-days must be positive")
+    webhook = args.webhook or config.alerts.webhook
+    if webhook and not webhook.startswith(("http://", "https://")):
+        raise LadderError(f"--webhook {webhook!r}: must start with http:// or https://")
+    feed = config.default("feed")
+    symbols = args.symbols or config.default("symbols")
     return FeedSpec(
-        feeds=tuple(args.feed or ["demo"]),
-        symbols=tuple(args.symbols) if args.symbols else None,
-        speed=args.speed,
-        ladder=args.ladder,
-        history_days=args.history_days,
+        feeds=tuple(args.feed or ([feed] if feed else ["demo"])),
+        symbols=tuple(symbols) if symbols else None,
+        speed=speed,
+        ladder=ladder,
+        history_days=history_days,
         seed=args.seed,
+        alerts=config.alerts,
+        webhook=webhook,
     )
 
 
@@ -95,11 +114,13 @@ async def serve(spec: FeedSpec, config: ServerConfig, verbose: bool = False, bus
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        spec = _spec(args)
-    except (LadderError, ValueError) as exc:
+        file_config = load_config(args.config)
+        spec = _spec(args, file_config)
+    except (ConfigError, LadderError, ValueError) as exc:
         print(f"liqheat serve: {exc}", file=sys.stderr)
         return 2
-    config = ServerConfig(host=args.host, port=args.port, allow_origins=tuple(args.allow_origin))
+    config = ServerConfig(host=args.host, port=args.port, allow_origins=tuple(args.allow_origin),
+                          risk_limit=file_config.risk_limit)
     if args.port:
         # Fail before loading a month of history, not after.
         try:

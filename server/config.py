@@ -26,8 +26,8 @@ class ServerConfig:
     map_interval_s: float = 1.0
     # Minimum seconds between two recomputations of the live heatmap column for one view.
     column_interval_s: float = 0.25
-    # Minimum seconds between two runs of a market's alert rules.
-    alert_interval_s: float = 5.0
+    # The portfolio exposure limit /api/v1/risk uses when the request gives none (config file [risk]).
+    risk_limit: float = 0.10
     # Threads for numpy work (views), so the event loop never blocks on it.
     workers: int = 4
     # While a market's views are recomputed after a change, REST callers may get the previous answer if

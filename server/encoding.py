@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.model import Bars, Heatmap, LiquidationMap, Realised
+from engine.service import Bars, Heatmap, LiquidationMap, Realised
 
 ENCODING = "sqrt-u8"
 
 
-def _finite(x: float | None) -> float | None:
+def json_number(x: float | None) -> float | None:
+    """A number JSON can carry: NaN and infinities become null."""
     if x is None:
         return None
     x = float(x)
@@ -120,7 +121,3 @@ def realised_payload(r: Realised) -> dict[str, Any]:
         "short_usd": np.round(r.short_usd, 2).tolist(),
         "estimate": True,
     }
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return _finite(x)

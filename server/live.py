@@ -18,14 +18,12 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.service import MarketService, ServiceEvent
+from engine.service import MarketService, ServiceEvent, bucket_start
 
-from .analytics import MarketAlerts
 from .config import ServerConfig
 from .markets import Markets, dumps
 from .views import (
     ViewSpec,
-    bucket_start,
     last_candles,
     last_columns,
     live_column,
@@ -214,8 +212,6 @@ class MarketChannel:
         self.last_event_time = 0.0
         # recent (view computation, fan-out) durations in ms, for /api/v1/health and the benchmarks
         self.compute_ms: deque[float] = deque(maxlen=512)
-        self.alerts = MarketAlerts(svc, config.alert_interval_s)
-        self._alerts_running = False
         self.fanout_ms: deque[float] = deque(maxlen=512)
 
     # ---- views and subscribers ----------------------------------------------------------------------
@@ -339,9 +335,6 @@ class MarketChannel:
         zones = [e for e in batch if e.kind == "zones"]
         if zones:
             common.append(("zones", dumps(zones[-1].data)))
-        if changed_book(kinds) and self.alerts.due() and not self._alerts_running:
-            self._alerts_running = True
-            asyncio.ensure_future(self._check_alerts())
         # News first: events that need no computation go out before the numpy work for the views.
         if common:
             for view in list(self.views.values()):
@@ -389,21 +382,6 @@ class MarketChannel:
                     s.conn.offer(s, kind, body)
         self.fanout_ms.append((time.perf_counter() - t1) * 1000)
 
-    async def _check_alerts(self) -> None:
-        """Alert rules over the current estimate; what fires goes to every subscriber as `alert`."""
-        try:
-            fired = await self.markets.run(self.alerts.check)
-        except Exception as exc:  # an alert rule must never end the stream
-            log.warning("%s: alerts failed: %s", self.svc.market.key, exc)
-            return
-        finally:
-            self._alerts_running = False
-        for alert in fired:
-            body = dumps({"kind": alert.get("rule"), **alert})
-            for view in list(self.views.values()):
-                for s in list(view.subscribers):
-                    s.conn.offer(s, "alert", body)
-
     def stats(self) -> dict[str, Any]:
         def p(values: deque[float], q: float) -> float | None:
             if not values:
@@ -418,10 +396,6 @@ class MarketChannel:
             "compute_ms_p50": p(self.compute_ms, 0.5), "compute_ms_p99": p(self.compute_ms, 0.99),
             "fanout_ms_p50": p(self.fanout_ms, 0.5), "fanout_ms_p99": p(self.fanout_ms, 0.99),
         }
-
-
-def changed_book(kinds: set[str]) -> bool:
-    return bool(kinds & {"bar", "book", "zones"})
 
 
 def _view_deltas(

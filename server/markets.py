@@ -15,8 +15,7 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from engine.feeds.base import Market, UnknownSymbol
-from engine.service import Hub, MarketService
+from engine.service import Hub, Market, MarketService, UnknownSymbol
 
 T = TypeVar("T")
 

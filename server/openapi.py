@@ -65,7 +65,10 @@ def document(example_symbol: str = "demo:BTC/USDT:USDT") -> dict[str, Any]:
         return {"get": {"summary": summary, "description": description, "parameters": params, "responses": responses}}
 
     health_obj = _obj({"state": {"type": "string", "enum": ["live", "delayed", "reconnecting", "stale", "demo", "replay"]},
-                       "reason": STR, "last_update": NUM, "age_s": NUM})
+                       "reason": STR, "last_update": NUM, "age_s": NUM,
+                       # exchange feeds: which venue fields the open interest comes from (always one side)
+                       "oi_source": {"type": "object"}},
+                      required=["state", "reason", "last_update", "age_s"])
     zone = _obj({"side": {"type": "string", "enum": ["long", "short"]}, "price_low": NUM, "price_high": NUM,
                  "peak_price": NUM, "usd": NUM, "grade": {"type": "string", "enum": ["low", "elevated", "high"]},
                  "share_of_daily_volume": NUM_OR_NULL, "percentile": NUM, "distance_pct": NUM, "tier_usd": NUMS})
@@ -104,20 +107,42 @@ def document(example_symbol: str = "demo:BTC/USDT:USDT") -> dict[str, Any]:
                                 "short_tiers": {"type": "array", "items": NUMS}, "long_below": NUMS, "short_above": NUMS,
                                 "estimate": {"const": True}}),
         "Zone": zone,
+        "RankedZone": {"allOf": [_ref("Zone"), _obj({
+            "id": INT, "rank": INT, "score": NUM, "confluence": INT, "confluence_frames": {"type": "array", "items": STR},
+            "first_seen": INT, "persistence_s": INT,
+            "touch_4h": {**NUM, "description": "P(price reaches the zone within 4h); also touch_1h, touch_24h"},
+            "risk_usd_4h": {**NUM, "description": "usd x touch_4h; also risk_usd_1h, risk_usd_24h"}},
+            required=["id", "rank", "score", "confluence", "persistence_s"])]},
         "Zones": _obj({"symbol": STR, "price": NUM, "daily_volume_usd": NUM_OR_NULL,
-                       "zones": {"type": "array", "items": _ref("Zone")},
+                       "weight": {"type": "string", "enum": ["touch", "usd"]}, "horizon_hours": NUM,
+                       "zones": {"type": "array", "items": _ref("RankedZone")},
                        "volatility": {"type": ["object", "null"]}, "estimate": {"const": True}}),
+        "Sessions": _obj({"symbol": STR, "span": INTS, "current_session": STR,
+                          "sessions": {"type": "array", "items": _obj({
+                              "session": STR, "hours_utc": STR, "long_usd": NUM, "short_usd": NUM, "usd": NUM,
+                              "share": NUM, "events": INT, "hours_observed": NUM, "usd_per_hour": NUM})},
+                          "funding": _obj({"rate": NUM_OR_NULL, "next_time": INT, "seconds_left": INT, "hhmmss": STR,
+                                           "interval_hours": NUM}),
+                          "funding_cycle": _obj({"interval_hours": NUM, "hour": NUMS, "mean_usd": NUMS, "slots": INTS}),
+                          "reported": {"type": ["object", "null"]}, "estimate": {"const": True}}),
+        "Portfolio": _obj({"limit_share": NUM, "portfolio_usd": NUM, "exposed_usd": NUM, "exposed_share": NUM,
+                           "over_limit": {"type": "boolean"},
+                           "positions": {"type": "array", "items": {"type": "object", "required": ["symbol", "position"]}},
+                           "suggestion": {"type": ["object", "null"]}, "estimate": {"const": True}}),
+        "RiskAnswer": {"anyOf": [_ref("Risk"), _ref("Portfolio")]},
         "Realised": _obj({"symbol": STR, "timeframe": STR, "t": INTS, "long_usd": NUMS, "short_usd": NUMS,
                           "estimate": {"const": True}}),
         "Liquidations": _obj({"symbol": STR, "source": STR, "events": {"type": "array", "items": _obj(
-            {"time_ms": INT, "side": {"type": "string", "enum": ["long", "short"]}, "price": NUM, "base": NUM, "usd": NUM})}}),
+            {"time_ms": INT, "side": {"type": "string", "enum": ["long", "short"]}, "price": NUM, "reported_price": NUM,
+             "price_kind": {"type": "string", "enum": ["fill", "bankruptcy"]}, "base": NUM, "usd": NUM})}}),
         "Cascade": _obj({"symbol": STR, "price": NUM, "down": {"type": "object"}, "up": {"type": "object"},
                          "depth": {"type": "object"}, "estimate": {"const": True}}),
         "Risk": _obj({"symbol": STR, "position": {"type": "object"}, "price": NUM, "liquidation_price": NUM, "mmr": NUM,
                       "distance_pct": NUM, "grade": {"type": "string", "enum": ["none", "low", "elevated", "high"]},
                       "zone": {"oneOf": [_ref("Zone"), {"type": "null"}]}, "touch": {"type": "object"},
                       "estimate": {"const": True}}, required=["symbol", "position", "price", "liquidation_price", "grade"]),
-        "Alerts": _obj({"symbol": STR, "rules": {"type": "array", "items": STR},
+        "Alerts": _obj({"symbol": STR, "rules": {"type": "array", "items": {"type": "object", "required": ["type"]}},
+                        "clock": {"const": "market"}, "webhook": {"type": ["object", "null"]},
                         "alerts": {"type": "array", "items": {"type": "object", "required": ["rule", "message", "time"]}}}),
         "Model": {"type": "object", "required": ["ladder", "tiers", "estimate", "seed_mode"],
                   "properties": {"ladder": STR, "tiers": {"type": "array"}, "estimate": {"const": True}, "seed_mode": STR}},
@@ -143,8 +168,27 @@ def document(example_symbol: str = "demo:BTC/USDT:USDT") -> dict[str, Any]:
              {**price_low, "required": True}, {**price_high, "required": True}],
             "HeatmapCell",
         ),
-        "/api/v1/map": op("Liquidation map: the book now by price and tier", [symbol, map_bins, span, log], "LiquidationMap"),
-        "/api/v1/zones": op("Graded zones of concentrated liquidations", [symbol, map_bins, span], "Zones"),
+        "/api/v1/map": op(
+            "Liquidation map: the book now by price and tier",
+            [symbol, map_bins, span, log,
+             _param("weight", {"type": "string", "enum": ["usd", "touch"], "default": "usd"},
+                    "`touch`: the risk-weighted map, each bin's USD x P(price reaches it within `horizon`)."),
+             _param("horizon", {"type": "number", "minimum": 0.25, "maximum": 168, "default": 4},
+                    "Hours, for weight=touch.")],
+            "LiquidationMap"),
+        "/api/v1/zones": op(
+            "Graded zones, ranked by USD x P(touch within 4h) in a stable order",
+            [symbol, map_bins, span,
+             _param("weight", {"type": "string", "enum": ["touch", "usd"], "default": "touch"},
+                    "Rank by USD x touch probability (what predicts best out of sample) or by raw USD.")],
+            "Zones",
+            "Each zone with its raw estimated USD, touch probabilities (1h/4h/24h), confluence across 1h/4h/1d "
+            "lookbacks and how long it has existed (market time). A zone overtakes the one above it only when its "
+            "score is 25% higher, so the order does not flicker."),
+        "/api/v1/sessions": op(
+            "Liquidations by trading session and by hour of the funding cycle",
+            [symbol, _param("days", {"type": "number", "minimum": 1, "maximum": 365}, "Only the last N days.")],
+            "Sessions"),
         "/api/v1/realised": op("Estimated realised liquidations per candle", [symbol, timeframe, t_from, t_to, limit], "Realised"),
         "/api/v1/liquidations": op(
             "Liquidation events reported by the feed",
@@ -155,17 +199,28 @@ def document(example_symbol: str = "demo:BTC/USDT:USDT") -> dict[str, Any]:
         "/api/v1/model": op("The model's parameters (every assumption behind the estimate)", [symbol], "Model"),
         "/api/v1/cascade": op("Cascade simulation both ways from the nearest strong zone", [symbol], "Cascade"),
         "/api/v1/risk": op(
-            "One position against the estimate",
+            "One position, or a portfolio, against the estimate",
             [symbol,
              _param("side", {"type": "string", "enum": ["long", "short"], "default": "long"}, "Position side."),
-             _param("entry", {"type": "number", "exclusiveMinimum": 0, "maximum": 1e12}, "Entry price.", required=True),
-             _param("leverage", {"type": "number", "minimum": 1, "maximum": 200}, "Leverage.", required=True),
+             _param("entry", {"type": "number", "exclusiveMinimum": 0, "maximum": 1e12},
+                    "Entry price (one position; required without `positions`)."),
+             _param("leverage", {"type": "number", "minimum": 1, "maximum": 200},
+                    "Leverage (one position; required without `positions`)."),
              _param("size", {"type": "number", "exclusiveMinimum": 0, "maximum": 1e12, "default": 10000},
-                    "Notional at entry, USD.")],
-            "Risk",
-            "Liquidation price by the exchange's maintenance-margin brackets, the estimated zone it sits in, the "
-            "chance price reaches it within 1h/4h/24h, and whether a cascade from the nearest strong zone would "
-            "carry price there. 400 when the exchange would refuse the position or it is already past liquidation.",
+                    "Notional at entry, USD."),
+             _param("positions", STR, "Portfolio form: a JSON list of up to 20 "
+                    "{symbol, side, entry, leverage, size} (instead of side/entry/leverage/size)."),
+             _param("limit", {"type": "number", "minimum": 0.001, "maximum": 1, "default": 0.1},
+                    "Portfolio form: the share allowed in positions liquidated inside elevated/high zones."),
+             _param("portfolio", {"type": "number", "exclusiveMinimum": 0, "maximum": 1e15},
+                    "Portfolio form: portfolio USD (default: the positions' total size)."),
+             _param("new", STR, "Portfolio form: a JSON object {symbol, side, entry, leverage, size} to size.")],
+            "RiskAnswer",
+            "Liquidation price by the exchange's maintenance-margin brackets (the market's own exchange, coin and "
+            "contract), the estimated zone it sits in, the chance price reaches it within 1h/4h/24h, and whether a "
+            "cascade from the nearest strong zone would carry price there. 400 when the exchange would refuse the "
+            "position or it is already past liquidation. The portfolio form adds the share of exposure liquidated "
+            "inside elevated/high zones against the limit, and a suggested size for a new position.",
         ),
         "/api/v1/alerts": op(
             "Recent alerts (price near a strong zone, zone upgraded, large cascade risk)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from engine.model import TIMEFRAMES
+from engine.service import TIMEFRAMES
 
 
 class BadRequest(ValueError):

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from engine.feeds.base import UnknownSymbol
-from engine.service import MarketService
+from engine.service import MarketService, UnknownSymbol
 
 from .api import Encoded, encoded_response
 from .markets import compact_ticker, dumps, udf_name

@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.model import price_edges, timeframe_seconds
-from engine.service import MarketService
+from engine.service import MarketService, price_edges, timeframe_seconds
 
 from .encoding import candles_payload, encode_columns, heatmap_payload, map_payload, realised_payload
 from .params import tier_name
@@ -65,7 +64,7 @@ def snapshot_body(svc: MarketService, spec: ViewSpec) -> dict[str, Any]:
         "candles": candles_payload(candles),
         "heatmap": heat,
         "map": map_payload(lmap),
-        "zones": [z.to_dict() for z in svc.zones()],
+        "zones": svc.analytics.zone_rows(),
         "realised": realised_payload(svc.realised(spec.timeframe, since=since)),
         "model": svc.model_info(),
         "health": svc.health_info(),
@@ -124,11 +123,3 @@ def realised_since(svc: MarketService, timeframe: str, since: int) -> list[dict[
     r = svc.realised(timeframe, since=since)
     return [{"time": int(t), "long_usd": round(float(lo), 2), "short_usd": round(float(sh), 2)}
             for t, lo, sh in zip(r.time, r.long_usd, r.short_usd, strict=True)]
-
-
-def bucket_start(t: int, timeframe: str) -> int:
-    tf = timeframe_seconds(timeframe)
-    if tf == 604_800:
-        off = 4 * 86_400
-        return (t + off) // tf * tf - off
-    return t // tf * tf

@@ -10,8 +10,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from engine.feeds.base import FeedError, UnknownSymbol
-from engine.model import BarsError, LadderError, ViewError
+from engine.service import BarsError, FeedError, LadderError, UnknownSymbol, ViewError
 
 from . import __version__
 from .api import view_spec

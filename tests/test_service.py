@@ -181,8 +181,8 @@ async def test_heatmap_columns_added_live_equal_a_fresh_batch(tf):
     closed_times = live.times[live.times <= int(feed.all.close_time[-1])]
     fresh = estimate(feed.all, svc.params).heatmap(times=closed_times, edges=live.edges)
     n = len(closed_times)
-    assert np.allclose(live.long_usd[:n], fresh.long_usd, rtol=1e-9, atol=1e-3)
-    assert np.allclose(live.short_usd[:n], fresh.short_usd, rtol=1e-9, atol=1e-3)
+    assert np.allclose(live.long_usd[:n], fresh.long_usd, rtol=1e-6, atol=1e-3)
+    assert np.allclose(live.short_usd[:n], fresh.short_usd, rtol=1e-6, atol=1e-3)
     # candles include every closed bar once, bucketed
     c = svc.candles(tf)
     assert c.close[-1] == feed.all.close[-1] and np.all(np.diff(c.time) == c.timeframe)
@@ -211,5 +211,5 @@ async def test_a_live_charts_two_column_refreshes_keep_the_full_heatmap_off_the_
     fresh = estimate(feed.all, svc.params).heatmap(times=closed_times, edges=live.edges)
     n = len(closed_times)
     assert n > len(first.times), "the closed candles since the first view are columns too"
-    assert np.allclose(live.long_usd[:n], fresh.long_usd, rtol=1e-9, atol=1e-3)
-    assert np.allclose(live.short_usd[:n], fresh.short_usd, rtol=1e-9, atol=1e-3)
+    assert np.allclose(live.long_usd[:n], fresh.long_usd, rtol=1e-6, atol=1e-3)
+    assert np.allclose(live.short_usd[:n], fresh.short_usd, rtol=1e-6, atol=1e-3)

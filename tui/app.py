@@ -26,6 +26,9 @@ from textual.screen import Screen
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
+from engine.analytics import TOUCH_HORIZON_HOURS, AlertSettings, RankedZone
+from engine.service import timeframe_seconds
+
 from .palette import ColorMode, Palette, mode_for, palette
 from .panels import AlertsLine, LiquidationsList, MarketHeader, TextPanel, ZonesTable
 from .panels import Legend as LegendPanel
@@ -46,7 +49,6 @@ from .viewport import (
 from .zonemap import LiveColumn, PriceAxis, RealisedStrip, ZoneMap
 
 TIMEFRAMES = ("5m", "15m", "1h", "4h", "1d", "1w")
-TF_SECONDS = {"5m": 300, "15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400, "1w": 604_800}
 COLORS = ("auto", "truecolor", "256", "16", "none")
 SLOW_EVERY_S = 2.0  # zones table, touch probabilities, alert rules
 _RICH_SYSTEM = {"truecolor": "truecolor", "256": "256", "16": "standard"}
@@ -138,6 +140,7 @@ class LiqheatApp(App[int]):
         self.pulse: Pulse | None = None
         self.facts: Facts | None = None
         self.zones: list[Any] = []
+        self.ranked_zones: list[RankedZone] = []  # the same zones with touch, confluence, persistence
         self.scale = 1.0
         self.loading = "starting"
         self.error = ""
@@ -361,7 +364,7 @@ class LiqheatApp(App[int]):
         codes = cell_codes(lv, price_bins(bd.closes, bd.edges), self.mode.blocks)
         self.map.show_codes(codes)
         width = self.map.size.width
-        self.query_one("#time-axis", TextPanel).set_text(Text(time_axis(bd.times, TF_SECONDS[bd.view.timeframe], width), style="dim"))
+        self.query_one("#time-axis", TextPanel).set_text(Text(time_axis(bd.times, timeframe_seconds(bd.view.timeframe), width), style="dim"))
         self.query_one(Profile).reset_scale()
         bin_usd = float(bd.edges[1] - bd.edges[0]) if len(bd.edges) > 1 else 0.0
         self.query_one(LegendPanel).show_legend(self.pal, self.scale, bin_usd, bd.tiers, self.tier)
@@ -408,13 +411,12 @@ class LiqheatApp(App[int]):
         source = self.source
         if source is None:
             return
-        self.zones = await source.zones()
+        ranked = await source.zones()  # the engine's order: USD x P(touch 4h), stable (hysteresis)
         if source is not self.source:
             return
-        touch = None
-        bars = source.bars() if hasattr(source, "bars") else None
-        if self.pulse is not None and bars is not None:
-            touch = source.analytics().zone_touch(self.zones, self.pulse.price, bars)
+        self.ranked_zones = ranked
+        self.zones = [r.zone for r in ranked]
+        touch = {i: r.touch[TOUCH_HORIZON_HOURS] for i, r in enumerate(ranked) if TOUCH_HORIZON_HOURS in r.touch}
         height = self.query_one(ZonesTable).size.height
         self.query_one(ZonesTable).show_zones(self.zones, touch, limit=max(height - 1, 3),
                                               plain=self.mode is ColorMode.NONE)
@@ -603,16 +605,9 @@ class LiqheatApp(App[int]):
         if source is None or self.pulse is None:
             self.notify("still loading", severity="warning")
             return
-        an = source.analytics()
         price = self.pulse.price
-
-        def compute(side: str, entry: float, lev: float, size: float) -> Any:
-            bars = source.bars() if hasattr(source, "bars") else None
-            lmap = source.liquidation_map() if hasattr(source, "liquidation_map") else None
-            coin = source.market.split(":")[1].split("/")[0] if ":" in source.market else "BTC"
-            return an.position_risk(side, entry, lev, size, self.pulse.price if self.pulse else price, self.zones, lmap, bars, coin=coin)
-
-        self.push_screen(RiskScreen(compute, price))
+        # the engine's risk with the market's own exchange, coin and contract (remote: the server's)
+        self.push_screen(RiskScreen(source.position, price))
 
     async def action_quit(self) -> None:
         await self._stop_source()
@@ -667,7 +662,8 @@ class LiqheatApp(App[int]):
             )
         if "margin_table" in m:
             lines.append(f"  margin table: {m['margin_table']}")
-        for k in ("side_tilt", "wick_clear", "decay", "shrink_on_oi_drop", "volume_proxy_fraction"):
+        for k in ("side_tilt", "wick_clear", "decay", "shrink_on_oi_drop", "volume_proxy_fraction",
+                  "fitted_on", "accuracy", "accuracy_suite"):
             if k in m:
                 lines.append(f"  {k}: {m[k]}")
         return "\n".join(lines)
@@ -712,6 +708,7 @@ def make_app(
     paused: bool = False,
     clock: Callable[[], float] = time.time,
     source: Source | None = None,
+    alerts: AlertSettings | None = None,
 ) -> LiqheatApp:
     """The dashboard on the engine in this process (default: the demo market), or on a running
     ``liqheat serve`` with ``connect=URL``. Nothing slow happens here: the source starts after the first
@@ -728,10 +725,11 @@ def make_app(
 
         def open_source(name: str) -> Source:
             return LocalSource(name, None, ladder=ladder, speed=speed if name == "demo" or name.startswith("file:") else None,
-                               history_days=history_days)
+                               history_days=history_days, alerts=alerts)
 
         if source is None:
-            source = LocalSource(feed, symbol, ladder=ladder, speed=speed, seed=seed, now=now, history_days=history_days)
+            source = LocalSource(feed, symbol, ladder=ladder, speed=speed, seed=seed, now=now, history_days=history_days,
+                                 alerts=alerts)
     return LiqheatApp(
         source, open_source=open_source, colors=colors, refresh_hz=refresh_hz, clock=clock,
         timeframe=timeframe, paused=paused,

@@ -27,14 +27,17 @@ def _speed(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--feed", default="demo", help=FEED_HELP)
+    parser.add_argument("--feed", default=None, help=FEED_HELP)
     parser.add_argument("--symbol", default=None, help="market, e.g. BTC/USDT:USDT or BTC (default: the feed's first)")
     parser.add_argument("--connect", metavar="URL", default=None,
                         help="show a running `liqheat serve` (e.g. http://127.0.0.1:8000) instead of computing here")
     parser.add_argument("--colors", choices=("auto", "truecolor", "256", "16", "none"), default="auto",
                         help="colour depth (auto: from TERM/COLORTERM; NO_COLOR is honoured)")
     parser.add_argument("--speed", type=_speed, default=None, help="demo/replay clock speed (1 = real time)")
-    parser.add_argument("--ladder", default=None, help="leverage ladder: default|high|swing|coinglass or JSON")
+    parser.add_argument("--ladder", default=None,
+                        help="leverage ladder: default|high|swing|coinglass, JSON, or a JSON file (e.g. from backtest --calibrate)")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="config file (default $XDG_CONFIG_HOME/liqheat/config.toml); flags override it")
     parser.add_argument("--timeframe", default="5m", choices=("5m", "15m", "1h", "4h", "1d", "1w"),
                         help="starting timeframe (keys 1-6 switch it)")
     parser.add_argument("--history-days", type=float, default=None, help="days of history to load (default: the service's)")
@@ -43,18 +46,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.ladder:
-        from engine.model import LadderError, parse_ladder
+    from engine.config import ConfigError, load_config
+    from engine.service import LadderError, load_ladder
 
-        try:
-            parse_ladder(args.ladder)
-        except LadderError as exc:
-            print(f"liqheat tui: {exc}", file=sys.stderr)
-            return 2
-    if args.connect and (args.feed != "demo" or args.ladder or args.speed):
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"liqheat tui: {exc}", file=sys.stderr)
+        return 2
+    if args.connect and (args.feed not in (None, "demo") or args.ladder or args.speed):
         print("liqheat tui: with --connect the server decides feed, ladder and speed; drop --feed/--ladder/--speed",
               file=sys.stderr)
         return 2
+    # flags, else the config file's [defaults] (not with --connect: the server decides those)
+    if not args.connect:
+        args.feed = args.feed or config.default("feed") or "demo"
+        args.ladder = args.ladder or config.default("ladder")
+        if args.history_days is None:
+            args.history_days = config.default("history_days")
+    args.symbol = args.symbol or config.default("symbol")
+    if args.ladder:
+        try:
+            load_ladder(args.ladder)
+        except LadderError as exc:
+            print(f"liqheat tui: {exc}", file=sys.stderr)
+            return 2
     if not (0.2 <= args.refresh <= 30):
         print("liqheat tui: --refresh must be between 0.2 and 30 per second", file=sys.stderr)
         return 2
@@ -64,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from .app import make_app
 
     app = make_app(
-        args.feed,
+        args.feed or "demo",
         args.symbol,
         connect=args.connect,
         colors=args.colors,
@@ -74,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         history_days=args.history_days,
         refresh_hz=args.refresh,
         timeframe=args.timeframe,
+        alerts=config.alerts,
     )
     result = app.run()
     if app.return_code not in (None, 0):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from rich.text import Text
 from textual.widgets import DataTable, Static
 
-from engine.model import Zone
+from engine.service import Zone
 
 from .palette import LEVELS, Palette
 from .source import Alert, Facts, LiquidationEvent

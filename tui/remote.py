@@ -22,16 +22,17 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import numpy as np
 
-from engine.model import Bars, LiquidationMap, Zone
+from engine.analytics import DEFAULT_LIMIT_SHARE, PositionSpec, RankedZone
 
-from .source import Alert, Backdrop, Facts, LiquidationEvent, Pulse, View
+from .source import Alert, Backdrop, Facts, LiquidationEvent, Pulse, View, alert_from
 from .viewport import Window, choose_window
 
 SNAPSHOT_TIMEOUT_S = 20.0
 FACTS_EVERY_S = 5.0
+ZONES_EVERY_S = 2.0  # ranked zones with touch probabilities: the server's, not recomputed here
 
 
-class RemoteError(Exception):
+class RemoteError(ValueError):
     """The server said no, or could not be reached (one line for the user)."""
 
 
@@ -62,21 +63,6 @@ def rebin(src_edges: np.ndarray, values: np.ndarray, dst_edges: np.ndarray) -> n
     hi = np.minimum(src_edges[1:, None], dst_edges[None, 1:])
     overlap = np.clip(hi - lo, 0.0, None) / np.diff(src_edges)[:, None]  # (B_src, B_dst) share of each src bin
     return np.tensordot(overlap, values, axes=([0], [0]))
-
-
-def zone_from(d: dict[str, Any]) -> Zone:
-    return Zone(
-        side=str(d["side"]),
-        price_low=float(d["price_low"]),
-        price_high=float(d["price_high"]),
-        peak_price=float(d.get("peak_price", d["price_low"])),
-        usd=float(d["usd"]),
-        grade=str(d.get("grade", "low")),
-        share_of_daily_volume=d.get("share_of_daily_volume"),
-        percentile=float(d.get("percentile", 0.0)),
-        distance_pct=float(d.get("distance_pct", 0.0)),
-        tier_usd=tuple(float(x) for x in d.get("tier_usd", ())),
-    )
 
 
 @dataclass
@@ -129,7 +115,8 @@ class RemoteSource:
         self._sub: Subscription | None = None
         self._n = 0
         self._changes: asyncio.Queue[str] = asyncio.Queue()
-        self._zones: list[Zone] = []
+        self._zones: list[RankedZone] = []
+        self._zones_at = 0.0  # monotonic time of the last /api/v1/zones answer
         self._liqs: list[LiquidationEvent] = []
         self._alerts: list[Alert] = []
         self._health: dict[str, Any] = {"state": "loading", "reason": "connecting"}
@@ -137,7 +124,6 @@ class RemoteSource:
         self._facts_cache: tuple[float, dict[str, Any]] = (0.0, {})
         self._day: tuple[int, float | None] = (-1, None)
         self._connected = asyncio.Event()
-        self._analytics: Any = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -263,7 +249,7 @@ class RemoteSource:
         sub.tier = str(hm.get("tier", m.get("tier", "all")))
         sub.price = float(m.get("price", 0.0))
         sub.seq = int(m["seq"])
-        self._zones = [zone_from(z) for z in m.get("zones", [])]
+        self._zones = [RankedZone.from_dict(z, i + 1) for i, z in enumerate(m.get("zones", []))]
         self._model = m.get("model", {})
         if "health" in m:
             self._health = dict(m["health"])
@@ -287,7 +273,7 @@ class RemoteSource:
             sub.realised[int(m["time"])] = (float(m["long_usd"]), float(m["short_usd"]))
             self._changes.put_nowait("realised")
         elif kind == "zones":
-            self._zones = [zone_from(z) for z in m.get("zones", [])]
+            self._zones = [RankedZone.from_dict(z, i + 1) for i, z in enumerate(m.get("zones", []))]
             self._changes.put_nowait("zones")
         elif kind == "liquidation":
             self._liqs.append(LiquidationEvent(int(m["time_ms"]), str(m["side"]), float(m["price"]), float(m["usd"])))
@@ -296,8 +282,7 @@ class RemoteSource:
         elif kind == "health":
             self._set_health(m)
         elif kind == "alert":
-            self._push_alert(Alert(float(m.get("time", time.time())), str(m.get("kind", "alert")),
-                                   str(m.get("message", "")), "warning"))
+            self._push_alert(alert_from(m))
             self._changes.put_nowait("alert")
         sub.trim(keep=int(sub.request.get("columns", 300)) + 4)
 
@@ -345,6 +330,7 @@ class RemoteSource:
         self.tiers = tuple(found.get("tiers", ()))
         self._sub = None
         self._zones, self._liqs = [], []
+        self._zones_at = 0.0
         self._facts_cache = (0.0, {})
         self._day = (-1, None)
         self._changes.put_nowait("market")
@@ -474,7 +460,17 @@ class RemoteSource:
         ref = self._day[1]
         return price / ref - 1.0 if ref and price else None
 
-    async def zones(self) -> list[Zone]:
+    async def zones(self) -> list[RankedZone]:
+        """The server's ranked zones with touch probabilities (``/api/v1/zones``, every few seconds; the
+        WebSocket's `zones` rows in between)."""
+        now = time.monotonic()
+        if self.market and now - self._zones_at >= ZONES_EVERY_S:
+            self._zones_at = now
+            try:
+                body = await self._get("/api/v1/zones", symbol=self.market)
+                self._zones = [RankedZone.from_dict(z, i + 1) for i, z in enumerate(body.get("zones", []))]
+            except RemoteError:
+                pass  # keep the last ones; the header shows the connection state
         return list(self._zones)
 
     def liquidations(self, limit: int = 20) -> list[LiquidationEvent]:
@@ -483,32 +479,22 @@ class RemoteSource:
     def alerts(self) -> list[Alert]:
         return list(self._alerts)
 
-    def analytics(self) -> Any:
-        if self._analytics is None:
-            from .analytics import Analytics
+    # ---- the server's analytics (docs/ANALYTICS_API.md) ---------------------------------------------
+    async def position(self, side: str, entry: float, leverage: float, size_usd: float) -> dict[str, Any]:
+        return await self._get("/api/v1/risk", symbol=self.market, side=side, entry=repr(float(entry)),
+                               leverage=repr(float(leverage)), size=repr(float(size_usd)))
 
-            self._analytics = Analytics.load()
-        return self._analytics
+    async def portfolio(self, positions: list[PositionSpec], limit_share: float = DEFAULT_LIMIT_SHARE,
+                        new: PositionSpec | None = None, portfolio_usd: float | None = None) -> dict[str, Any]:
+        def spec(p: PositionSpec) -> dict[str, Any]:
+            d: dict[str, Any] = {"side": p.side, "entry": p.entry, "leverage": p.leverage, "size": p.size_usd}
+            if p.symbol:
+                d["symbol"] = p.symbol
+            return d
 
-    def bars(self) -> Bars | None:
-        """The subscription's candles (touch probabilities measure volatility on them)."""
-        sub = self._sub
-        if sub is None or len(sub.candles) < 2:
-            return None
-        ts = sorted(sub.candles)
-        tf = ts[1] - ts[0]
-        rows = np.array([sub.candles[t] for t in ts], dtype=np.float64)
-        if np.any(np.diff(ts) <= 0) or tf <= 0:
-            return None
-        return Bars(timeframe=int(tf), time=np.asarray(ts), open=rows[:, 0], high=rows[:, 1], low=rows[:, 2],
-                    close=rows[:, 3], volume=rows[:, 4])
+        return await self._get("/api/v1/risk", symbol=self.market, positions=json.dumps([spec(p) for p in positions]),
+                               limit=repr(float(limit_share)), portfolio=portfolio_usd,
+                               new=None if new is None else json.dumps(spec(new)))
 
-    def liquidation_map(self) -> LiquidationMap | None:
-        sub = self._sub
-        if sub is None or not sub.map or "edges" not in sub.map:
-            return None
-        m = sub.map
-        lt = np.asarray(m["long_tiers"], dtype=np.float64).T
-        st = np.asarray(m["short_tiers"], dtype=np.float64).T
-        return LiquidationMap(float(m.get("price", sub.price)), np.asarray(m["edges"], dtype=np.float64), lt, st,
-                              tuple(m.get("tiers", self.tiers)))
+    async def sessions(self) -> dict[str, Any]:
+        return await self._get("/api/v1/sessions", symbol=self.market)

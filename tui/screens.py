@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rich.text import Text
@@ -133,7 +133,7 @@ class RiskScreen(ModalScreen[None]):
     RiskScreen #result { height: auto; margin-top: 1; }
     """
 
-    def __init__(self, compute: Callable[[str, float, float, float], Any], price: float) -> None:
+    def __init__(self, compute: Callable[[str, float, float, float], Awaitable[dict[str, Any]]], price: float) -> None:
         super().__init__()
         self.compute = compute
         self.price = price
@@ -158,16 +158,16 @@ class RiskScreen(ModalScreen[None]):
 
     @on(Button.Pressed, "#go")
     @on(Input.Submitted)
-    def run_risk(self) -> None:
+    async def run_risk(self) -> None:
         out = self.query_one("#result", Static)
         try:
             side = str(self.query_one("#side", Select).value)
             entry = float(self.query_one("#entry", Input).value)
             lev = float(self.query_one("#leverage", Input).value)
             size = float(self.query_one("#size", Input).value)
-            risk = self.compute(side, entry, lev, size)
+            risk = await self.compute(side, entry, lev, size)  # the engine's (remote: the server's) answer
         except ValueError as exc:
-            out.update(Text(str(exc), style="bold red"))
+            out.update(Text(str(exc).splitlines()[0] if str(exc) else "not a number", style="bold red"))
             return
         out.update(describe_risk(risk))
 
@@ -175,25 +175,30 @@ class RiskScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
-def describe_risk(r: Any) -> Text:
+def describe_risk(r: dict[str, Any]) -> Text:
+    """The position-risk JSON (engine.analytics, the same body as GET /api/v1/risk) in words."""
     t = Text()
     t.append("liquidation price ", style="bold")
-    t.append(f"{fmt_price(r.liquidation_price)}", style="bold yellow")
-    t.append(f"  ({r.distance_pct:+.2f}% from {fmt_price(r.price)}, maintenance margin {r.mmr * 100:.2f}%)\n")
-    if r.zone is not None:
-        t.append(f"inside a {r.grade} {r.zone.side} zone {fmt_price(r.zone.price_low)}–{fmt_price(r.zone.price_high)}"
-                 f" ({fmt_usd(r.zone.usd)} estimated)\n")
+    t.append(f"{fmt_price(r['liquidation_price'])}", style="bold yellow")
+    t.append(f"  ({r['distance_pct']:+.2f}% from {fmt_price(r['price'])}, maintenance margin {r['mmr'] * 100:.2f}%)\n")
+    zone = r.get("zone")
+    if zone is not None:
+        t.append(f"inside a {r['grade']} {zone['side']} zone {fmt_price(zone['price_low'])}–{fmt_price(zone['price_high'])}"
+                 f" ({fmt_usd(zone['usd'])} estimated)\n")
     else:
         t.append("not inside an estimated zone\n")
-    if r.nearest_high is not None and r.nearest_high_distance_pct is not None:
-        t.append(f"nearest high-grade cluster {r.nearest_high_distance_pct:+.2f}% from it; "
-                 f"{r.high_between} high-grade cluster(s) between here and there\n")
-    if r.cascade is not None:
-        end = getattr(r.cascade, "end_price", None)
+    if r.get("nearest_high") is not None and r.get("nearest_high_distance_pct") is not None:
+        t.append(f"nearest high-grade cluster {r['nearest_high_distance_pct']:+.2f}% from it; "
+                 f"{r['high_between']} high-grade cluster(s) between here and there\n")
+    cascade = r.get("cascade")
+    if cascade is not None:
+        end = cascade.get("end_price")
         t.append("a cascade from here would ")
-        t.append("REACH" if r.cascade_reaches else "not reach", style="bold red" if r.cascade_reaches else "green")
+        reaches = bool(r.get("cascade_reaches"))
+        t.append("REACH" if reaches else "not reach", style="bold red" if reaches else "green")
         t.append(" it" + (f" (ends near {fmt_price(end)})" if end else "") + "\n")
-    if r.touch:
-        t.append("chance price reaches it: " + ", ".join(f"{h:g}h {p * 100:.0f}%" for h, p in r.touch.items()) + "\n")
+    touch = r.get("touch") or {}
+    if touch:
+        t.append("chance price reaches it: " + ", ".join(f"{h} {p * 100:.0f}%" for h, p in touch.items()) + "\n")
     t.append("estimates from the model's book and recent volatility, not exchange data", style="dim italic")
     return t

@@ -13,15 +13,15 @@ Two speeds of data, because they cost differently on the wire and on the CPU:
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from engine.model import Zone
+from engine.analytics import DEFAULT_LIMIT_SHARE, AlertSettings, PositionSpec, RankedZone
+from engine.service import bucket_start, timeframe_seconds
 
 from .viewport import Window, choose_window
 
@@ -138,13 +138,16 @@ class Source(Protocol):
     async def backdrop(self, view: View) -> Backdrop: ...
     async def pulse(self, backdrop: Backdrop) -> Pulse: ...
     async def facts(self) -> Facts: ...
-    async def zones(self) -> list[Zone]: ...
+    async def zones(self) -> list[RankedZone]: ...  # ranked by USD x P(touch 4h), stable order, with touch
     def liquidations(self, limit: int = 20) -> list[LiquidationEvent]: ...
     def alerts(self) -> list[Alert]: ...
     def changes(self) -> AsyncIterator[str]: ...
-    def analytics(self) -> Any: ...
-    def bars(self) -> Any: ...  # candles for volatility (touch probabilities, position risk)
-    def liquidation_map(self) -> Any: ...  # the book now, per tier (position risk)
+    # The engine's analytics (engine/analytics.py), the same JSON bodies as the REST API
+    # (docs/ANALYTICS_API.md). Errors: ValueError subclasses with a one-line message.
+    async def position(self, side: str, entry: float, leverage: float, size_usd: float) -> dict[str, Any]: ...
+    async def portfolio(self, positions: list[PositionSpec], limit_share: float = DEFAULT_LIMIT_SHARE,
+                        new: PositionSpec | None = None, portfolio_usd: float | None = None) -> dict[str, Any]: ...
+    async def sessions(self) -> dict[str, Any]: ...
 
 
 def candle_open_times(close_times: np.ndarray, timeframe: int) -> np.ndarray:
@@ -169,6 +172,7 @@ class LocalSource:
         now: float | None = None,
         history_days: float | None = None,
         hub: Any = None,
+        alerts: AlertSettings | None = None,
     ) -> None:
         self.feed = feed
         self.label = feed if isinstance(feed, str) else str(getattr(feed, "exchange", "feed"))
@@ -189,28 +193,20 @@ class LocalSource:
         self._pump: asyncio.Task[None] | None = None
         self._sub: Any = None
         self._change_24h: tuple[int, float | None] = (-1, None)
-        self._analytics: Any = None
+        self.alert_settings = alerts
 
     async def start(self) -> None:
         # Imported here, not at module level: the first frame must not wait for numpy-heavy imports.
-        from engine.model import ModelParams, parse_ladder
-        from engine.service import Hub, open_feed
+        from engine.service import open_hub
 
         if self.hub is None:
-            opts: dict[str, Any] = {}
-            for k in ("speed", "seed", "now"):
-                if getattr(self, k) is not None:
-                    opts[k] = getattr(self, k)
-            if self.history_days is not None:
-                opts["history_days"] = self.history_days
             # open_feed imports ccxt for the exchanges (a second or more): in a thread, so the loading
             # screen keeps drawing meanwhile
-            feed = await asyncio.to_thread(open_feed, self.feed, **opts) if isinstance(self.feed, str) else self.feed
-            params = ModelParams(ladder=parse_ladder(self.ladder)) if self.ladder else ModelParams()
-            kw: dict[str, Any] = {"params": params}
-            if self.history_days is not None:
-                kw["history_days"] = self.history_days
-            self.hub = Hub(feed, symbols=[self.symbol] if self.symbol else None, **kw)
+            self.hub = await asyncio.to_thread(
+                open_hub, self.feed, [self.symbol] if self.symbol else None, ladder=self.ladder,
+                history_days=self.history_days if self.history_days is not None else 30.0,
+                speed=self.speed, seed=self.seed, now=self.now, alerts=self.alert_settings,
+            )
             try:
                 await self.hub.start()
             except BaseException:
@@ -250,6 +246,8 @@ class LocalSource:
         async for ev in sub:
             if ev.kind == "health":
                 self._note_health(ev.data)
+            elif ev.kind == "alert":  # the hub runs the one rule set (market time), as for the server
+                self._push_alert(alert_from(ev.data))
             self._changes.put_nowait(ev.kind)
 
     def _note_health(self, info: dict[str, Any]) -> None:
@@ -271,8 +269,6 @@ class LocalSource:
         return await asyncio.to_thread(self._backdrop, view)
 
     def _backdrop(self, view: View) -> Backdrop:
-        from engine.model import timeframe_seconds
-
         svc = self.svc
         tf = timeframe_seconds(view.timeframe)
         candles = svc.candles(view.timeframe, limit=view.columns)
@@ -314,17 +310,13 @@ class LocalSource:
         return await asyncio.to_thread(self._pulse, backdrop)
 
     def _pulse(self, backdrop: Backdrop) -> Pulse:
-        from engine.model import timeframe_seconds
-
         svc = self.svc
-        tf = timeframe_seconds(backdrop.view.timeframe)
         price = float(svc.last_price)
         book = svc.live_book()
         longs, shorts = book.binned(backdrop.edges)
-        # the forming candle opened at the start of the current bucket (weeks start on Monday)
+        # the forming candle opened at the start of the current bucket (the engine's buckets: weeks on Monday)
         t = int(book.time) - 1 if book.time else int(time.time())
-        off = 4 * 86_400 if tf == 604_800 else 0
-        bucket = (t + off) // tf * tf - off
+        bucket = int(bucket_start(t, backdrop.view.timeframe))
         realised = svc.realised(backdrop.view.timeframe, since=bucket)
         fr = (float(realised.long_usd[-1]), float(realised.short_usd[-1])) if len(realised.time) else (0.0, 0.0)
         return Pulse(price, bucket, longs, shorts, fr)
@@ -365,21 +357,8 @@ class LocalSource:
         ref = self._change_24h[1]
         return None if not ref else price / ref - 1.0
 
-    async def zones(self) -> list[Zone]:
-        zones = await asyncio.to_thread(self.svc.zones)
-        an = self.analytics()
-        if an.alerts is not None:
-            svc = self.svc
-            # market time (the book's), not the wall clock: replays and the sped-up demo keep sane cooldowns
-            fired = await asyncio.to_thread(
-                lambda: an.check_alerts(self.market, float(svc.last_price), zones, svc.liquidation_map(bins=400),
-                                        now=float(svc.live_book().time))
-            )
-            for a in fired:
-                level = "warning" if a.get("rule") in ("proximity", "cascade") else "info"
-                self._push_alert(Alert(float(a.get("time", time.time())), str(a.get("rule", "alert")),
-                                       str(a.get("message", "")), level))
-        return zones
+    async def zones(self) -> list[RankedZone]:
+        return await asyncio.to_thread(self.svc.analytics.zones)
 
     def liquidations(self, limit: int = 20) -> list[LiquidationEvent]:
         return [LiquidationEvent(e.time_ms, e.side, e.price, e.usd) for e in self.svc.liquidations(limit=limit)]
@@ -387,23 +366,21 @@ class LocalSource:
     def alerts(self) -> list[Alert]:
         return list(self._alerts)
 
-    def analytics(self) -> Any:
-        """Touch probabilities and position risk, when the analytics modules are installed."""
-        if self._analytics is None:
-            from .analytics import Analytics
+    async def position(self, side: str, entry: float, leverage: float, size_usd: float) -> dict[str, Any]:
+        """One position with the market's own exchange, coin and contract (RiskError: one line)."""
+        return await asyncio.to_thread(self.svc.analytics.position, side, entry, leverage, size_usd)
 
-            self._analytics = Analytics.load()
-        return self._analytics
+    async def portfolio(self, positions: list[PositionSpec], limit_share: float = DEFAULT_LIMIT_SHARE,
+                        new: PositionSpec | None = None, portfolio_usd: float | None = None) -> dict[str, Any]:
+        return await asyncio.to_thread(self.svc.analytics.portfolio, positions, limit_share, new, portfolio_usd,
+                                       self.hub.get)
 
-    def bars(self) -> Any:
-        return self.svc.bars
-
-    def liquidation_map(self) -> Any:
-        return self.svc.liquidation_map()
+    async def sessions(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.svc.analytics.sessions)
 
 
-SourceFactory = Callable[[str], Any]
-
-
-def finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
+def alert_from(data: dict[str, Any]) -> Alert:
+    """A service / WebSocket ``alert`` event as the alerts line shows it."""
+    rule = str(data.get("rule") or data.get("kind") or "alert")
+    level = "warning" if rule in ("proximity", "cascade") else "info"
+    return Alert(float(data.get("time", time.time())), rule, str(data.get("message", "")), level)

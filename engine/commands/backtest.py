@@ -36,6 +36,7 @@ from engine.model import (
     timeframe_seconds,
 )
 from engine.model.calibrate import CalibrationError, calibrate
+from engine.model.margin import REPORTS_BANKRUPTCY_PRICE, liquidation_from_bankruptcy
 from engine.model.scoring import (
     Events,
     ScoringError,
@@ -79,6 +80,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-events", type=int, default=10, help="skip windows with fewer events (10)")
     p.add_argument("--calibrate", metavar="OUT.json", help="also fit ladder weights + seed scale; write the ladder here")
     p.add_argument("--shrink", type=float, default=0.0, help="calibration: pull toward the starting ladder (0 = pure NNLS)")
+    p.add_argument("--train-until", metavar="DAY",
+                   help="--calibrate: fit on bars before this UTC day ('YYYY-MM-DD' or 'YYYY-MM-DD HH:MM') only and score the days from it (default: the "
+                        "Monday nearest two thirds into the recording)")
+    p.add_argument("--event-venue", choices=["binance", "bybit", "okx"],
+                   help="venue that printed the events: Bybit and OKX print bankruptcy prices, moved one maintenance "
+                        "margin nearer the entry before scoring (default: --exchange/--venue, else the file name)")
+    p.add_argument("--suite", action="store_true",
+                   help="the accuracy suite: every real set in --data-dir and the simulated market, in and out of sample")
+    p.add_argument("--data-dir", metavar="DIR", help="--suite: where the shared data files are (default ../shared/data)")
+    p.add_argument("--sets", help="--suite: comma-separated subset (bybit-15m,binance-5m,okx-1h,simulated)")
+    p.add_argument("--write-readme", metavar="README.md", help="--suite: write the table between the README's markers")
+    p.add_argument("--write-fitted", metavar="FILE.py",
+                   help="--suite: write the fitted presets and headline figures module (engine/model/fitted.py)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
 
 
@@ -114,7 +128,7 @@ def load_demo(args: argparse.Namespace) -> tuple[Bars, Events, dict[str, Any]]:
 
 
 def load_inputs(args: argparse.Namespace) -> tuple[Bars, Events]:
-    from engine.feeds.files import BadFile, read_bars_file, read_liquidations_file
+    from engine.formats import BadFile, read_bars_file, read_liquidations_file
 
     if not args.bars or not args.liquidations:
         raise ScoringError("give --bars FILE and --liquidations FILE (or --feed demo)")
@@ -138,7 +152,25 @@ def load_inputs(args: argparse.Namespace) -> tuple[Bars, Events]:
     liqs = read_liquidations_file(args.liquidations, coin=args.coin)
     if not liqs:
         raise ScoringError(f"{args.liquidations}: no liquidation events")
-    return bars, _events(liqs)
+    events = _events(liqs)
+    venue = event_venue(args)
+    if venue is not None and REPORTS_BANKRUPTCY_PRICE.get(venue, False):
+        day = datetime.fromtimestamp(events.span[0], UTC).strftime("%Y-%m-%d")
+        moved = liquidation_from_bankruptcy(events.price, np.where(events.long, 0, 1), venue, args.coin or "BTC", day)
+        events = Events(events.time, events.long, moved, events.usd)
+        args.event_prices = f"{venue} bankruptcy prices moved one maintenance margin nearer the entry"
+    else:
+        args.event_prices = f"as printed ({venue or 'venue unknown'})"
+    return bars, events
+
+
+def event_venue(args: argparse.Namespace) -> str | None:
+    """Who printed the events: --event-venue, else --exchange/--venue, else a venue named in the file name."""
+    for v in (args.event_venue, args.exchange, args.venue):
+        if v:
+            return str(v).lower()
+    name = Path(args.liquidations).name.lower()
+    return next((v for v in ("bybit", "okx", "binance") if v in name), None)
 
 
 def run_backtest(
@@ -188,6 +220,7 @@ def run_backtest(
             "to": end,
             "bars_covered": int(smask.sum()),
             "score_timeframe": timeframe_name(score_tf),
+            "prices": getattr(args, "event_prices", "as printed"),
         },
         "model": params.describe(),
         "per_bar": {"model": model.to_dict(), "no_levels_baseline": base.to_dict()},
@@ -201,12 +234,63 @@ def run_backtest(
         )
         out["truth"] = {**agree.to_dict(), "time": truth["time"]}
     if args.calibrate:
-        cal = calibrate(bars, actual, params, mask, shrink=args.shrink, name=Path(args.calibrate).stem)
-        fitted = estimate(bars, _with_ladder(params, cal.ladder)).realised
-        fitted_score = score_bars(np.stack([fitted.long_usd, fitted.short_usd]), actual, mask)
-        out["calibration"] = {**json.loads(cal.to_json()), "in_sample_per_bar": fitted_score.to_dict(), "file": args.calibrate}
-        out["_calibration_json"] = cal.to_json()
+        out["calibration"], out["_calibration_json"] = calibrate_out_of_sample(bars, events, actual, mask, params, args)
     return out
+
+
+def training_cut(args: argparse.Namespace, start: float, end: float) -> int:
+    """The first scored second: --train-until, else the Monday 00:00 UTC nearest 2/3 into the recording
+    (recordings shorter than three weeks: the hour nearest 2/3 into it)."""
+    if args.train_until:
+        for fmt in ("%Y-%m-%d", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"):
+            try:
+                return int(datetime.strptime(args.train_until, fmt).replace(tzinfo=UTC).timestamp())
+            except ValueError:
+                continue
+        raise ScoringError(f"--train-until {args.train_until!r}: use YYYY-MM-DD or 'YYYY-MM-DD HH:MM' (UTC)")
+    t = start + (end - start) * 2 / 3
+    if end - start < 21 * 86_400:
+        return int(round(t / 3600) * 3600)
+    monday = 4 * 86_400  # 1970-01-05 was a Monday
+    week = 7 * 86_400
+    return int(round((t - monday) / week) * week + monday)
+
+
+def calibrate_out_of_sample(
+    bars: Bars, events: Events, actual: np.ndarray, mask: np.ndarray, params: ModelParams, args: argparse.Namespace
+) -> tuple[dict[str, Any], str]:
+    """Fit on the bars before the cut only; score the fitted ladder and the starting one after it."""
+    start, end = events.span
+    cut = training_cut(args, start, end)
+    train = mask & (bars.close_time <= cut)
+    test = mask & (bars.time >= cut)
+    if train.sum() < 2 or test.sum() < 3:
+        raise ScoringError(f"training cut {_iso(cut)} leaves too few bars on one side ({int(train.sum())} to fit, "
+                           f"{int(test.sum())} to score)")
+    cal = calibrate(bars, actual, params, train, shrink=args.shrink, name=Path(args.calibrate).stem)
+    fitted = _with_ladder(params, cal.ladder)
+    test_events = events_between(events, cut, end)
+    scores: dict[str, Any] = {}
+    for label, p in (("starting", params), ("fitted", fitted)):
+        est = estimate(bars, p)
+        r = est.realised
+        per_bar = score_bars(np.stack([r.long_usd, r.short_usd]), actual, test)
+        try:
+            z = zone_protocol(est, test_events, args.horizon_hours, 3600, args.bucket_pct, args.span_pct, 0.1,
+                              args.min_events, (float(cut), end), "usd")
+            zone = {"precision": z.precision, "lift": z.lift, "random": z.random, "nearest": z.nearest_precision}
+        except ScoringError:
+            zone = None
+        scores[label] = {"per_bar": per_bar.to_dict(), "zones": zone}
+    doc = json.loads(cal.to_json())
+    doc["fit"]["trained_until"] = _iso(cut)
+    body = json.dumps(doc, indent=2)
+    return {**doc, "trained_until": cut, "out_of_sample": scores, "file": args.calibrate}, body
+
+
+def events_between(events: Events, a: float, b: float) -> Events:
+    sel = (events.time >= a) & (events.time <= b)
+    return Events(events.time[sel], events.long[sel], events.price[sel], events.usd[sel])
 
 
 def _with_ladder(params: ModelParams, ladder: Any) -> ModelParams:
@@ -234,6 +318,7 @@ def render(rep: dict[str, Any]) -> str:
         f"model     ladder {m['ladder']} ({ladder}); margin {m['margin_table']}",
         f"recorded  {rec['events']:,} events, ${rec['usd']:,.0f} ({rec['long_usd'] / rec['usd']:.0%} longs)  "
         f"{_iso(rec['from'])} → {_iso(rec['to'])} UTC; {rec['bars_covered']} {rec['score_timeframe']} bars fully covered",
+        f"          event prices: {rec.get('prices', 'as printed')}",
         "",
         f"when — per {rec['score_timeframe']} bar (n = {pm['bars']}, {pm['active']} with liquidations)",
         f"  {'':36} {'model':>7} {'no-levels baseline':>19} {'random':>8}",
@@ -265,22 +350,59 @@ def render(rep: dict[str, Any]) -> str:
     if "calibration" in rep:
         c = rep["calibration"]
         fit = ", ".join(f"{lev:g}x {w:.0%}" for lev, w in zip(c["leverage"], c["weights"], strict=True))
-        s = c["in_sample_per_bar"]
         lines += [
             "",
-            f"calibration ({c['fit']['rows']} bar x side rows, NNLS): {fit}; seed scale {c['seed_scale']:.3g}"
+            f"calibration on bars before {_iso(c['trained_until'])} UTC only ({c['fit']['rows']} bar x side rows, NNLS): "
+            f"{fit}; seed scale {c['seed_scale']:.3g}"
             + (f" (volume_proxy_fraction {c['volume_proxy_fraction']:.3g})" if c["volume_proxy_fraction"] else ""),
             (f"  tiers the recording never saw liquidated keep their starting share: {', '.join(c['fit']['unidentified'])}"
-             if c["fit"]["unidentified"] else "  every tier was seen liquidated in the recording"),
-            f"  R² {c['fit']['r2']:.3f} (starting ladder, best scale: {c['fit']['r2_prior']:.3f}); in-sample rank "
-            f"correlation {_num(s['rank_corr'])}, top-decile share {_pct(s['top_decile_share'])} — in-sample, not a score",
-            f"  written to {c['file']} (use --ladder {c['file']})",
+             if c["fit"]["unidentified"] else "  every tier was seen liquidated in the training bars"),
+            f"  R² on the training bars {c['fit']['r2']:.3f} (starting ladder, best scale: {c['fit']['r2_prior']:.3f})",
+            f"  OUT OF SAMPLE (from {_iso(c['trained_until'])}):  {'':10} {'rank corr':>9} {'top decile':>10} {'map as drawn':>13}",
         ]
+        for label in ("starting", "fitted"):
+            o = c["out_of_sample"][label]
+            zp = "n/a" if o["zones"] is None else f"{o['zones']['precision'] * 100:.1f}% ({o['zones']['lift']:.2f}x)"
+            lines.append(f"    {label + ' ladder':<40} {_num(o['per_bar']['rank_corr']):>9} "
+                         f"{_pct(o['per_bar']['top_decile_share']):>10} {zp:>13}")
+        lines.append(f"  written to {c['file']} (use --ladder {c['file']})")
     lines += ["", "Estimates, not facts: figures cover only the recorded window; few bars make wide error bars."]
     return "\n".join(lines)
 
 
+def run_suite_command(args: argparse.Namespace) -> int:
+    from engine.accuracy import DEFAULT_DATA_DIR, SuiteError, render, run_suite, write_fitted, write_readme
+
+    try:
+        which = tuple(x.strip() for x in args.sets.split(",")) if args.sets else None
+        rep = run_suite(Path(args.data_dir) if args.data_dir else DEFAULT_DATA_DIR, which)
+    except (SuiteError, FeedError, BarsError, ScoringError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(rep.to_dict(), default=_jsonable))
+    else:
+        print(render(rep))
+    try:
+        if args.write_readme:
+            write_readme(rep, Path(args.write_readme))
+        if args.write_fitted:
+            write_fitted(rep, Path(args.write_fitted))
+    except (SuiteError, OSError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.suite:
+        return run_suite_command(args)
     try:
         ladder = load_ladder(args.ladder)
         truth = None

@@ -29,16 +29,13 @@ empty file, absurd ``--bins``/``--step``) gets one line on stderr and exit statu
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
 import math
 import os
 import re
 import sys
-import tempfile
 import time as wallclock
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -60,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = (__doc__ or "").split("\n\n", 1)[1].replace("``", "")
     src = p.add_argument_group("input (one of)")
-    src.add_argument("--bars", metavar="FILE", help="candles: CSV, CSV.gz, Parquet or JSON (see engine/feeds/files.py)")
+    src.add_argument("--bars", metavar="FILE", help="candles: CSV, CSV.gz, Parquet or JSON (see engine/formats.py)")
     src.add_argument("--store", metavar="DB", help="a liqheat store (SQLite file or postgresql://...) recorded by 'liqheat record' / 'import'")
     p.add_argument("--market", metavar="EXCHANGE:SYMBOL",
                    help="with --store: which market, e.g. okx:BTC/USDT:USDT; several comma-separated, or 'all' "
@@ -217,6 +214,7 @@ def _run(args: argparse.Namespace, progress: Progress) -> int:
         "first_bar": int(bars.time[0]),
         "last_close": int(bars.close_time[-1]),
         "seed_mode": est.seed_mode,
+        "inputs": inputs_used(bars),
         "model": params.describe(),
         "tier": None if tier is None else params.ladder.labels[tier],
         "estimate": True,
@@ -239,9 +237,10 @@ def _run(args: argparse.Namespace, progress: Progress) -> int:
         high = args.price_high if args.price_high is not None else float(bars.high.max()) * 1.1
         edges = price_edges(low, high, args.bins, args.log_prices)
         progress.stage(f"binning {len(times):,} columns x {args.bins} bins")
-        hm = est.heatmap(times=times, edges=edges)
+        # only what is written: the tiers summed, or the one tier asked for
+        hm = est.heatmap(times=times, edges=edges, by_tier=False, tier=tier)
         meta.update(step=_tf_name(step), columns=len(times), bins=args.bins, log_prices=args.log_prices)
-        table = _heatmap_table(hm, tier)
+        table = _heatmap_table(hm)
     elif args.what == "map":
         lmap = est.book().liquidation_map(bins=args.bins, span=args.span / 100.0, log=args.log_prices)
         meta.update(price=lmap.price, bins=args.bins, span_pct=args.span, log_prices=args.log_prices)
@@ -262,10 +261,22 @@ def _run(args: argparse.Namespace, progress: Progress) -> int:
         print(
             f"liqheat export: {len(bars):,} {_tf_name(bars.timeframe)} bars from {source} -> {args.out}: "
             f"{len(table):,} {args.what} rows; seeded from {mode.get(est.seed_mode, est.seed_mode)}; "
+            f"sides from {meta['inputs']['sides']}; "
             f"{wallclock.perf_counter() - started:.1f}s",
             file=sys.stderr,
         )
     return 0
+
+
+def inputs_used(bars: Any) -> dict[str, Any]:
+    """Which input columns the model had, in words: what seeded exposure and what tilted the sides."""
+    if bars.has_taker and bars.volume is None:
+        sides = "net taker flow relative to its recent size (no volume column)"
+    elif bars.has_taker:
+        sides = "taker buy/sell volume"
+    else:
+        sides = "candle direction (no taker flow)"
+    return {"open_interest": bool(bars.has_oi), "volume": bars.volume is not None, "sides": sides}
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, str, str | None, str | None]:
@@ -275,7 +286,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, str | None, str | None]:
     if args.bars:
         if args.since or args.until or args.market:
             raise ExportError("--market/--since/--until go with --store")
-        from engine.feeds.files import read_bars_file
+        from engine.formats import read_bars_file
 
         path = Path(args.bars)
         if not path.is_file():
@@ -396,8 +407,8 @@ def _realised_of_tier(est: Any, tier: int) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _heatmap_table(hm: Any, tier: int | None) -> Table:
-    longs, shorts = hm.total(tier)  # (C, B)
+def _heatmap_table(hm: Any) -> Table:
+    longs, shorts = hm.total()  # (C, B): the heatmap holds the tiers asked for
     ncol, nb = longs.shape
     keep = (np.round(longs, 2) > 0) | (np.round(shorts, 2) > 0)
     col, b = np.nonzero(keep)  # row-major: by column, then price
@@ -464,103 +475,24 @@ Writer = Callable[[Table, dict[str, Any], "Progress"], None]
 
 
 def output_writer(out: str) -> Writer:
-    """Pick the format from the extension; refuse unknown ones (and Parquet without pyarrow) up front."""
+    """Pick the format from the extension (engine/formats.py writes it); refuse unknown ones up front."""
+    from engine.formats import BadFile, check_writable_format, write_csv_stream, write_table
+
     if out == "-":
-        return lambda table, meta, progress: _write_csv_stream(sys.stdout, table, progress)
-    name = out.lower()
-    gz = name.endswith(".gz")
-    base = name[:-3] if gz else name
-    if base.endswith(".csv"):
-        return lambda table, meta, progress: _atomic(out, lambda f: _write_csv(f, table, progress, gz))
-    if base.endswith(".json"):
-        return lambda table, meta, progress: _atomic(out, lambda f: _write_json(f, table, meta, gz))
-    if base.endswith((".parquet", ".pq")) and not gz:
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise ExportError("Parquet output needs pyarrow: pip install 'liqheat[parquet]' (or write .csv)") from None
-        return lambda table, meta, progress: _atomic(out, lambda f: _write_parquet(f, table, meta))
-    raise ExportError(f"--out {out}: unknown format; use .csv, .csv.gz, .parquet or .json")
-
-
-def _atomic(out: str, write: Callable[[Path], None]) -> None:
-    """Write beside the target and rename, so a reader never sees half a file (nor a stale one on error)."""
+        return lambda table, meta, progress: write_csv_stream(sys.stdout, table.columns, table.formats, progress.fraction)
     target = Path(out)
+    try:
+        check_writable_format(target)
+    except BadFile:
+        raise ExportError(f"--out {out}: unknown format; use .csv, .csv.gz, .parquet or .json") from None
     if target.is_dir():
         raise ExportError(f"--out {out} is a directory")
-    folder = target.parent
-    if not folder.is_dir():
-        raise ExportError(f"--out {out}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _csv_lines(table: Table, progress: Progress, chunk: int = 50_000) -> Iterator[str]:
-    names = list(table.columns)
-    yield ",".join(names) + "\n"
-    formats = [table.formats[k] for k in names]
-    cols = [table.columns[k] for k in names]
-    for i, arr in enumerate(cols):
-        if arr.dtype.kind == "f" and np.isnan(arr).any():  # missing values are empty cells
-            cols[i] = np.array(["" if v != v else formats[i] % v for v in arr.tolist()], dtype=object)
-            formats[i] = "%s"
-    fmt = ",".join(formats) + "\n"
-    n = len(table)
-    for lo in range(0, n, chunk):
-        rows = zip(*(c[lo : lo + chunk].tolist() for c in cols), strict=True)
-        yield "".join(fmt % row for row in rows)
-        progress.fraction(min(lo + chunk, n) / max(n, 1))
-
-
-def _write_csv(path: Path, table: Table, progress: Progress, gz: bool) -> None:
-    f: TextIO
-    if gz:
-        f = io.TextIOWrapper(gzip.open(path, "wb", compresslevel=6), encoding="utf-8", newline="")
-    else:
-        f = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
-    with f:
-        _write_csv_stream(f, table, progress)
-
-
-def _write_csv_stream(f: TextIO, table: Table, progress: Progress) -> None:
-    for text in _csv_lines(table, progress):
-        f.write(text)
-
-
-def _json_value(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def _write_json(path: Path, table: Table, meta: dict[str, Any], gz: bool) -> None:
-    names = list(table.columns)
-    cols = []
-    for k in names:
-        arr = table.columns[k]
-        if arr.dtype.kind == "f" and table.formats[k] == USD:
-            arr = np.round(arr, 2)
-        cols.append(arr.tolist())
-    doc = {"liqheat": meta, "columns": names, "rows": [[_json_value(v) for v in row] for row in zip(*cols, strict=True)]}
-    opener = gzip.open if gz else open
-    with opener(path, "wt", encoding="utf-8") as f:  # type: ignore[operator]
-        json.dump(doc, f, separators=(",", ":"), allow_nan=False)
-
-
-def _write_parquet(path: Path, table: Table, meta: dict[str, Any]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    arrays = {}
-    for k, arr in table.columns.items():
-        arrays[k] = pa.array(arr.tolist() if arr.dtype == object else arr)
-    t = pa.table(arrays)
-    t = t.replace_schema_metadata({b"liqheat": json.dumps(meta).encode()})
-    pq.write_table(t, path)
+    if not target.parent.is_dir():
+        raise ExportError(f"--out {out}: folder {target.parent} does not exist")
+    return lambda table, meta, progress: write_table(
+        target, table.columns, formats=table.formats, json_meta={"liqheat": meta},
+        parquet_meta={"liqheat": json.dumps(meta)}, progress=progress.fraction,
+    )
 
 
 # ---- progress -----------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.feeds.base import FeedError
-    from engine.feeds.files import read_bars_file, read_funding_file, read_liquidations_file
+    from engine.formats import read_bars_file, read_funding_file, read_liquidations_file
     from engine.model import BarsError, timeframe_seconds
     from engine.store import StoreError, parse_market_key
     from engine.stores import open_store

@@ -58,9 +58,9 @@ def build_feed(exchange: str, speed: float, since: int | None = None) -> Any:
     """The feed for ``--exchange``; each kind is imported only when chosen (ccxt is slow to import).
     The demo market simulates its history from ``since`` (default: its own 30 days)."""
     if exchange.startswith("file:"):
-        from engine.feeds.files import FileFeed
+        from engine.store import open_replay
 
-        return FileFeed.from_spec(exchange, speed=speed)
+        return open_replay(exchange, speed=speed)
     if exchange == "demo":
         from engine.feeds.demo import DemoFeed
 

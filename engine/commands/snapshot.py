@@ -57,7 +57,7 @@ def load_bars(args: argparse.Namespace) -> tuple[Bars, str]:
     if args.feed == "demo":
         return asyncio.run(_demo_history(args))
     if args.feed.startswith("file:"):
-        from engine.feeds.files import read_bars_file
+        from engine.formats import read_bars_file
 
         path = args.feed[5:]
         if not path:

@@ -338,6 +338,15 @@ class AggregateFeed:
         await asyncio.gather(*(f.close() for f in self.feeds), return_exceptions=True)
 
     # -- what the faces can show ----------------------------------------------------------------------
+    def oi_source(self, symbol: str) -> dict[str, dict[str, str]]:
+        """Each venue's open-interest fields (what the sum is made of), for data health."""
+        out: dict[str, dict[str, str]] = {}
+        for feed in self.feeds:
+            of = getattr(feed, "oi_source", None)
+            if callable(of):
+                out[feed.exchange] = of(symbol)
+        return out
+
     def breakdown(self, symbol: str) -> dict[str, Any]:
         """Each venue's part of the coin right now: newest closed price, last reported OI and its share
         of the total, base volume over the last 24 h and its share. Shares are of what is known (a venue

@@ -47,7 +47,13 @@ class Market:
 
 @dataclass(frozen=True)
 class Liquidation:
-    """One liquidation: ``side`` is the position that was force-closed (long = a long was liquidated)."""
+    """One liquidation: ``side`` is the position that was force-closed (long = a long was liquidated).
+
+    ``price`` is where the liquidation happened — what the map overlay and scoring use. Binance prints the
+    liquidation order's average fill (``price_kind`` "fill"); Bybit and OKX print the *bankruptcy* price,
+    about one maintenance margin beyond it (``price_kind`` "bankruptcy"), so there ``price`` is estimated
+    from it (engine.model.margin.liquidation_from_bankruptcy) and ``reported_price`` keeps what the venue
+    sent. ``usd`` is base × the reported price (the notional the venue published)."""
 
     time_ms: int
     exchange: str
@@ -56,6 +62,18 @@ class Liquidation:
     price: float
     base: float  # size in base coin
     usd: float
+    reported_price: float | None = None  # what the venue printed; None = the same as ``price``
+    price_kind: str = "fill"  # what the venue printed: "fill" | "bankruptcy"
+
+    @property
+    def reported(self) -> float:
+        return self.price if self.reported_price is None else self.reported_price
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        """The event as the API and the live protocol send it."""
+        return {"time_ms": self.time_ms, "side": self.side, "price": self.price,
+                "reported_price": self.reported, "price_kind": self.price_kind, "base": self.base,
+                "usd": self.usd}
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from engine.feeds.base import (
     UnknownSymbol,
 )
 from engine.feeds.normalise import (
+    OI_SOURCES,
     CandleCloser,
     Candles,
     Closed,
@@ -51,6 +52,7 @@ from engine.feeds.normalise import (
     Missing,
     OISnapshot,
     binance_kline_rows,
+    bybit_ticker_oi,
     candles_to_bars,
     empty_candles,
     funding_to_bars,
@@ -329,6 +331,7 @@ class ExchangeFeed:
         self._last_funding: dict[str, tuple[int, float]] = {}
         self._last_price: dict[str, float] = {}
         self._funding_interval_ms: dict[str, int] = {}
+        self._oi_live_field: dict[str, str] = {}  # symbol -> the field the last live OI poll read
         self._health = Health.RECONNECTING
         self._health_reason = "not connected yet"
         self._streams: set[_Stream] = set()
@@ -454,6 +457,15 @@ class ExchangeFeed:
         interval = self._funding_interval_ms.get(unified)
         return Funding(rate=last[1], time=last[0] // 1000,
                        interval_hours=None if interval is None else interval / HOUR_MS)
+
+    def oi_source(self, symbol: str) -> dict[str, str]:
+        """Which venue fields the open interest comes from (history and live), for data health: liqheat's
+        OI is one side everywhere; on Bybit that means its single-side ticker field, or half its total."""
+        src = OI_SOURCES[self.exchange].to_dict()
+        live = self._oi_live_field.get(parse_symbol(symbol))
+        if live is not None:
+            src["live"] = live
+        return src
 
     # -- ccxt plumbing ------------------------------------------------------------------------------
     async def _ccxt(self) -> Any:
@@ -934,7 +946,8 @@ class _Stream:
         if venue.live_oi == "ticker":
             # Bybit: fetch_open_interest returns the last 5-minute bucket; the ticker carries live OI
             ticker = await self.feed._call("ticker", lambda: client.fetch_ticker(self.symbol))
-            usd = float((ticker.get("info") or {}).get("openInterestValue") or math.nan)
+            usd, field = bybit_ticker_oi(ticker.get("info") or {})
+            self.feed._oi_live_field[self.symbol] = field
         else:
             oi = await self.feed._call("open interest", lambda: client.fetch_open_interest(self.symbol))
             snap = oi_snapshot(self.feed.exchange, oi, self.market.contract_size)
@@ -963,9 +976,4 @@ class _Stream:
                 self.set_part("clock", Health.STALE, f"no update for {quiet:.0f}s")
 
 
-def open_exchange_feed(exchange_id: str, **kwargs: Any) -> ExchangeFeed:
-    """Factory the service uses for ``open_feed("binanceusdm" | "bybit" | "okx")``."""
-    return ExchangeFeed(exchange_id, **kwargs)
-
-
-__all__ = ["VENUES", "ExchangeFeed", "Funding", "Gap", "Progress", "Venue", "loopback_urls", "open_exchange_feed"]
+__all__ = ["VENUES", "ExchangeFeed", "Funding", "Gap", "Progress", "Venue", "loopback_urls"]

@@ -7,15 +7,24 @@ What differs between venues is written down once, here, as data:
 - liquidation size: Binance and Bybit linear send base coin; OKX sends contracts (× ``ctVal`` base each).
   ccxt leaves ``contractSize``/``baseValue``/``quoteValue`` empty on websocket liquidations, so base and USD
   are computed here from the market's contract size.
+- liquidation price: Binance prints the order's average fill; Bybit and OKX print the *bankruptcy* price
+  (one maintenance margin beyond where the position was liquidated). Events carry both: ``price`` = the
+  estimated liquidation price (``engine.model.margin.liquidation_from_bankruptcy``), ``reported_price`` =
+  what the venue sent, ``price_kind`` = "fill" | "bankruptcy".
 - open interest: Binance gives base amount and USD value; Bybit base only (× price); OKX contracts, base and
-  USD. OI snapshots (5-minute buckets) are held onto the 1-minute bars that close after them.
+  USD. OI snapshots (5-minute buckets) are held onto the 1-minute bars that close after them. liqheat's OI is
+  always *one side* (the contracts held long = those held short): Binance and OKX report that; Bybit's
+  ``openInterest``/``openInterestValue`` are "the sum of both sides", so its ``singleOpenInterest*`` ticker
+  fields are read where present and its history is halved (``OI_SOURCES`` says which, per venue).
 - symbols: a trader types ``btc``, ``BTCUSDT``, ``BTC-USDT-SWAP`` or ``BTC/USDT:USDT``; all mean the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +33,7 @@ import numpy as np
 
 from engine.feeds.base import Liquidation, UnknownSymbol
 from engine.model import Bars
+from engine.model.margin import REPORTS_BANKRUPTCY_PRICE, canonical_exchange, liquidation_from_bankruptcy
 
 # ---- symbols ---------------------------------------------------------------------------------------------
 _QUOTES = ("USDT", "USDC", "USD")
@@ -105,6 +115,9 @@ def _num(value: Any) -> float:
 
 
 def _binance_rows(message: Mapping[str, Any]) -> list[RawLiquidation]:
+    data = message.get("data")
+    if isinstance(data, Mapping) and "o" not in message:
+        message = data  # a combined-stream frame: {"stream": "!forceOrder@arr", "data": {...}}
     o = message.get("o") or {}
     # z = accumulated filled quantity (the amount actually liquidated); q is the order's size.
     size = _num(o.get("z"))
@@ -150,8 +163,39 @@ def liquidation_rows(exchange: str, message: Mapping[str, Any]) -> list[RawLiqui
     return LIQUIDATION_ROWS[exchange](message)
 
 
+def price_kind(exchange: str) -> str:
+    """What a venue's liquidation feed prints: "fill" (the order's average fill: Binance) or "bankruptcy"
+    (where the position's margin is gone: Bybit, OKX)."""
+    return "bankruptcy" if REPORTS_BANKRUPTCY_PRICE.get(canonical_exchange(exchange), False) else "fill"
+
+
+def _day(time_ms: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(time_ms / 1000))
+
+
+def settle_price(exchange: str, symbol: str, side: str, reported: float, time_ms: int) -> tuple[float, str]:
+    """(estimated liquidation price, price kind) of an event the venue printed at ``reported``: unchanged
+    for fills; one maintenance margin (the venue's tier table in force that day) nearer the entry for
+    bankruptcy prices."""
+    kind = price_kind(exchange)
+    if kind == "fill":
+        return reported, kind
+    coin = symbol.split("/")[0]
+    return float(liquidation_from_bankruptcy(reported, side, exchange, coin, _day(time_ms))), kind
+
+
+def with_estimated_price(liq: Liquidation) -> Liquidation:
+    """An event whose ``price`` is still what the venue printed (read from a file of raw events, say) ->
+    the same event with the venue's price kind settled: ``price`` estimated, ``reported_price`` kept."""
+    if liq.reported_price is not None:
+        return liq  # already settled
+    price, kind = settle_price(liq.exchange, liq.symbol, liq.side, liq.price, liq.time_ms)
+    return dataclasses.replace(liq, price=price, reported_price=liq.price, price_kind=kind)
+
+
 def to_liquidation(exchange: str, raw: RawLiquidation, symbol: str, contract_size: float) -> Liquidation | None:
-    """Settle units and side; None for a row that cannot be trusted (no price, no size, unknown side)."""
+    """Settle units, side and price kind; None for a row that cannot be trusted (no price, no size, unknown
+    side). ``usd`` is base × the reported price: the notional the venue published."""
     if not (raw.price > 0 and raw.size > 0 and contract_size > 0):
         return None
     try:
@@ -159,8 +203,9 @@ def to_liquidation(exchange: str, raw: RawLiquidation, symbol: str, contract_siz
     except ValueError:
         return None
     base = raw.size * contract_size
-    return Liquidation(time_ms=raw.time_ms, exchange=exchange, symbol=symbol, side=side, price=raw.price,
-                       base=base, usd=base * raw.price)
+    price, kind = settle_price(exchange, symbol, side, raw.price, raw.time_ms)
+    return Liquidation(time_ms=raw.time_ms, exchange=exchange, symbol=symbol, side=side, price=price,
+                       base=base, usd=base * raw.price, reported_price=raw.price, price_kind=kind)
 
 
 # ---- candles ---------------------------------------------------------------------------------------------
@@ -251,8 +296,8 @@ def _oi_binance(oi: Mapping[str, Any], contract_size: float) -> tuple[float, flo
 
 
 def _oi_bybit(oi: Mapping[str, Any], contract_size: float) -> tuple[float, float]:
-    # linear: openInterest is in base coin; there is no USD value in the history
-    return _num(oi.get("openInterestValue")), _num(oi.get("openInterestAmount"))
+    # linear: openInterest is in base coin and counts both sides; there is no USD value in the history
+    return _num(oi.get("openInterestValue")) / 2, _num(oi.get("openInterestAmount")) / 2
 
 
 def _oi_okx(oi: Mapping[str, Any], contract_size: float) -> tuple[float, float]:
@@ -261,6 +306,9 @@ def _oi_okx(oi: Mapping[str, Any], contract_size: float) -> tuple[float, float]:
         base = _num(oi.get("openInterestAmount")) * contract_size  # oi is in contracts
     return _num(oi.get("openInterestValue")), base
 
+
+BYBIT_SINGLE_OI = "tickers singleOpenInterestValue (USD)"
+BYBIT_HALVED_OI = "tickers openInterestValue ÷ 2 (USD, both sides)"
 
 OI_UNITS = {"binanceusdm": _oi_binance, "bybit": _oi_bybit, "okx": _oi_okx}
 
@@ -272,6 +320,35 @@ def oi_snapshot(exchange: str, oi: Mapping[str, Any], contract_size: float) -> O
     if t is None or not (np.isfinite(usd) or np.isfinite(base)):
         return None
     return OISnapshot(int(t), usd, base)
+
+
+@dataclass(frozen=True)
+class OISource:
+    """Which venue field liqheat's open interest comes from (shown in data health): always one side."""
+
+    history: str  # the 5-minute history behind past bars
+    live: str  # the polled value behind live bars
+
+    def to_dict(self) -> dict[str, str]:
+        return {"history": self.history, "live": self.live, "counts": "one side"}
+
+
+OI_SOURCES: dict[str, OISource] = {
+    "binanceusdm": OISource(history="openInterestHist sumOpenInterestValue (USD)",
+                            live="openInterest (base) × last close"),
+    "bybit": OISource(history="open-interest openInterest ÷ 2 (base, both sides) × close",
+                      live=BYBIT_SINGLE_OI),
+    "okx": OISource(history="open-interest-history oiUsd (USD)", live="open-interest oiUsd (USD)"),
+}
+
+
+def bybit_ticker_oi(info: Mapping[str, Any]) -> tuple[float, str]:
+    """One-side OI in USD from a Bybit v5 linear ticker, and which field it came from: the single-side
+    value where the ticker has it, else half of ``openInterestValue`` (which counts both sides)."""
+    single = _num(info.get("singleOpenInterestValue"))
+    if single > 0:
+        return single, BYBIT_SINGLE_OI
+    return _num(info.get("openInterestValue")) / 2, BYBIT_HALVED_OI
 
 
 def snapshots_to_bars(snaps: Sequence[OISnapshot], bar_time_ms: np.ndarray, close: np.ndarray,

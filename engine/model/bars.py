@@ -8,6 +8,7 @@ fallback it used instead of guessing silently.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,17 @@ def timeframe_seconds(tf: str | int) -> int:
         return TIMEFRAMES[tf]
     except KeyError:
         raise BarsError(f"unknown timeframe {tf!r}; use one of {', '.join(TIMEFRAMES)}") from None
+
+
+def bucket_start(t: Any, timeframe: str | int) -> Any:
+    """Open time of the candle of ``timeframe`` that contains UNIX time ``t`` (an int or an array).
+    Buckets align to UTC; weeks start on Monday 00:00 UTC like the exchanges' weekly candles. The one
+    place this is decided: candles, heatmap columns, realised bars and the faces all use it."""
+    tf = timeframe_seconds(timeframe)
+    offset = WEEK_OFFSET if tf % TIMEFRAMES["1w"] == 0 else 0
+    if isinstance(t, np.ndarray):
+        return (t.astype(np.int64) - offset) // tf * tf + offset
+    return (int(t) - offset) // tf * tf + offset
 
 
 def timeframe_name(seconds: int) -> str:
@@ -182,8 +194,7 @@ class Bars:
             )
         if len(self) == 0:
             return replace(self, timeframe=tf)
-        offset = WEEK_OFFSET if tf == TIMEFRAMES["1w"] else 0
-        bucket = (self.time - offset) // tf * tf + offset
+        bucket = bucket_start(self.time, tf)
         starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
         ends = np.r_[starts[1:], len(self)] - 1
         kw: dict[str, object] = {
@@ -215,3 +226,75 @@ def _last_finite_per_bucket(arr: np.ndarray, starts: np.ndarray, ends: np.ndarra
 
 def typical_price(bars: Bars) -> np.ndarray:
     return (bars.high + bars.low + bars.close) / 3.0
+
+
+class BarHistory:
+    """A growing history of closed bars, appended one at a time without copying what came before.
+
+    The columns live in buffers with room to spare; :attr:`bars` is a zero-copy view of the filled
+    part. Appending writes one row (amortised O(1)); ``Bars.concat`` would copy the whole history on
+    every close, which for a year of 1-minute bars is ~46 MB per bar. ``keep`` bounds the history:
+    once it holds more than ``keep * 1.1`` bars the oldest are dropped (the view moves forward), and
+    when the buffer's end is reached the kept bars move back to its start — one copy per ``keep / 10``
+    appends or more. A column the history did not have arrives as NaN for the earlier bars."""
+
+    def __init__(self, bars: Bars, keep: int | None = None, spare: float = 0.25) -> None:
+        self.timeframe = bars.timeframe
+        self.keep = keep
+        n = len(bars)
+        cap = max(int(n * (1 + spare)), n + 1024)
+        if keep:
+            cap = max(cap, int(keep * 1.1) + max(keep // 10, 1024))
+        self._cols: dict[str, np.ndarray] = {}
+        for name in ("time",) + _PRICE + _OPTIONAL:
+            arr = getattr(bars, name)
+            if arr is None:
+                continue
+            buf = np.empty(cap, dtype=arr.dtype)
+            buf[:n] = arr
+            self._cols[name] = buf
+        self._start, self._end = 0, n
+        self._view: Bars | None = bars
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    @property
+    def bars(self) -> Bars:
+        """The history now, as Bars whose arrays view the buffers (valid until the next append)."""
+        if self._view is None:
+            sl = slice(self._start, self._end)
+            self._view = Bars(self.timeframe, **{k: v[sl] for k, v in self._cols.items()})  # type: ignore[arg-type]
+        return self._view
+
+    def append(self, bar: Bars) -> None:
+        """Add closed bars (normally one) after the last."""
+        if bar.timeframe != self.timeframe:
+            raise BarsError("cannot join bars of different timeframes")
+        m = len(bar)
+        cap = len(self._cols["time"])
+        if self._end + m > cap:
+            self._make_room(m)
+        for name in ("time",) + _PRICE + _OPTIONAL:
+            arr = getattr(bar, name)
+            buf = self._cols.get(name)
+            if buf is None:
+                if arr is None:
+                    continue
+                buf = self._cols[name] = np.full(len(self._cols["time"]), np.nan)  # a column new to the history
+            buf[self._end : self._end + m] = np.nan if arr is None else arr
+        self._end += m
+        if self.keep and len(self) > self.keep * 1.1:
+            self._start = self._end - self.keep
+        self._view = None
+
+    def _make_room(self, m: int) -> None:
+        n = len(self)
+        cap = len(self._cols["time"])
+        if n + m > cap * 0.75 or not self.keep:  # too full to slide back: a larger buffer
+            cap = max(2 * cap, n + m + 1024)
+        for name, buf in self._cols.items():
+            new = np.empty(cap, dtype=buf.dtype)
+            new[:n] = buf[self._start : self._end]
+            self._cols[name] = new
+        self._start, self._end = 0, n

@@ -21,8 +21,8 @@ Optionally (``shrink`` > 0) the fit is pulled toward the starting ladder by extr
 ``sqrt(shrink) * (c_t - s0 * w_t)`` (``s0``: the best single scale for the starting ladder), still an NNLS
 problem; with few bars that keeps a tier from being dropped on noise alone.
 
-NNLS is Lawson–Hanson's active-set method (Solving Least Squares Problems, 1974, ch. 23), written here in
-numpy (scipy is not a dependency).
+NNLS is Lawson–Hanson's active-set method (Solving Least Squares Problems, 1974, ch. 23), from
+scipy.optimize.
 """
 
 from __future__ import annotations
@@ -43,40 +43,22 @@ class CalibrationError(ValueError):
 
 
 def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> tuple[np.ndarray, float]:
-    """min ||a x - b|| subject to x >= 0. Returns (x, residual norm). Lawson–Hanson active set."""
+    """min ||a x - b|| subject to x >= 0. Returns (x, residual norm). scipy.optimize.nnls (Lawson–Hanson),
+    on column-scaled ``a``: scaling does not change the solution set (x >= 0 is scale-invariant) and keeps
+    badly scaled tiers (USD regressors spanning orders of magnitude) well conditioned."""
+    from scipy.optimize import nnls as scipy_nnls
+
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     m, n = a.shape
     if b.shape != (m,):
         raise CalibrationError("nnls: b must have one value per row of a")
-    # Column scaling does not change the solution set (x >= 0 is scale-invariant) and helps conditioning.
     norms = np.linalg.norm(a, axis=0)
     scale = np.where(norms > 0, norms, 1.0)
-    a_s = a / scale
-    x = np.zeros(n)
-    passive = np.zeros(n, dtype=bool)
-    tol = 10.0 * np.finfo(np.float64).eps * max(m, n) * max(1.0, float(np.abs(a_s).sum(axis=0).max(initial=0.0)))
-    max_iter = max_iter or 3 * n + 10
-    w = a_s.T @ (b - a_s @ x)
-    it = 0
-    while (~passive).any() and float(np.max(np.where(passive, -np.inf, w))) > tol * max(1.0, float(np.linalg.norm(b))):
-        j = int(np.argmax(np.where(passive, -np.inf, w)))
-        passive[j] = True
-        while True:
-            it += 1
-            if it > max_iter * 10:
-                raise CalibrationError("nnls did not converge")
-            s = np.zeros(n)
-            s[passive] = np.linalg.lstsq(a_s[:, passive], b, rcond=None)[0]
-            if np.all(s[passive] > tol):
-                break
-            bad = passive & (s <= tol)
-            alpha = float(np.min(x[bad] / np.maximum(x[bad] - s[bad], 1e-300)))
-            x = x + alpha * (s - x)
-            passive &= ~(x <= tol)
-            x[~passive] = 0.0
-        x = s
-        w = a_s.T @ (b - a_s @ x)
+    try:
+        x, _ = scipy_nnls(a / scale, b, maxiter=max_iter or 50 * max(n, 1))
+    except RuntimeError:
+        raise CalibrationError("nnls did not converge") from None
     x = x / scale
     return x, float(np.linalg.norm(a @ x - b))
 
@@ -118,7 +100,7 @@ class Calibration:
                 "seed_scale": self.seed_scale,
                 "volume_proxy_fraction": self.volume_proxy_fraction,
                 "fit": {
-                    "method": "nnls (Lawson-Hanson) on per-tier estimated realised liquidations",
+                    "method": "nnls (scipy, Lawson-Hanson) on per-tier estimated realised liquidations",
                     "prior": self.prior.name,
                     "rows": self.rows,
                     "r2": self.r2,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bars import TIMEFRAMES, WEEK_OFFSET, Bars, typical_price
+from .binning import outstanding
 from .cohorts import Cohorts, LevelGrid, SeedCarry, build_cohorts, seed_exposure
 from .ladder import ModelParams
 from .lifetime import FirstTouch
@@ -210,9 +211,12 @@ class Estimate:
         columns: int | None = None,
         bins: int = 200,
         log: bool = False,
+        by_tier: bool = True,
+        tier: int | None = None,
     ) -> Heatmap:
         """Outstanding notional at each column time, binned on ``edges`` (default: the traded price range
-        widened by 10% each side)."""
+        widened by 10% each side), as float32. Per tier unless ``by_tier`` is False (one summed tier,
+        "all"); only tier ``tier`` when given."""
         if times is None:
             times = self.column_times(step or self.bars.timeframe, columns)
         times = np.asarray(times, dtype=np.int64)
@@ -220,87 +224,39 @@ class Estimate:
             raise ViewError("column times must be ascending")
         if edges is None:
             edges = price_edges(float(self.bars.low.min()) * 0.9, float(self.bars.high.max()) * 1.1, bins, log)
-        ncol, nb, t = len(times), len(edges) - 1, len(self.tiers)
+        if tier is not None and not (0 <= tier < len(self.tiers)):
+            raise ViewError(f"tier must be between 0 and {len(self.tiers) - 1}")
+        labels = (self.tiers[tier],) if tier is not None else self.tiers if by_tier else ("all",)
+        ncol, nb = len(times), len(edges) - 1
         c = self.cohorts
-        if ncol == 0 or len(c) == 0:
-            empty = np.zeros((ncol, nb, t))
-            return Heatmap(times, edges, empty, empty.copy(), self.tiers)
         n = len(self.bars)
         closed = np.searchsorted(self.bars.close_time, times, side="right")  # bars closed by each column
         # first column that sees bar i closed (i = n: never), so a birth or a death maps to a column
         col_of = np.searchsorted(closed, np.arange(n + 1), side="right")
-        # display bin of each level, through a lookup table over the levels in use
-        kmin, kmax = int(c.level.min()), int(c.level.max())
-        lut = bin_of(edges, self.grid.price(np.arange(kmin, kmax + 1)))
-        # H[tier, col]: log survival at the column; a cohort seen at column col is worth
-        # usd * exp(H[tier, col] - F[tier, birth]).
-        H = self.F[:, np.maximum(closed - 1, 0)]  # (T, C)
-        cells = 2 * nb * t  # per column: (side, bin, tier)
-        size = ncol * cells
-        # net[col, cell]: USD born minus USD died at each column; count: cohorts born minus died (exact,
-        # so a cell whose cohorts all died is zero, not rounding dust). The last slot takes what no
-        # column sees (cheaper than filtering it out).
-        net = np.zeros(size + 1)
-        count = np.zeros(size + 1, dtype=np.int32)
-        ones = np.ones(min(len(c), _CHUNK), dtype=np.int32)  # ufunc.at's fast path wants matching dtypes
-        # Normalised units: a cohort weighs usd * exp(F[tier, 0] - F[tier, birth]) from birth to death
-        # and the column scales it back by exp(H - F[tier, 0]), so a death takes away exactly what the
-        # birth added, with no ageing to compute per cohort. Needs the weights to stay finite: fine while
-        # a tier's log survival spans less than NORMALISED_SPAN over the history (a year of 1-minute bars
-        # spans ~500 for the 12-hour half-life); beyond that each death is aged to its column instead.
-        ref = self.F[:, :1]
-        normalised = bool(np.all(ref[:, 0] - self.F[:, -1] < self.NORMALISED_SPAN))
-        if normalised:
-            weight = np.exp(ref - self.F).ravel()  # (T * n), >= 1
+        sel = np.flatnonzero(c.tier == tier) if tier is not None else slice(None)
+        level = c.level[sel]
+        if len(level):
+            # display bin of each level, through a lookup table over the levels in use
+            kmin = int(level.min())
+            lut = bin_of(edges, self.grid.price(np.arange(kmin, int(level.max()) + 1)))
+            disp = lut[level - kmin]
         else:
-            first_col = np.minimum(col_of[:n], ncol - 1)
-            weight = np.exp(np.minimum(H[:, first_col] - self.F, 0.0)).ravel()  # value at its first column
-            h = H.ravel()
-        # In chunks: every temporary stays small enough to be reused by the allocator instead of being
-        # mapped and page-faulted afresh (that, not the arithmetic, dominated a year of 1-minute bars).
-        for lo in range(0, len(c), _CHUNK):
-            sl = slice(lo, lo + _CHUNK)
-            birth = c.birth[sl]
-            disp = lut[c.level[sl] - kmin]
-            cb = col_of[birth]  # first column that sees the birth (ncol: none)
-            cd = col_of[self.death[sl]]  # first column that sees the death (ncol: none)
-            live = (disp >= 0) & (cb < cd)
-            tier = c.tier[sl].astype(np.int64)
-            born = c.usd[sl] * weight[tier * n + birth]
-            cell = (c.side[sl].astype(np.int64) * nb + disp) * t + tier
-            one = ones[: len(cell)]
-            at = np.where(live, cb * cells + cell, size)
-            np.add.at(net, at, born)
-            np.add.at(count, at, one)
-            if not normalised:  # the value when the death column sees it: aged between the two columns
-                tier *= ncol
-                np.minimum(cb, ncol - 1, out=cb)
-                aged = h[tier + np.minimum(cd, ncol - 1)] - h[tier + cb]
-                np.minimum(aged, 0.0, out=aged)
-                np.exp(aged, out=aged)
-                born *= aged
-            at = np.where(live & (cd < ncol), cd * cells + cell, size)
-            np.subtract.at(net, at, born)
-            np.subtract.at(count, at, one)
-        counts: np.ndarray = count[:size].reshape(ncol, 2, nb, t)
-        alive = np.cumsum(counts, axis=0, out=counts) > 0  # cohorts present per cell
-        # Walk the columns: the book at each column is everything born and not yet dead by then.
-        grid: np.ndarray = net[:size].reshape(ncol, 2, nb, t)  # filled in place: column col = times[col]
-        state = np.zeros((2, nb, t))
-        if normalised:
-            scale = np.exp(H - ref)  # (T, C), <= 1
-            for col in range(ncol):
-                state += grid[col]
-                np.multiply(state, scale[:, col], out=grid[col])
-        else:  # state in current USD: carried forward with each tier's survival between columns
-            for col in range(ncol):
-                if col > 0 and closed[col] > closed[col - 1] and closed[col - 1] > 0:
-                    state *= np.exp(H[:, col] - H[:, col - 1])[None, None, :]
-                state += grid[col]
-                grid[col] = state
-        np.maximum(grid, 0.0, out=grid)
-        grid[~alive] = 0.0  # cells whose cohorts all died hold only rounding dust
-        return Heatmap(times, edges, grid[:, LONG], grid[:, SHORT], self.tiers)
+            disp = level
+        birth = c.birth[sel]
+        appear = col_of[birth]
+        gone = col_of[self.death[sel]]
+        live = np.flatnonzero((disp >= 0) & (appear < gone))
+        birth, cohort_tier = birth[live], c.tier[sel][live].astype(np.int64)
+        H = self.F[:, np.maximum(closed - 1, 0)]  # (T, C): each tier's log survival at each column
+        if tier is not None:
+            H, row = H[tier : tier + 1], np.zeros(len(live), dtype=np.int64)
+        else:
+            row = cohort_tier
+        grid = outstanding(
+            appear[live], gone[live], c.side[sel][live].astype(np.int64) * nb + disp[live], row,
+            c.usd[sel][live], self.F[cohort_tier, birth], H, 2 * nb, split_tiers=by_tier or tier is not None,
+        ).reshape(ncol, 2, nb, -1)
+        return Heatmap(times, edges, grid[:, LONG], grid[:, SHORT], labels)
 
 
 def estimate(bars: Bars, params: ModelParams | None = None) -> Estimate:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .fitted import FITTED_LADDERS, HEADLINE, SUITE
 from .margin import LONG, MM_BASIS, SHORT, Bracket, canonical_exchange, liquidation_factor, tier_table
 
 
@@ -36,6 +37,7 @@ class Ladder:
     leverage: tuple[float, ...]
     weights: tuple[float, ...]
     half_life_hours: tuple[float, ...] | None = None  # None: defaults by leverage; 0 = no decay
+    fitted_on: str = ""  # the recorded data a fitted preset was chosen on ("" = an assumption from the field)
 
     def __post_init__(self) -> None:
         if not self.leverage or len(self.leverage) != len(self.weights):
@@ -80,6 +82,21 @@ LADDERS: dict[str, Ladder] = {
 }
 
 
+def _fitted_presets() -> None:
+    """Presets chosen by the accuracy suite on recorded liquidations (engine/model/fitted.py, generated)."""
+    for name, d in FITTED_LADDERS.items():
+        LADDERS[name] = Ladder(
+            name,
+            tuple(float(x) for x in d["leverage"]),  # type: ignore[attr-defined]
+            tuple(float(x) for x in d["weights"]),  # type: ignore[attr-defined]
+            tuple(float(x) for x in d["half_life_hours"]),  # type: ignore[attr-defined]
+            str(d["fitted_on"]),
+        )
+
+
+_fitted_presets()
+
+
 def parse_ladder(spec: str | Ladder) -> Ladder:
     """A preset name, or JSON: {"5": 0.2, "10": 0.3, ...} or
     {"name": "mine", "leverage": [5, 10], "weights": [1, 2], "half_life_hours": [720, 240]}."""
@@ -103,6 +120,7 @@ def parse_ladder(spec: str | Ladder) -> Ladder:
                 tuple(float(x) for x in obj["leverage"]),
                 tuple(float(x) for x in obj["weights"]),
                 None if obj.get("half_life_hours") is None else tuple(float(x) for x in obj["half_life_hours"]),
+                str(obj.get("fitted_on") or ""),
             )
         pairs = sorted((float(k.rstrip("xX")), float(v)) for k, v in obj.items())
     except (KeyError, TypeError, ValueError) as exc:
@@ -181,6 +199,9 @@ class ModelParams:
         table = tier_table(self.exchange, self.coin)
         return {
             "ladder": self.ladder.name,
+            "fitted_on": self.ladder.fitted_on or "not fitted: an assumption from the field",
+            "accuracy": HEADLINE.get(self.ladder.name, "not measured for this ladder"),
+            "accuracy_suite": SUITE,
             "tiers": [
                 {"leverage": lev, "weight": round(w, 4), "mmr": float(m), "half_life_hours": round(h, 1) if self.decay else None}
                 for lev, w, m, h in zip(

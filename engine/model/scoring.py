@@ -22,13 +22,13 @@ Two questions, each with a baseline so a figure means something:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from .accuracy import WindowBooks, touch_matrix, window_books
 from .bars import Bars, typical_price
 from .estimate import Estimate
-from .touch import TouchError, realised_volatility, touch_probability
 from .views import price_edges
 
 
@@ -214,8 +214,9 @@ class ZoneScore:
     per_window: tuple[dict[str, float], ...]
 
     def to_dict(self) -> dict[str, object]:
-        out = asdict(self)
-        out["per_window"] = list(self.per_window)
+        # not asdict(): it deep-copies every per-window dict (most of a long backtest's time)
+        out: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["per_window"] = [dict(w) for w in self.per_window]
         return out
 
 
@@ -252,27 +253,28 @@ def zone_protocol(
     excluded = 0
     per_window: list[dict[str, float]] = []
     weight_per_event = np.zeros(len(events))
-    for t in times:
-        n_closed = int(np.searchsorted(bars.close_time, t, side="right"))
-        if n_closed == 0:
-            continue
-        sel = (events.time > t) & (events.time <= t + h)
-        if int(sel.sum()) < min_events:
-            excluded += 1
-            continue
-        book = est.book(n_closed)
-        price = book.price
-        edges = price_edges(price / (1 + span_pct / 100), price * (1 + span_pct / 100), nb, log=True)
-        longs, shorts = book.binned(edges)
-        pred = longs.sum(axis=1) + shorts.sum(axis=1)
-        if rank == "risk":
-            try:
-                vol = realised_volatility(bars.slice(0, n_closed))
-            except TouchError:
-                raise ScoringError("risk ranking needs at least 11 bars before the first window") from None
-            # touch the bucket's near edge: the upper edge below the price, the lower edge above it
-            near_edge = np.where(edges[1:] < price, edges[1:], np.where(edges[:-1] > price, edges[:-1], price))
-            pred = pred * touch_probability(price, near_edge, vol, horizon_hours)
+    # which windows count: some bars closed, enough events in the horizon
+    n_closed_all = np.searchsorted(bars.close_time, times, side="right")
+    lo_ev = np.searchsorted(events.time, times, side="right")
+    hi_ev = np.searchsorted(events.time, times + h, side="right")
+    has_bars = n_closed_all > 0
+    enough = (hi_ev - lo_ev) >= min_events
+    excluded = int((has_bars & ~enough).sum())
+    kept = has_bars & enough
+    # every kept window's book in one pass over the cohorts (engine.model.accuracy.window_books)
+    books = est_window_books(est, times[kept], bucket_pct, span_pct)
+    preds = books.usd.sum(axis=(0, 2))  # (W, nb)
+    if rank == "risk" and len(books.times):
+        if int(books.closed.min()) < 11:
+            raise ScoringError("risk ranking needs at least 11 bars before the first window")
+        # touch the bucket's near edge: the upper edge below the price, the lower edge above it
+        preds = preds * touch_matrix(bars, books, horizon_hours)
+    for j, t in enumerate(books.times):
+        a, b_ = int(lo_ev[kept][j]), int(hi_ev[kept][j])
+        sel = slice(a, b_)
+        price = float(books.price[j])
+        edges = books.edges[j]
+        pred = preds[j]
         k = max(1, math.ceil(top * nb))
         order = np.argsort(-pred, kind="stable")
         chosen = order[:k][pred[order[:k]] > 0]
@@ -280,11 +282,16 @@ def zone_protocol(
         nearest = np.argsort(np.abs(np.log(centers / price)), kind="stable")[: len(chosen)]
         b = np.searchsorted(edges, events.price[sel], side="right") - 1
         inside = (b >= 0) & (b < nb)
+        b = np.where(inside, b, nb)  # one spare slot for events outside the buckets
+        is_chosen = np.zeros(nb + 1, dtype=bool)
+        is_chosen[chosen] = True
+        is_near = np.zeros(nb + 1, dtype=bool)
+        is_near[nearest] = True
         w = events.usd[sel]
         total = float(w.sum())
         in_range = float(w[inside].sum())
-        hit = float(w[inside & np.isin(b, chosen)].sum())
-        near = float(w[inside & np.isin(b, nearest)].sum())
+        hit = float(w[is_chosen[b]].sum())
+        near = float(w[is_near[b]].sum())
         rand = in_range * len(chosen) / nb
         hit_usd += hit
         tot_usd += total
@@ -292,7 +299,7 @@ def zone_protocol(
         near_usd += near
         weight_per_event[sel] += w
         per_window.append(
-            {"time": int(t), "price": price, "events": int(sel.sum()), "usd": total, "precision": hit / total,
+            {"time": int(t), "price": price, "events": int(b_ - a), "usd": total, "precision": hit / total,
              "random": rand / total, "nearest": near / total, "buckets_chosen": int(len(chosen))}
         )
     if not per_window:
@@ -323,6 +330,16 @@ def zone_protocol(
         (near_usd / tot_usd) / random if random > 0 else math.nan,
         tuple(per_window),
     )
+
+
+def est_window_books(est: Estimate, times: np.ndarray, bucket_pct: float, span_pct: float) -> WindowBooks:
+    """window_books, remembered on the estimate for the same windows (a backtest ranks them twice)."""
+    key = (times.tobytes(), bucket_pct, span_pct)
+    cache: dict[tuple[bytes, float, float], WindowBooks] = est.__dict__.setdefault("_window_books", {})
+    if key not in cache:
+        cache.clear()  # one set of windows at a time: bounded
+        cache[key] = window_books(est, times, bucket_pct, span_pct)
+    return cache[key]
 
 
 # ---- coarser scoring bars, and the simulated market's truth -------------------------------------------

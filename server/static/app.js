@@ -120,7 +120,8 @@ function renderModel(m) {
     ["entry anchors", (m.entry_anchors || []).join(", ") + " (weights " + (m.entry_weights || []).join(", ") + ")"],
     ["side tilt", m.side_tilt], ["volume proxy", m.volume_proxy_fraction], ["decay", String(m.decay)],
     ["shrink on OI drop", String(m.shrink_on_oi_drop)], ["wick clear", m.wick_clear], ["resolution", m.resolution],
-  ];
+    ["fitted on", m.fitted_on], ["accuracy", m.accuracy], ["accuracy suite", m.accuracy_suite],
+  ].filter(([, v]) => v !== undefined);
   $("model-body").innerHTML = `<table>${tiers}</table><table>${rows.map(([k, v]) => `<tr><td>${k}</td><td>${v}</td></tr>`).join("")}</table>` +
     `<p style="color:#8a90a6">Estimated from open interest / volume with the ladder above. See the README's model section.</p>`;
 }
@@ -135,7 +136,11 @@ function addEvent(html, cls) {
 }
 function liquidationLine(e) {
   const t = new Date(e.time_ms).toISOString().slice(11, 19);
-  return `${t} <span class="${e.side}">${e.side}</span> ${formatUsd(e.usd)} @ ${fmtPrice(e.price)}`;
+  // Bybit/OKX print bankruptcy prices: the line shows the estimated liquidation price and says so.
+  const est = e.price_kind === "bankruptcy"
+    ? ` <span title="estimated liquidation price; the exchange printed the bankruptcy price ${fmtPrice(e.reported_price)}">est.</span>`
+    : "";
+  return `${t} <span class="${e.side}">${e.side}</span> ${formatUsd(e.usd)} @ ${fmtPrice(e.price)}${est}`;
 }
 
 // The REST zones add the chance price reaches each zone within 24h (touch model).

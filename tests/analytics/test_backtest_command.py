@@ -47,8 +47,19 @@ def test_calibrate_writes_a_ladder_the_next_run_reads(tmp_path, capsys):
     ladder = load_ladder(str(out))
     assert ladder.name == "okx_btc" and abs(sum(ladder.weights) - 1) < 1e-6
     fit = json.loads(out.read_text())["fit"]
-    assert fit["rows"] == 24 and fit["r2"] >= fit["r2_prior"] - 1e-9
+    assert fit["r2"] >= fit["r2_prior"] - 1e-9
+    # fitted on the first two thirds only (8 of the 12 covered hours, long + short rows), scored on the rest
+    assert fit["rows"] == 16 and fit["trained_until"] == "2026-03-05 07:00"
     assert main(okx_args("--ladder", str(out))) == 0
+
+
+def test_calibrate_never_sees_the_scored_bars(capsys):
+    assert main(okx_args("--calibrate", "/dev/null", "--train-until", "2026-03-05 02:00", "--json")) == 0
+    c = json.loads(capsys.readouterr().out)["calibration"]
+    assert c["trained_until"] == 1772676000  # 2026-03-05 02:00 UTC
+    assert c["fit"]["rows"] == 6  # 23:00, 00:00, 01:00 lie before the cut: three bars, long and short rows
+    for label in ("starting", "fitted"):
+        assert c["out_of_sample"][label]["per_bar"]["bars"] == 9  # 02:00 .. 10:00, the hours after the cut
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Calibration: NNLS written in numpy, per-tier regressors, planted weights recovered, a usable ladder file."""
+"""Calibration: NNLS (scipy), per-tier regressors, planted weights recovered, a usable ladder file."""
 
 from dataclasses import replace
 

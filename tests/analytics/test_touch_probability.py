@@ -124,7 +124,7 @@ def test_realised_volatility_recovers_a_known_sigma():
 
 def test_kurtosis_decay_constant_rederived_from_real_candles():
     """The 0.3 in the module docstring: log-log slope of excess kurtosis over 1h..24h BTC returns."""
-    from engine.feeds.files import read_bars_file
+    from engine.formats import read_bars_file
 
     bars = read_bars_file(need(CANDLES), venue="binance", coin="BTC")
     r = np.diff(np.log(bars.close))

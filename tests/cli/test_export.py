@@ -99,8 +99,10 @@ def test_heatmap_rows_are_the_non_empty_cells_of_each_column(market, tmp_path):
     assert {int(r["time"]) for r in rows} == showing and len(showing) >= len(times) - 1
     for c, t in enumerate(times.tolist()):
         mine = [r for r in rows if int(r["time"]) == t]
-        assert sum(float(r["long_usd"]) for r in mine) == pytest.approx(longs[c].sum(), abs=0.01 * len(mine) + 1)
-        assert sum(float(r["short_usd"]) for r in mine) == pytest.approx(shorts[c].sum(), abs=0.01 * len(mine) + 1)
+        # the grid is float32: equal to its precision (summed here in float64)
+        want_long, want_short = longs[c].sum(dtype=np.float64), shorts[c].sum(dtype=np.float64)
+        assert sum(float(r["long_usd"]) for r in mine) == pytest.approx(want_long, rel=1e-6, abs=0.01 * len(mine) + 1)
+        assert sum(float(r["short_usd"]) for r in mine) == pytest.approx(want_short, rel=1e-6, abs=0.01 * len(mine) + 1)
         lows = [float(r["price_low"]) for r in mine]
         assert lows == sorted(lows) and all(edges[0] * 0.999 <= p <= edges[-1] for p in lows)
     assert {int(r["time"]) for r in rows} <= set(times.tolist())
@@ -149,7 +151,6 @@ def test_zones_csv_and_parquet(market, tmp_path):
     for r in rows:
         assert r["grade"] in ("low", "elevated", "high") and float(r["share_of_daily_volume"]) > 0
         assert float(r["price_low"]) < float(r["price_high"])
-    pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
     pq_out = tmp_path / "zones.parquet"
@@ -285,3 +286,35 @@ def test_progress_redraws_on_a_terminal_and_is_plain_for_long_piped_runs():
     quiet = _Tty()
     Progress(enabled=False, stream=quiet).stage("x")
     assert quiet.getvalue() == ""
+
+
+def test_open_interest_and_net_flow_without_volume_tilt_the_sides_by_the_flow(market, tmp_path):
+    """A charting site's export: OI and net taker flow (CVD deltas), no volume. The flow is used (sides
+    tilt toward the flow's sign, by its size relative to its recent size), and the output says so."""
+    bars, _ = market
+    flow = bars.taker_buy_volume - bars.taker_sell_volume
+    src = tmp_path / "cvd.csv"
+    with open(src, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp_ms", "open", "high", "low", "close", "oi_usd", "net_taker_volume"])
+        for i in range(len(bars)):
+            w.writerow([int(bars.time[i]) * 1000] + [repr(float(x)) for x in
+                       (bars.open[i], bars.high[i], bars.low[i], bars.close[i], bars.oi_usd[i], flow[i])])
+    out = tmp_path / "map.json"
+    proc = liqheat("--bars", src, "--what", "map", "--out", out)
+    assert "sides from net taker flow relative to its recent size (no volume column)" in proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["liqheat"]["inputs"] == {
+        "open_interest": True, "volume": False, "sides": "net taker flow relative to its recent size (no volume column)",
+    }
+    # the same OI with the flow's sign flipped moves notional between the sides
+    from engine.formats import read_bars_file
+
+    read = read_bars_file(src)
+    imb = (read.taker_buy_volume - read.taker_sell_volume) / (read.taker_buy_volume + read.taker_sell_volume)
+    assert np.all(np.abs(imb) <= 1 + 1e-12) and np.all(np.sign(imb[flow != 0]) == np.sign(flow[flow != 0]))
+    flipped = read.with_columns(taker_buy_volume=read.taker_sell_volume, taker_sell_volume=read.taker_buy_volume)
+    a, b = estimate(read).book().total(), estimate(flipped).book().total()
+    assert a != b
+    plain = estimate(read.with_columns(taker_buy_volume=None, taker_sell_volume=None)).book().total()
+    assert plain != a  # the flow changed the answer: it was not ignored

@@ -6,6 +6,10 @@ pagination and error mapping run unchanged. Responses follow each exchange's doc
 docs leave ordering open the fake picks the less convenient reading (newest rows first, newest page of a
 range), so the feed's paging is tested against it.
 
+Market lists: each entry is the venue's own recorded JSON (../shared/data/exchange_frames_real.json.gz:
+Binance exchangeInfo 2021, Bybit linear instruments 2026, OKX swap instruments 2022), with only the names,
+dates and funding interval the tape needs written over it (hand-written entries if the file is missing).
+
 Market data is a seeded synthetic tape (1-minute candles, 5-minute OI, funding every 8h — every 4h for
 Bybit ETH) anchored on ``now``; tests read the same tape to know what the feed should return.
 
@@ -17,9 +21,13 @@ Websockets: :meth:`push` sends a frame to connections subscribed to a topic, :me
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
+import gzip
 import json
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -109,6 +117,34 @@ def _s(x: float) -> str:
 
 
 # ---- markets as each venue publishes them ---------------------------------------------------------
+REAL_FRAMES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "exchange_frames_real.json.gz"
+_RECORDED_LISTS = {BINANCE: ("binance_exchangeInfo_2021-07-22", "symbols", "symbol"),
+                   BYBIT: ("bybit_instruments_linear_2026-08-09", "result.list", "symbol"),
+                   OKX: ("okx_instruments_swap_2022-05-13", "data", "instId")}
+
+
+@functools.cache
+def recorded_market_lists() -> dict[str, Any]:
+    """The venues' real market-list answers from the shared data (empty if the file is missing)."""
+    if not REAL_FRAMES.exists():
+        return {}
+    with gzip.open(REAL_FRAMES, "rt") as fh:
+        rest = json.load(fh)["rest"]
+    return {venue: json.loads(rest[key]) for venue, (key, _, _) in _RECORDED_LISTS.items()}
+
+
+def recorded_entry(venue: str, market_id: str) -> dict[str, Any]:
+    """A copy of one market's entry as the venue published it ({} if not recorded)."""
+    answer = recorded_market_lists().get(venue)
+    if answer is None:
+        return {}
+    _, path, key = _RECORDED_LISTS[venue]
+    rows = answer
+    for part in path.split("."):
+        rows = rows[part]
+    return copy.deepcopy(next((r for r in rows if r[key] == market_id), {}))
+
+
 def binance_exchange_info(extra: tuple[str, ...] = ("OLDUSDT",)) -> dict[str, Any]:
     def sym(sid: str, base: str, contract_type: str = "PERPETUAL", delivery: int = 4133404800000) -> dict:
         return {
@@ -125,9 +161,15 @@ def binance_exchange_info(extra: tuple[str, ...] = ("OLDUSDT",)) -> dict[str, An
             "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
         }
 
-    symbols = [sym("BTCUSDT", "BTC"), sym("ETHUSDT", "ETH"),
-               sym("BTCUSDT_261225", "BTC", "CURRENT_QUARTER", 1798185600000)]
-    symbols += [sym(s, s.removesuffix("USDT")) for s in extra]
+    def real(sid: str, template: str, base: str, contract_type: str = "PERPETUAL",
+             delivery: int = 4133404800000) -> dict:
+        names = {"symbol": sid, "pair": base + "USDT", "baseAsset": base, "contractType": contract_type,
+                 "deliveryDate": delivery, "status": "TRADING"}
+        return {**(recorded_entry(BINANCE, template) or sym(sid, base, contract_type, delivery)), **names}
+
+    symbols = [real("BTCUSDT", "BTCUSDT", "BTC"), real("ETHUSDT", "ETHUSDT", "ETH"),
+               real("BTCUSDT_261225", "BTCUSDT_210924", "BTC", "CURRENT_QUARTER", 1798185600000)]
+    symbols += [real(s, "BTCUSDT", s.removesuffix("USDT")) for s in extra]
     return {"timezone": "UTC", "serverTime": 0, "futuresType": "U_MARGINED",
             "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
                             "limit": 2400}],
@@ -149,8 +191,12 @@ def bybit_instruments(extra: tuple[str, ...] = ("OLDUSDT",)) -> dict[str, Any]:
             "upperFundingRate": "0.005", "lowerFundingRate": "-0.005",
         }
 
-    items = [inst("BTCUSDT", "BTC", 480), inst("ETHUSDT", "ETH", 240)]
-    items += [inst(s, s.removesuffix("USDT"), 480) for s in extra]
+    def real(sid: str, template: str, base: str, funding_minutes: int) -> dict:
+        names = {"symbol": sid, "baseCoin": base, "status": "Trading", "fundingInterval": funding_minutes}
+        return {**(recorded_entry(BYBIT, template) or inst(sid, base, funding_minutes)), **names}
+
+    items = [real("BTCUSDT", "BTCUSDT", "BTC", 480), real("ETHUSDT", "ETHUSDT", "ETH", 240)]
+    items += [real(s, "BTCUSDT", s.removesuffix("USDT"), 480) for s in extra]
     return {"retCode": 0, "retMsg": "OK", "result": {"category": "linear", "list": items},
             "retExtInfo": {}, "time": 0}
 
@@ -165,8 +211,13 @@ def okx_instruments(extra: tuple[str, ...] = ("OLD-USDT-SWAP",)) -> dict[str, An
             "maxLmtSz": "100000000", "maxMktSz": "10000", "state": "live", "alias": "",
         }
 
-    items = [inst("BTC-USDT-SWAP", "BTC", 0.01), inst("ETH-USDT-SWAP", "ETH", 0.1)]
-    items += [inst(s, s.split("-")[0], 1.0) for s in extra]
+    def real(iid: str, template: str, base: str, ct_val: float) -> dict:
+        names = {"instId": iid, "uly": f"{base}-USDT", "instFamily": f"{base}-USDT", "ctValCcy": base,
+                 "ctVal": _s(ct_val), "state": "live"}
+        return {**(recorded_entry(OKX, template) or inst(iid, base, ct_val)), **names}
+
+    items = [real("BTC-USDT-SWAP", "BTC-USDT-SWAP", "BTC", 0.01), real("ETH-USDT-SWAP", "ETH-USDT-SWAP", "ETH", 0.1)]
+    items += [real(s, "BTC-USDT-SWAP", s.split("-")[0], 1.0) for s in extra]
     return {"code": "0", "msg": "", "data": items}
 
 
@@ -236,6 +287,9 @@ class FakeExchange:
         self.page_cap = dict(page_cap or {})  # "bybit:oi" -> rows per page (forces cursor paging)
         self.delisted: set[str] = {"OLDUSDT", "OLD-USDT-SWAP"}
         self.latency_s = 0.0  # added to every REST answer (benchmarks: what concurrency buys)
+        self.bybit_single_oi = True  # False: tickers without singleOpenInterest* (the older format)
+        self.bybit_ticker: Any = None  # market id -> a recorded ticker row (or None: the tape's)
+        self.market_lists: dict[str, Any] = {}  # venue -> a recorded market list served instead of ours
         self.conns: list[_Conn] = []
         self.subscriptions: dict[tuple[str, str], int] = defaultdict(int)
         self._sub_changed = asyncio.Condition()
@@ -293,12 +347,14 @@ class FakeExchange:
             self.requests.append(req)
             self._served.notify_all()
 
-    async def push(self, exchange: str, topic: str, frame: dict[str, Any]) -> int:
-        """Send ``frame`` to every open connection subscribed to ``topic``; returns how many got it."""
+    async def push(self, exchange: str, topic: str, frame: dict[str, Any] | str) -> int:
+        """Send ``frame`` to every open connection subscribed to ``topic``; returns how many got it. A str
+        is sent byte for byte (a recorded frame)."""
+        text = frame if isinstance(frame, str) else json.dumps(frame)
         sent = 0
         for c in list(self.conns):
             if c.exchange == exchange and topic in c.topics and not c.ws.closed:
-                await c.ws.send_str(json.dumps(frame))
+                await c.ws.send_str(text)
                 sent += 1
         return sent
 
@@ -360,7 +416,8 @@ class FakeExchange:
     def _route(self, exchange: str, path: str) -> tuple[str, Any]:
         table = {
             BINANCE: {
-                "/fapi/v1/exchangeInfo": ("markets", lambda p: (200, binance_exchange_info())),
+                "/fapi/v1/exchangeInfo": ("markets", lambda p: (200, self.market_lists.get(BINANCE)
+                                                                or binance_exchange_info())),
                 "/fapi/v1/klines": ("klines", self._binance_klines),
                 "/futures/data/openInterestHist": ("oi", self._binance_oi),
                 "/fapi/v1/fundingRate": ("funding", self._binance_funding),
@@ -444,7 +501,7 @@ class FakeExchange:
             return 200, {"retCode": 10001, "retMsg": "fake serves linear only", "result": {}}
         if p.get("status") == "PreLaunch":
             return self._bybit({"category": "linear", "list": [], "nextPageCursor": ""})
-        return 200, bybit_instruments()
+        return 200, self.market_lists.get(BYBIT) or bybit_instruments()
 
     def _bybit_kline(self, p: dict[str, str]) -> tuple[int, Any]:
         tape = self.tape(BYBIT, self._coin(BYBIT, p["symbol"]))
@@ -467,7 +524,8 @@ class FakeExchange:
         offset = int(p.get("cursor") or 0)
         page = sel[offset: offset + limit]
         more = offset + limit < len(sel)
-        rows = [{"openInterest": _s(tape.oi_base[i]), "timestamp": str(int(tape.oi_t[i]))} for i in page]
+        # Bybit counts both sides (its v5 docs: "the sum of both sides"); the tape holds one side
+        rows = [{"openInterest": _s(2 * tape.oi_base[i]), "timestamp": str(int(tape.oi_t[i]))} for i in page]
         return self._bybit({"symbol": p["symbol"], "category": "linear", "list": rows,
                             "nextPageCursor": str(offset + limit) if more else ""})
 
@@ -482,17 +540,23 @@ class FakeExchange:
         return self._bybit({"category": "linear", "list": rows})
 
     def _bybit_ticker(self, p: dict[str, str]) -> tuple[int, Any]:
+        recorded = self.bybit_ticker(p["symbol"]) if self.bybit_ticker is not None else None
+        if recorded is not None:  # a recorded ticker instead of the tape's
+            return self._bybit({"category": "linear", "list": [recorded]})
         coin = self._coin(BYBIT, p["symbol"])
         tape = self.tape(BYBIT, coin)
         i = int(np.searchsorted(tape.oi_t, self.now_ms, side="right")) - 1
         price = tape.close_at(self.now_ms)
-        live_oi = tape.oi_base[i] * 1.001  # live OI moves between the 5-minute buckets
-        return self._bybit({"category": "linear", "list": [{
+        live_oi = tape.oi_base[i] * 1.001  # live OI (one side) moves between the 5-minute buckets
+        row = {
             "symbol": p["symbol"], "lastPrice": _s(price), "markPrice": _s(price), "indexPrice": _s(price),
-            "openInterest": _s(live_oi), "openInterestValue": _s(live_oi * price), "fundingRate": "0.0001",
+            "openInterest": _s(2 * live_oi), "openInterestValue": _s(2 * live_oi * price), "fundingRate": "0.0001",
             "nextFundingTime": str(self.now_ms + HOUR), "volume24h": "1", "turnover24h": "1",
             "bid1Price": _s(price), "ask1Price": _s(price), "highPrice24h": _s(price), "lowPrice24h": _s(price),
-            "prevPrice24h": _s(price), "price24hPcnt": "0"}]})
+            "prevPrice24h": _s(price), "price24hPcnt": "0"}
+        if self.bybit_single_oi:  # the one-side fields newer tickers carry (exactly half the totals)
+            row |= {"singleOpenInterest": _s(live_oi), "singleOpenInterestValue": _s(live_oi * price)}
+        return self._bybit({"category": "linear", "list": [row]})
 
     # -- OKX v5: newest first; `after` = older than (exclusive), `before` = newer than (exclusive)
     @staticmethod
@@ -502,7 +566,7 @@ class FakeExchange:
     def _okx_instruments(self, p: dict[str, str]) -> tuple[int, Any]:
         if p.get("instType") != "SWAP":
             return 200, {"code": "51000", "msg": "fake serves SWAP only", "data": []}
-        return 200, okx_instruments()
+        return 200, self.market_lists.get(OKX) or okx_instruments()
 
     def _okx_window(self, p: dict[str, str], a: str = "after", b: str = "before") -> tuple[int, int]:
         hi = int(p[a]) - 1 if a in p else self.now_ms

@@ -162,3 +162,18 @@ async def test_the_service_serves_the_summed_market_with_its_breakdown(fake, mak
         assert shares["oi_usd"] == pytest.approx(svc.oi_usd(), rel=1e-12)
     finally:
         await hub.stop()
+
+
+async def test_the_sum_counts_bybit_once_and_says_which_field_each_venue_gave(fake, make_feed):
+    """Bybit serves open interest counted on both sides; the sum across venues must add one side of each."""
+    agg = AggregateFeed([make_feed(v) for v in VENUES])
+    bars = await agg.history("BTC", since=now_s(fake) - 3600)
+    venues = agg.breakdown("BTC")["venues"]
+    close_ms = int(bars.time[-1]) * 1000 + 60_000
+    for venue in VENUES:  # the tape holds one side; Bybit's answers carry twice that
+        tape = fake.tape(venue, "BTC")
+        k = int(np.searchsorted(tape.oi_t, close_ms, side="right")) - 1
+        assert venues[venue]["oi_usd"] == pytest.approx(tape.oi_base[k] * tape.close_at(int(tape.oi_t[k])), rel=1e-9)
+    sources = agg.oi_source("BTC")
+    assert set(sources) == set(VENUES) and all(s["counts"] == "one side" for s in sources.values())
+    assert "÷ 2" in sources[BYBIT]["history"] and "sumOpenInterestValue" in sources[BINANCE]["history"]

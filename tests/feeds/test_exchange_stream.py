@@ -157,8 +157,14 @@ async def test_bybit_frame_with_several_liquidations_delivers_all_of_them(fake, 
     rows = [("Buy", 0.3, 60_900.0, t), ("Buy", 1.2, 60_850.0, t + 3), ("Sell", 0.05, 60_990.0, t + 9)]
     await fake.push(BYBIT, LIQ_TOPIC[BYBIT], bybit_all_liquidation("BTCUSDT", rows))
     await ev.until(lambda s: len(ev.liquidations()) >= 3)
-    assert [(x.side, x.base, x.price, x.time_ms) for x in ev.liquidations()] == [
-        ("long", 0.3, 60_900.0, t), ("long", 1.2, 60_850.0, t + 3), ("short", 0.05, 60_990.0, t + 9)]
+    assert [(x.side, x.base, x.reported_price, x.price_kind, x.time_ms) for x in ev.liquidations()] == [
+        ("long", 0.3, 60_900.0, "bankruptcy", t), ("long", 1.2, 60_850.0, "bankruptcy", t + 3),
+        ("short", 0.05, 60_990.0, "bankruptcy", t + 9)]
+    # Bybit prints bankruptcy prices: liquidated one maintenance margin (0.5%, BTCUSDT's first tier) nearer
+    # the entry — above it for a long, below for a short; the USD is the notional Bybit printed
+    assert [x.price for x in ev.liquidations()] == pytest.approx([60_900.0 * 1.005, 60_850.0 * 1.005,
+                                                                  60_990.0 * 0.995])
+    assert [x.usd for x in ev.liquidations()] == pytest.approx([0.3 * 60_900.0, 1.2 * 60_850.0, 0.05 * 60_990.0])
 
 
 async def test_okx_frame_with_several_details_delivers_all_of_ours_in_base_coin(fake, live):

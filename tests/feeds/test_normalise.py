@@ -139,7 +139,8 @@ def test_rows_without_price_or_size_are_dropped():
 OI = [
     ("binanceusdm", {"timestamp": 1, "openInterestAmount": 75375.617, "openInterestValue": 3248828883.71},
      1.0, 3248828883.71, 75375.617),
-    ("bybit", {"timestamp": 1, "openInterestAmount": 52000.5, "openInterestValue": None}, 1.0, np.nan, 52000.5),
+    # Bybit's openInterest counts both sides: liqheat's one-side OI is half of it
+    ("bybit", {"timestamp": 1, "openInterestAmount": 52000.5, "openInterestValue": None}, 1.0, np.nan, 26000.25),
     ("okx", {"timestamp": 1, "openInterestAmount": 2_000_000.0, "baseVolume": 20_000.0,
              "openInterestValue": 1.3e9}, 0.01, 1.3e9, 20_000.0),
     ("okx", {"timestamp": 1, "openInterestAmount": 2_000_000.0, "baseVolume": None,

@@ -129,3 +129,44 @@ def test_slice_and_concat_round_trip():
     assert np.isnan(mixed.oi_usd[20:]).all() and np.isfinite(mixed.oi_usd[:20]).all()
     with pytest.raises(BarsError, match="different timeframes"):
         b.concat(b.resample("5m"))
+
+
+def test_bar_history_appends_without_copying_and_equals_concat():
+    from engine.model.bars import BarHistory
+    from engine.model.synthetic import synthetic_bars
+
+    bars = synthetic_bars(3000, seed=5)
+    start = bars.slice(0, 1000).with_columns(funding_rate=None)  # a column that arrives later
+    hist = BarHistory(start, keep=1500)
+    joined = start
+    before = hist.bars
+    buffers = set()
+    for j in range(1000, 3000):
+        one = bars.slice(j, j + 1)
+        hist.append(one)
+        joined = joined.concat(one)
+        buffers.add(hist.bars.close.base.__array_interface__["data"][0] if hist.bars.close.base is not None else 0)
+    want = joined.slice(len(joined) - len(hist.bars))
+    assert 1500 <= len(hist.bars) <= 1650 and hist.bars.time[-1] == bars.time[-1]
+    for name in ("time", "open", "high", "low", "close", "volume", "oi_usd", "funding_rate"):
+        np.testing.assert_array_equal(getattr(hist.bars, name), getattr(want, name), err_msg=name)
+    grown = BarHistory(start)
+    grown.append(bars.slice(1000, 1001))  # this bar has a funding rate, the history had none
+    assert np.isnan(grown.bars.funding_rate[:1000]).all() and grown.bars.funding_rate[1000] == bars.funding_rate[1000]
+    assert len(buffers) <= 4  # 2,000 appends moved the history a handful of times, not on every bar
+    assert len(before) == 1000 and before.time[-1] == bars.time[999]  # a view handed out earlier is intact
+
+@pytest.mark.parametrize("tf", ["1m", "5m", "15m", "1h", "4h", "1d", "1w"])
+def test_one_bucket_start_for_candles_scalars_and_arrays(tf):
+    """bucket_start is the one rule: every bar's bucket is the open time of the candle resample gives it."""
+    from engine.model import bucket_start
+
+    b = synthetic_bars(3 * 7 * 1440 + 333, seed=3, start=1_700_000_000)
+    r = b.resample(tf)
+    buckets = bucket_start(b.time, tf)
+    assert set(np.unique(buckets).tolist()) == set(r.time.tolist())
+    for t in (int(b.time[0]), int(b.time[5000]), int(b.time[-1])):
+        start = bucket_start(t, tf)
+        assert isinstance(start, int) and start <= t < start + TIMEFRAMES[tf] and start in set(r.time.tolist())
+    if tf == "1w":
+        assert {datetime.fromtimestamp(int(t), UTC).strftime("%a %H:%M") for t in buckets} == {"Mon 00:00"}

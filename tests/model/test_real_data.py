@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.feeds.files import read_bars_file
+from engine.formats import read_bars_file
 from engine.model import estimate
 
 pytestmark = pytest.mark.slow

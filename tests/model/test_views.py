@@ -30,8 +30,8 @@ def test_each_heatmap_column_is_the_book_as_it_stood_then(est):
     for c, t in enumerate(times):
         n = int(np.searchsorted(bars.close_time, t, side="right"))
         longs, shorts = est.book(n).binned(edges)
-        assert np.allclose(hm.long_usd[c], longs, rtol=1e-9, atol=1e-6)
-        assert np.allclose(hm.short_usd[c], shorts, rtol=1e-9, atol=1e-6)
+        assert np.allclose(hm.long_usd[c], longs, rtol=1e-6, atol=1e-6)
+        assert np.allclose(hm.short_usd[c], shorts, rtol=1e-6, atol=1e-6)
 
 
 def test_default_grid_columns_every_step_and_over_the_traded_range(est):
@@ -136,15 +136,35 @@ def test_heatmap_container_totals():
     assert np.array_equal(hm.total()[1], (g * 2).sum(axis=2))
 
 
-def test_both_ways_of_ageing_the_heatmap_agree(est, monkeypatch):
-    """Normalised weights (short histories) and per-death ageing (histories whose survival spans too many
-    e-folds for normalised weights to stay finite) give the same grid."""
+def test_heatmap_blocks_of_any_size_give_the_same_grid(est, monkeypatch):
+    """The binning walks the columns in blocks, carrying what is alive from one block to the next; blocks
+    of one column (as a history whose survival falls by more than binning.SPAN e-folds gets) and the
+    default blocks give the same grid, and every dead cell is exactly zero either way."""
+    from engine.model import binning
+
     edges = price_edges(40_000, 90_000, 180, log=True)
     times = est.column_times(1800)
     fast = est.heatmap(times=times, edges=edges)
-    monkeypatch.setattr(type(est), "NORMALISED_SPAN", 0.0)
-    aged = est.heatmap(times=times, edges=edges)
+    monkeypatch.setattr(binning, "SPAN", 0.0)
+    narrow = est.heatmap(times=times, edges=edges)
     top = fast.long_usd.max()
-    assert np.allclose(fast.long_usd, aged.long_usd, rtol=1e-9, atol=1e-9 * top)
-    assert np.allclose(fast.short_usd, aged.short_usd, rtol=1e-9, atol=1e-9 * top)
-    assert np.array_equal(fast.long_usd > 0, aged.long_usd > 0)
+    assert fast.long_usd.dtype == np.float32
+    assert np.allclose(fast.long_usd, narrow.long_usd, rtol=1e-5, atol=1e-6 * top)
+    assert np.allclose(fast.short_usd, narrow.short_usd, rtol=1e-5, atol=1e-6 * top)
+    assert np.array_equal(fast.long_usd > 0, narrow.long_usd > 0)
+
+
+def test_heatmap_summed_over_tiers_or_one_tier_equals_the_split_grid(est):
+    edges = price_edges(40_000, 90_000, 120)
+    times = est.column_times(3600)
+    split = est.heatmap(times=times, edges=edges)
+    summed = est.heatmap(times=times, edges=edges, by_tier=False)
+    one = est.heatmap(times=times, edges=edges, tier=2)
+    top = split.long_usd.sum(axis=2).max()
+    assert summed.tiers == ("all",) and summed.long_usd.shape == split.long_usd.shape[:2] + (1,)
+    assert np.allclose(summed.total()[0], split.total()[0], rtol=1e-5, atol=1e-6 * top)
+    assert np.allclose(summed.total()[1], split.total()[1], rtol=1e-5, atol=1e-6 * top)
+    assert one.tiers == (split.tiers[2],)
+    assert np.allclose(one.long_usd[:, :, 0], split.long_usd[:, :, 2], rtol=1e-5, atol=1e-6 * top)
+    with pytest.raises(ViewError):
+        est.heatmap(times=times, edges=edges, tier=len(split.tiers))

@@ -165,6 +165,19 @@ class Client:
         return {m["time"]: {k: m[k] for k in ("open", "high", "low", "close", "volume")}
                 for m in self.messages if m["type"] == "bar" and m.get("closed")}
 
+    def closed_history(self) -> dict[int, tuple[float, float, float, float]]:
+        """Every closed candle the client was shown: its snapshots' (all but the forming last) and the
+        closed `bar` deltas, as (open, high, low, close)."""
+        out: dict[int, tuple[float, float, float, float]] = {}
+        for m in self.messages:
+            if m["type"] == "snapshot":
+                c = m["candles"]
+                for i in range(len(c["t"]) - 1):
+                    out[c["t"][i]] = (c["o"][i], c["h"][i], c["l"][i], c["c"][i])
+            elif m["type"] == "bar" and m.get("closed"):
+                out[m["time"]] = (m["open"], m["high"], m["low"], m["close"])
+        return out
+
     def count(self, kind: str) -> int:
         return sum(1 for m in self.messages if m["type"] == kind)
 

@@ -266,4 +266,117 @@ async def test_cascade_and_alerts(client):
     casc = await get_json(client, "/api/v1/cascade?symbol=BTC")
     assert casc["down"]["end_price"] <= casc["price"] <= casc["up"]["end_price"]
     alerts = await get_json(client, "/api/v1/alerts?symbol=BTC")
-    assert alerts["rules"] == ["ProximityRule", "GradeChangeRule", "CascadeRule"] and isinstance(alerts["alerts"], list)
+    assert [r["type"] for r in alerts["rules"]] == ["proximity", "grade_change", "cascade"]
+    assert alerts["rules"][0]["within_pct"] == 1.0 and alerts["rules"][0]["min_grade"] == "elevated"
+    assert alerts["clock"] == "market" and alerts["webhook"] is None and isinstance(alerts["alerts"], list)
+
+
+async def test_zones_are_ranked_by_usd_times_touch_with_raw_usd_still_shown(client):
+    body = await get_json(client, "/api/v1/zones?symbol=BTC")
+    zones = body["zones"]
+    assert body["weight"] == "touch" and body["horizon_hours"] == 4.0 and len(zones) >= 3
+    assert [z["rank"] for z in zones] == list(range(1, len(zones) + 1))
+    for z in zones:
+        assert z["score"] == pytest.approx(z["usd"] * z["touch_4h"]) and z["usd"] > 0
+        assert z["risk_usd_4h"] == pytest.approx(z["score"])
+        assert z["persistence_s"] >= 0 and isinstance(z["id"], int) and 0 <= z["confluence"] <= 3
+    # a fresh order is the plain score order (hysteresis only holds places already taken)
+    assert [z["score"] for z in zones] == sorted((z["score"] for z in zones), reverse=True)
+    by_usd = (await get_json(client, "/api/v1/zones?symbol=BTC&weight=usd"))["zones"]
+    assert [z["usd"] for z in by_usd] == sorted((z["usd"] for z in by_usd), reverse=True)
+    assert {z["id"] for z in by_usd} == {z["id"] for z in zones}  # the same zones, the same identities
+    await get_json(client, "/api/v1/zones?symbol=BTC&weight=heat", 400)
+
+
+async def test_the_risk_weighted_map_is_the_map_times_touch_probability(client):
+    plain = await get_json(client, "/api/v1/map?symbol=BTC&bins=100")
+    weighted = await get_json(client, "/api/v1/map?symbol=BTC&bins=100&weight=touch&horizon=4")
+    assert plain["weight"] == "usd" and weighted["weight"] == "touch" and weighted["horizon_hours"] == 4
+    assert plain["edges"] == weighted["edges"]
+    p, w = np.array(plain["long"] + plain["short"]), np.array(weighted["long"] + weighted["short"])
+    assert np.all(w <= p + 0.01) and w.sum() < 0.9 * p.sum() and w.sum() > 0
+    # the bins nearest the price keep most of their weight, the far ones lose most
+    near = int(np.argmin(np.abs(np.array(plain["edges"][:-1]) - plain["price"])))
+    assert weighted["long"][near] >= 0.5 * plain["long"][near]
+
+
+async def test_sessions_and_the_funding_cycle(client, hub):
+    body = await get_json(client, "/api/v1/sessions?symbol=BTC")
+    names = [s["session"] for s in body["sessions"]]
+    assert names == ["Asia", "Europe", "US"] and body["current_session"] in names
+    realised = hub.get("BTC").realised("1h")
+    total = float(realised.long_usd.sum() + realised.short_usd.sum())
+    assert sum(s["usd"] for s in body["sessions"]) == pytest.approx(total, rel=1e-9)
+    assert sum(s["share"] for s in body["sessions"]) == pytest.approx(1.0) if total else True
+    hours = sum(s["hours_observed"] for s in body["sessions"])
+    assert hours == pytest.approx((body["span"][1] - body["span"][0]) / 3600)
+    cycle = body["funding_cycle"]
+    assert cycle["interval_hours"] == 8.0 and cycle["hour"] == list(range(8)) and sum(cycle["slots"]) > 0
+    assert 0 < body["funding"]["seconds_left"] <= 8 * 3600
+    await get_json(client, "/api/v1/sessions?symbol=BTC&days=0", 400)
+
+
+async def test_a_portfolio_shows_exposure_inside_clusters_against_the_limit(client, hub):
+    import dataclasses
+    import json
+    from urllib.parse import quote
+
+    svc = hub.get("BTC")
+    price = svc.last_price
+    # the scripted market has no traded volume to grade against: call its largest long zone "high"
+    cluster = max((z for z in svc.zones(bins=400, span=0.5) if z.side == "long"), key=lambda z: z.usd)
+    graded = svc.zones
+
+    def zones(bins: int = 200, span: float = 0.25) -> list:
+        return [dataclasses.replace(z, grade="high") if z.side == "long" and z.peak_price == cluster.peak_price else z
+                for z in graded(bins=bins, span=span)]
+
+    svc.zones = zones  # type: ignore[method-assign]
+    # a long whose liquidation lands inside that cluster: solve entry from the liquidation formula
+    single = await get_json(client, f"/api/v1/risk?symbol=BTC&side=long&entry={price}&leverage=20&size=1000")
+    factor = single["liquidation_price"] / price
+    entry_in = cluster.peak_price / factor
+    positions = [{"side": "long", "entry": entry_in, "leverage": 20, "size": 1000},
+                 {"symbol": "ETH", "side": "short", "entry": hub.get("ETH").last_price, "leverage": 2, "size": 9000}]
+    q = quote(json.dumps(positions))
+    body = await get_json(client, f"/api/v1/risk?symbol=BTC&positions={q}&limit=0.05")
+    first, second = body["positions"]
+    assert first["in_cluster"] and first["grade"] in ("elevated", "high")
+    assert first["zone"]["price_low"] <= first["liquidation_price"] <= first["zone"]["price_high"]
+    assert second["symbol"].endswith("ETH/USDT:USDT") and not second["in_cluster"]
+    assert body["portfolio_usd"] == 10_000 and body["exposed_usd"] == 1000
+    assert body["exposed_share"] == pytest.approx(0.1) and body["over_limit"] and body["limit_share"] == 0.05
+    # a new position liquidated in the same cluster: the largest size that keeps the share at 20%
+    new = quote(json.dumps({"side": "long", "entry": entry_in, "leverage": 20, "size": 5000}))
+    body = await get_json(client, f"/api/v1/risk?symbol=BTC&positions={q}&limit=0.2&new={new}")
+    s = body["suggestion"]
+    assert s["in_cluster"] and s["max_usd"] == pytest.approx((0.2 * 10_000 - 1000) / 0.8)
+    assert (1000 + s["max_usd"]) / (10_000 + s["max_usd"]) == pytest.approx(0.2)
+    assert s["suggested_usd"] == pytest.approx(s["max_usd"] * (1 - s["cut_pct"] / 100))
+    # one impossible position is reported in its row, the rest still answer
+    bad = quote(json.dumps([{"side": "long", "entry": price * 1.5, "leverage": 50, "size": 100}, positions[1]]))
+    body = await get_json(client, f"/api/v1/risk?symbol=BTC&positions={bad}")
+    assert "already reached" in body["positions"][0]["error"] and body["positions"][1]["liquidation_price"] > 0
+    for broken in ("not-json", quote('{"side": "long"}'), quote('[{"side": "sideways", "entry": 1, "leverage": 2}]'),
+                   quote(json.dumps([positions[0]] * 21))):
+        err = await get_json(client, f"/api/v1/risk?symbol=BTC&positions={broken}", 400)
+        assert "\n" not in err["error"]
+
+
+async def test_weekly_realised_and_hover_line_up_with_the_weekly_candles(client):
+    """1w: weeks start on Monday everywhere — the realised pane's bars sit on the candles (they were a day
+    off) and the hover lookup of a weekly candle answers (it was a 400)."""
+    candles = await get_json(client, "/api/v1/candles?symbol=BTC&timeframe=1w")
+    realised = await get_json(client, "/api/v1/realised?symbol=BTC&timeframe=1w")
+    assert candles["t"] and set(realised["t"]) <= set(candles["t"]) and realised["t"]
+    t = candles["t"][-1]
+    price = candles["c"][-1]
+    cell = await get_json(client, f"/api/v1/heatmap/cell?symbol=BTC&timeframe=1w&time={t}"
+                                  f"&price_low={price * 0.9}&price_high={price * 1.1}")
+    assert cell["time"] == t and cell["long_total"] + cell["short_total"] > 0
+    # any time inside the week finds the same candle
+    cell = await get_json(client, f"/api/v1/heatmap/cell?symbol=BTC&timeframe=1w&time={t + 3 * 86_400 + 17}"
+                                  f"&price_low={price * 0.9}&price_high={price * 1.1}")
+    assert cell["time"] == t
+    heat = await get_json(client, "/api/v1/heatmap?symbol=BTC&timeframe=1w&encoding=json")
+    assert heat["times"] == candles["t"][-len(heat["times"]):]

@@ -343,14 +343,12 @@ async def test_batched_frames_carry_the_same_messages(client, feed):
 
 
 async def test_alerts_reach_subscribers_and_the_api(client, feed):
-    from engine.alerts import ProximityRule
-    from server.analytics import MarketAlerts
-    from server.state import LIVE
+    from engine.analytics import AlertSettings
+    from server.state import MARKETS
 
-    live = client.app[LIVE]
-    channel = live.channels["test:BTC/USDT:USDT"]
-    # a rule any zone within 50% satisfies, checked on every change
-    channel.alerts = MarketAlerts(channel.svc, 0.0, (ProximityRule(within_pct=50.0),))
+    # a rule any zone within 50% satisfies, checked twice a second (the hub runs the rules, not the server)
+    hub = client.app[MARKETS].hubs[0]
+    hub.configure_alerts(AlertSettings(within_pct=50.0, min_grade=None, interval_s=0.5))
     ws, _ = await subscribed(client)
     feed.push_close()
     msgs = await recv_until(ws, lambda m: m["type"] == "alert", within=10)

@@ -335,3 +335,20 @@ def test_an_unreachable_postgres_is_one_line_naming_the_server_without_its_passw
     msg = str(err.value)
     assert "\n" not in msg and "cannot connect" in msg and "127.0.0.1" in msg and "secret" not in msg
     assert time.perf_counter() - t < 10
+
+
+def test_a_v1_postgres_store_moves_to_v2_and_estimates_bybit_liquidation_prices(postgres_url, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(store_pg, "PG_MIGRATIONS", store_pg.PG_MIGRATIONS[:1])
+        with store_pg.PgStore(postgres_url) as s:
+            assert s.schema_version == 1
+            s._db.execute("INSERT INTO markets (exchange, symbol) VALUES ('bybit', 'BTC/USDT:USDT'), ('binanceusdm', 'BTC/USDT:USDT')")
+            for mid in (1, 2):
+                s._db.execute("INSERT INTO liquidations VALUES (%s, 1772323200000, 'long', 60000, 0.5, 30000)", (mid,))
+    with open_store(postgres_url) as s:
+        assert s.schema_version == 2
+        (bybit,) = s.read_liquidations("bybit:BTC/USDT:USDT")
+        (binance,) = s.read_liquidations("binanceusdm:BTC/USDT:USDT")
+        assert bybit.price_kind == "bankruptcy" and bybit.reported == 60000 and bybit.price > 60000  # a long: above
+        assert binance.price_kind == "fill" and binance.price == 60000
+        assert s.write_liquidations([bybit]) == 0  # known by its reported price: not stored twice

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from engine.commands.record import parse_since
-from engine.feeds.files import read_bars_file, write_bars_file
+from engine.formats import read_bars_file, write_bars_file
 from engine.model.synthetic import synthetic_bars
 from engine.store import Store
 

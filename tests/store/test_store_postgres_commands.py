@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.feeds.files import write_bars_file
+from engine.formats import write_bars_file
 from engine.model.synthetic import synthetic_bars
 from engine.stores import open_store
 

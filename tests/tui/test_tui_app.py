@@ -62,10 +62,32 @@ async def test_timeframe_keys_redraw_at_once(make_tui, key, tf):
         await wait_for(pilot, lambda: app.reloads > before and app.backdrop.view.timeframe == tf, what=f"{tf} redraw")
         assert f" {tf} · " in header(app)
         assert app.query_one("#time-axis").plain != before_axis
-        if tf != "1w":  # three days of history: the weekly map has a single (live) column
+        if tf != "1w":  # three days of history (Thu-Sun): the weekly map is the live column (below)
             steps = np.diff(app.backdrop.times)
             seconds = {"5m": 300, "15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400}[tf]
             assert len(steps) and set(steps.tolist()) == {seconds}
+
+
+async def test_weekly_view_starts_on_monday_and_live_ticks_do_not_reload_it(make_tui, feed):
+    """1w: the live column's week is the candles' week (Monday 00:00 UTC), so live ticks update the
+    live column instead of reloading the history every tick (weeks used to start on Sunday here)."""
+    import datetime as dt
+
+    app = make_tui(paused=False, timeframe="1w")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        bd = app.backdrop
+        monday = dt.datetime.fromtimestamp(bd.bucket, dt.UTC)
+        assert (monday.weekday(), monday.hour, monday.minute) == (0, 0, 0)
+        assert app.pulse.bucket == bd.bucket
+        reloads, frames = app.reloads, app.frames
+        for _ in range(3):
+            feed.push_forming(frac=0.7)
+            feed.push_close()
+        await wait_for(pilot, lambda: app.frames > frames + 1, what="live frames on 1w")
+        await pilot.pause(0.3)
+        assert app.reloads == reloads  # no history reload per tick
+        assert app.pulse.bucket == bd.bucket
 
 
 async def test_tier_keys_cycle_all_then_each_ladder_tier(make_tui):
@@ -334,8 +356,10 @@ async def test_risk_form_reports_liquidation_price(make_tui):
         entry.value = f"{price:.1f}"
         app.screen.query_one("#leverage").value = "20"
         await pilot.click("#go")
+        await wait_for(pilot, lambda: "liquidation price" in str(app.screen.query_one("#result").render()),
+                       what="the risk answer")
         result = str(app.screen.query_one("#result").render())
-        assert "liquidation price" in result
+        assert "chance price reaches it" in result
         expected = price * (1 - 1 / 20) / (1 - 0.004)  # Binance BTC first bracket: 0.4% maintenance margin
         shown = float(result.split("liquidation price ")[1].split()[0].replace(",", ""))
         assert shown == pytest.approx(expected, rel=2e-3)
@@ -343,7 +367,8 @@ async def test_risk_form_reports_liquidation_price(make_tui):
         lev.value = "500"
         lev.focus()
         await pilot.press("enter")
-        assert "between 1x and 200x" in str(app.screen.query_one("#result").render())
+        await wait_for(pilot, lambda: "between 1x and 200x" in str(app.screen.query_one("#result").render()),
+                       what="the refusal")
         await pilot.press("escape")
         assert not isinstance(app.screen, RiskScreen)
 

@@ -128,3 +128,36 @@ async def test_connect_to_nothing_says_so(make_tui):
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "could not start" in app.loading, seconds=15, what="the error")
         assert "could not start" in app.map.message
+
+
+async def test_connect_reads_touch_probabilities_and_risk_from_the_server(served, feed):
+    """With --connect the touch column and the risk form's probability line come from the server's
+    engine (they were "—" and missing when the remote dashboard tried to recompute them)."""
+    import aiohttp
+
+    from tui.screens import RiskScreen
+
+    app = make_app(connect=served.url, colors="truecolor", clock=lambda: 0.0)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        table = app.query_one("#zones")
+        await wait_for(pilot, lambda: table.row_count > 0 and app.ranked_zones, what="the zones table")
+        assert str(table.columns[list(table.columns)[5]].label) == "touch 4h"
+        cells = [str(table.get_row_at(i)[5]) for i in range(table.row_count)]
+        assert cells and all(c.endswith("%") for c in cells), cells
+        async with aiohttp.ClientSession() as http:
+            async with http.get(served.url + "/api/v1/zones", params={"symbol": "BTC"}) as r:
+                body = await r.json()
+        top = body["zones"][0]
+        first = app.ranked_zones[0]
+        assert (first.zone.price_low, first.zone.price_high) == (top["price_low"], top["price_high"])
+        assert cells[0] == f"{top['touch_4h'] * 100:.0f}%"
+        await pilot.press("r")
+        assert isinstance(app.screen, RiskScreen)
+        app.screen.query_one("#entry").value = f"{app.pulse.price:.1f}"
+        app.screen.query_one("#leverage").value = "20"
+        await pilot.click("#go")
+        await wait_for(pilot, lambda: "liquidation price" in str(app.screen.query_one("#result").render()),
+                       what="the risk answer")
+        result = str(app.screen.query_one("#result").render())
+        assert "chance price reaches it: 1h " in result and "4h " in result and "24h " in result
