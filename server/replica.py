@@ -43,6 +43,8 @@ _SUBSCRIBE_FIELDS = {"op", "id", "symbol", "timeframe", "tier", "bins", "columns
 # A snapshot asked for and not seen in the log after this long is asked for again (owner restarting).
 SNAPSHOT_RETRY_S = 2.0
 REQUEST_TIMEOUT_S = 3.0
+# How long a subscription waits for a market's owner during a failover before it is refused.
+OWNER_WAIT_S = 20.0
 
 
 @dataclass(eq=False)
@@ -89,10 +91,14 @@ class ReplicaHub:
     async def refresh(self) -> None:
         owners = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(bus.OWNERS)).items()}
         workers: dict[str, dict[str, Any]] = {}
+        now = time.time()
         for wid in set(owners.values()):
             raw = await self.redis.get(bus.worker_key(wid))
             if raw:
-                workers[wid] = json.loads(raw)
+                meta = json.loads(raw)
+                # missed three heartbeats: gone (its key only expires after WORKER_TTL_S)
+                if now - float(meta.get("heartbeat", 0)) <= 3 * bus.HEARTBEAT_S:
+                    workers[wid] = meta
         self.owners, self.workers = owners, workers
 
     def market_list(self) -> list[dict[str, Any]]:
@@ -124,28 +130,32 @@ class ReplicaHub:
 
     # ---- requests to owners -----------------------------------------------------------------------
     async def ask(self, market: str, fields: dict[str, Any], reason: str) -> dict[str, Any]:
-        """The owner's answer to a view demand (it also writes a snapshot of the view to the log)."""
-        for attempt in range(2):
+        """The owner's answer to a view demand (it also writes a snapshot of the view to the log). During a
+        failover (owner gone, successor starting) it keeps asking whoever owns the market, up to
+        OWNER_WAIT_S: the client waits a few seconds instead of getting an error."""
+        deadline = time.monotonic() + OWNER_WAIT_S
+        while True:
             wid = self.owners.get(market)
             if wid is None or wid not in self.workers:
                 await self.refresh()
                 wid = self.owners.get(market)
-                if wid is None or wid not in self.workers:
-                    raise BadRequest(f"no worker owns {market} right now; try again shortly")
-            rid = uuid.uuid4().hex
-            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-            self._replies[rid] = fut
-            try:
-                await self.redis.publish(bus.request_channel(wid), dumps(
-                    {"rid": rid, "replica": self.id, "market": market, "fields": fields, "reason": reason}))
-                return await asyncio.wait_for(fut, REQUEST_TIMEOUT_S)
-            except TimeoutError:
-                if attempt:
-                    raise BadRequest(f"the owner of {market} did not answer; try again shortly") from None
-                await self.refresh()
-            finally:
-                self._replies.pop(rid, None)
-        raise AssertionError("unreachable")
+            if wid is not None and wid in self.workers:
+                rid = uuid.uuid4().hex
+                fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+                self._replies[rid] = fut
+                try:
+                    listening = await self.redis.publish(bus.request_channel(wid), dumps(
+                        {"rid": rid, "replica": self.id, "market": market, "fields": fields, "reason": reason}))
+                    if listening:
+                        return await asyncio.wait_for(fut, REQUEST_TIMEOUT_S)
+                except TimeoutError:
+                    pass
+                finally:
+                    self._replies.pop(rid, None)
+            if time.monotonic() > deadline:
+                raise BadRequest(f"no worker answers for {market} right now; try again shortly")
+            await asyncio.sleep(0.5)
+            await self.refresh()
 
     async def _replies_loop(self) -> None:
         pubsub = self.redis.pubsub()
