@@ -102,6 +102,10 @@ class BusConnection:
         self.closed = False
         self.subs: dict[str, Subscriber] = {}
         self.need_resync: list[Subscriber] = []
+        self.client = "bus"  # whose work the snapshots count as, where the fan-out keeps such accounts
+
+    def pending(self) -> int:
+        return len(self.publisher.pending)
 
     def _put(self, sub: Subscriber, kind: str, body: str, reason: str = "") -> None:
         fields = {"v": sub.id, "t": kind, "s": str(sub.seq), "b": body}
