@@ -7,6 +7,7 @@ import asyncio
 import signal
 import time
 
+import aiohttp
 import pytest
 from cluster import Client, health, replica, single, wait_healthy, worker
 from real_servers import free_port
@@ -33,6 +34,17 @@ async def test_one_server_and_worker_redis_two_replicas_show_the_same_market(red
             await c.wait_for(lambda c=c: len(c.closed_bars()) >= 6, timeout=60, what="six closed candles")
         for c in crowd:
             await c.wait_for(lambda c=c: len(c.closed_bars()) >= 1, timeout=30, what="candles for every one of the crowd")
+        # REST and UDF on a replica are answered by the market's owner
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{p_a}/api/v1/symbols") as r:
+                assert r.status == 200 and [m["key"] for m in (await r.json())["symbols"]] == ["demo:BTC/USDT:USDT"]
+            async with http.get(f"http://127.0.0.1:{p_b}/api/v1/zones?symbol=BTC") as r:
+                body = await r.json()
+                assert r.status == 200 and body["symbol"] == "demo:BTC/USDT:USDT" and body["estimate"] is True
+            async with http.get(f"http://127.0.0.1:{p_a}/api/v1/zones?symbol=NOPE") as r:
+                assert r.status == 400 and "unknown symbol" in (await r.json())["error"]
+            async with http.get(f"http://127.0.0.1:{p_a}/udf/config") as r:
+                assert r.status == 200 and "supported_resolutions" in await r.json()
     finally:
         for c in clients + crowd:
             await c.close()
