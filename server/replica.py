@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from engine import bus
+from engine.service import bus
 
 from . import __version__, assets
 from .app import STATIC, cors, errors_as_json, example, index, vendor_missing

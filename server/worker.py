@@ -24,10 +24,19 @@ from typing import Any
 
 from aiohttp import web
 
-from engine import bus
-from engine.feeds.base import FeedError, UnknownSymbol
-from engine.model import BarsError, LadderError, ViewError
-from engine.service import Hub, open_feed
+from engine.service import (
+    BarsError,
+    FeedError,
+    Hub,
+    LadderError,
+    RecordingFeed,
+    StoreError,
+    UnknownSymbol,
+    ViewError,
+    bus,
+    open_feed,
+    open_store,
+)
 
 from .api import view_spec
 from .app import FeedSpec, create_app
@@ -301,8 +310,6 @@ def _one_line(exc: BaseException) -> str:
 async def owned_hubs(spec: FeedSpec, shard: tuple[int, int], store: Any = None) -> list[Hub]:
     """The feed's markets (the --symbols ones, else its main ones), kept when this shard owns them. With a
     store, history is read from it first and what the feed streams is recorded (engine/worker.py)."""
-    from engine.worker import RecordingFeed
-
     hubs = []
     for feed_spec in spec.feeds:
         opts: dict[str, Any] = {"history_days": spec.history_days}
@@ -352,9 +359,6 @@ async def serve_worker(args: argparse.Namespace) -> int:
                     speed=args.speed, ladder=args.ladder, history_days=args.history_days, seed=args.seed)
     store = None
     if args.store:
-        from engine.store import StoreError
-        from engine.stores import open_store
-
         try:
             store = open_store(args.store)
         except StoreError as exc:
