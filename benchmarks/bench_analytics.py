@@ -18,7 +18,7 @@ from engine.model.confluence import ZoneTracker, confluence, lookback_zones, zon
 from engine.model.risk import Position, position_risk
 from engine.model.synthetic import synthetic_bars
 from engine.model.touch import realised_volatility, risk_weighted_map, zone_touch
-from engine.snapshot import encode_png, render_snapshot
+from engine.snapshot import render_snapshot, snapshot_bytes
 
 UPDATE_BUDGET_S = 1.0
 
@@ -82,7 +82,7 @@ def main() -> None:
     alerts = AlertEngine([ProximityRule(1.0, 1e6), GradeChangeRule(), CascadeRule(min_usd=1e8)])
     summary = cascade_risk(lmap, zones)
     pos = Position("long", lmap.price, 25.0, 10_000.0)
-    img = render_snapshot(est, "BTC", 3600)
+    snap = render_snapshot(est, "BTC", 3600)
     rows: list[tuple[str, float]] = [
         ("realised volatility (72h of 1m)", _median(lambda: realised_volatility(bars))),
         (f"touch probability, {len(zones)} zones x 3 horizons", _median(lambda: zone_touch(zones, lmap.price, vol))),
@@ -94,7 +94,8 @@ def main() -> None:
         ("zone table (all attributes)", _median(lambda: zone_table(zones, zone_touch(zones, lmap.price, vol)))),
         ("alert engine feed (3 rules)", _median(lambda: alerts.feed(lmap.price, zones, summary, now=0))),
         ("snapshot render 1200x720", _median(lambda: render_snapshot(est, "BTC", 3600), 3)),
-        ("PNG encode 1200x720", _median(lambda: encode_png(img), 3)),
+        ("PNG encode 1200x720 (matplotlib Agg)", _median(lambda: snapshot_bytes(snap, "png", "BTC"), 3)),
+        ("SVG write 1200x720", _median(lambda: snapshot_bytes(snap, "svg", "BTC"), 3)),
     ]
     rows += _through_the_service(bars)
     print(f"book: {len(bars):,} bars of 1m (30 days); batch estimate {t_est * 1000:.0f} ms (for scale)")

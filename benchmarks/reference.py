@@ -74,15 +74,22 @@ class ReferenceResult:
         return math.exp(level * self.step)
 
     def heatmap(self, edges: list[float], n_tiers: int) -> list[list[list[list[float]]]]:
-        """grid[column][side][bin][tier] in USD, binned on ``edges`` (outside: dropped)."""
+        """grid[column][side][bin][tier] in USD, binned on ``edges`` (outside: dropped). A level stands for
+        its cell of the level grid (one step wide in log price, centred on it) and is split over the bins
+        by how much of the cell each one covers."""
         nb = len(edges) - 1
+        log_edges = [math.log(e) for e in edges]
         out = []
         for book in self.column_books:
             grid = [[[0.0] * n_tiers for _ in range(nb)] for _ in range(2)]
             for (side, tier, level), usd in book.items():
-                b = bisect.bisect_right(edges, self.level_price(level)) - 1
-                if 0 <= b < nb:
-                    grid[side][b][tier] += usd
+                low = level * self.step - self.step / 2
+                high = low + self.step
+                for b in range(bisect.bisect_right(log_edges, low) - 1, bisect.bisect_left(log_edges, high)):
+                    if 0 <= b < nb:
+                        share = (min(high, log_edges[b + 1]) - max(low, log_edges[b])) / self.step
+                        if share > 0:
+                            grid[side][b][tier] += usd * share
             out.append(grid)
         return out
 

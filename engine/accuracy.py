@@ -105,8 +105,7 @@ def _numeric(text: str, keep: str | None = None) -> tuple[list[str], np.ndarray]
         body = "\n".join(line for line in body.splitlines() if keep in line)
         body = re.sub(r",[A-Za-z]+,[A-Za-z]+,", ",", body)  # venue,coin gone: the rest is numeric
         cols = [c for c in cols if c not in ("venue", "coin")]
-    arr = np.loadtxt(io.StringIO(body), delimiter=",", ndmin=2, usecols=None, dtype=np.float64,
-                     converters=None) if body.strip() else np.zeros((0, len(cols)))
+    arr = np.loadtxt(io.StringIO(body), delimiter=",", ndmin=2) if body.strip() else np.zeros((0, len(cols)))
     return cols, arr
 
 
@@ -152,7 +151,6 @@ class DataSet:
     events: Events
     exchange: str  # whose margin tiers the model uses
     walk_forward: bool  # enough weeks to fit on earlier ones
-    oi_daily: dict[int, float] = field(default_factory=dict)  # UTC day -> OI USD (Coinalyze), when known
     truth: dict[str, Any] | None = None
     days: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # UTC days with events
 
@@ -187,20 +185,16 @@ def load_sets(data: Path, which: tuple[str, ...] | None = None, sim_days: float 
     sets: list[DataSet] = []
     need_bybit = any(k in want for k in ("bybit-15m", "binance-5m"))
     ev = bybit_events(data) if need_bybit else None
-    oi = {}
-    if need_bybit:
-        _, oi_cols = coinalyze(data)
-        oi = oi_cols.get("BTC/USDT - Bybit", {})
     if "bybit-15m" in want:
         cols, a = _numeric(_read_text(data / "bybit_btcusdt_15m_2024-01_06.csv.gz"))
         assert ev is not None
         sets.append(DataSet("bybit-15m", "Bybit BTCUSDT events 2024 on Bybit 15m candles", _bars(cols, a, 900), ev,
-                            "bybit", True, oi))
+                            "bybit", True))
     if "binance-5m" in want:
         cols, a = _numeric(_read_text(data / "binance_usdm_btcusdt_5m_2024-02_06.csv.gz"))
         assert ev is not None
         sets.append(DataSet("binance-5m", "same events on Binance 5m candles + taker flow", _bars(cols, a, 300), ev,
-                            "binance", True, oi))
+                            "binance", True))
     if "okx-1h" in want:
         cols, a = _numeric(_read_text(data / "candles_1h_binance_bybit_okx_2025-03_2026-03.csv.gz"), keep=",okx,BTC,")
         sets.append(DataSet("okx-1h", "OKX BTC events 2026-03-04/05 on OKX 1h candles", _bars(cols, a, 3600, 0.01),
@@ -333,7 +327,6 @@ class SetResult:
     rows: list[dict[str, Any]]
     chosen_in_sample: str
     chosen_out_of_sample: list[str]
-    notes: list[str]
     extra: dict[str, Any]
 
 
@@ -492,7 +485,6 @@ def score_set(pp: Prepared, fixed: Candidate | None = None, reps: int = 100, fix
     """The table rows for one set. ``fixed``: score these parameters out of sample instead of a
     walk-forward (sets too short to fit on)."""
     ds = pp.ds
-    notes: list[str] = []
     if fixed is None and ds.walk_forward:
         picks, scored = walk_forward(pp)
         insample = choose(pp, pp.valid[FIT_HORIZON])
@@ -529,7 +521,7 @@ def score_set(pp: Prepared, fixed: Candidate | None = None, reps: int = 100, fix
         idx = np.flatnonzero(sel)
         if len(idx) < 3:
             continue
-        row: dict[str, Any] = {"metric": f"where | touch {h:g}h (rank corr)", "n": int(len(idx)), "unit": "rho"}
+        row: dict[str, Any] = {"metric": f"where, given touch {h:g}h (rank corr)", "n": int(len(idx)), "unit": "rho"}
         for kind in kinds:
             rho = row_rank_corr(pred_for(kind), tr.usd, tr.touched)
             row[kind] = float(np.nanmean(rho[idx]))
@@ -545,10 +537,14 @@ def score_set(pp: Prepared, fixed: Candidate | None = None, reps: int = 100, fix
     tr = pp.truth[FIT_HORIZON]
     sel = pp.valid[FIT_HORIZON] & scored
     idx = np.flatnonzero(sel)
-    for label, weight in (("map as drawn", None), ("map x touch", pp.touch)):
+    # rankings: the map as drawn, USD x touch probability, and USD^(1/4) x touch (the USD still orders
+    # buckets the price is equally likely to reach, but no longer outvotes the distance)
+    for label, weight, power in (("map as drawn", None, 1.0), ("map x touch", pp.touch, 1.0),
+                                 ("map^1/4 x touch", pp.touch, 0.25)):
         row = {"metric": f"where {FIT_HORIZON:g}h: {label} (precision@10%)", "n": int(len(idx)), "unit": "pct"}
         for kind in kinds:
-            pred = pred_for(kind) if weight is None else pred_for(kind) * weight
+            base_pred = pred_for(kind) if power == 1.0 else pred_for(kind) ** power
+            pred = base_pred if weight is None else base_pred * weight
             z = zone_rows(pred, tr, books, pp.near_rank)
             row[kind] = _ratio(z.hit, z.total, idx)
             if kind == "out":
@@ -603,7 +599,7 @@ def score_set(pp: Prepared, fixed: Candidate | None = None, reps: int = 100, fix
     if ds.truth is not None:
         extra["truth"] = _truth_rows(pp, insample)
     chosen_oos = sorted({c.name for c in picks.values()}) if picks else [(fixed or insample).name]
-    return SetResult(ds.key, ds.label, rows, insample.name, chosen_oos, notes,
+    return SetResult(ds.key, ds.label, rows, insample.name, chosen_oos,
                      {**extra, "insample_candidate": insample, "picks": picks})
 
 
@@ -758,19 +754,15 @@ class SuiteReport:
         return {
             "sets": [
                 {"key": s.key, "label": s.label, "rows": s.rows, "chosen_in_sample": s.chosen_in_sample,
-                 "chosen_out_of_sample": s.chosen_out_of_sample, "notes": s.notes,
+                 "chosen_out_of_sample": s.chosen_out_of_sample,
                  "truth": s.extra.get("truth")}
-                for s in s_list(self)
+                for s in self.sets
             ],
             "scale": self.scale,
             "seconds": self.seconds,
             "final": {"name": self.final.name, "weights": dict(zip([f"{x:g}x" for x in LEVERAGES], self.final.weights, strict=True)),
                       "half_life_hours": list(HALF_LIFE_GROUPS[self.final.group]), "fitted_on": self.final_fit_span},
         }
-
-
-def s_list(rep: SuiteReport) -> list[SetResult]:
-    return rep.sets
 
 
 def run_suite(data: Path | None = None, which: tuple[str, ...] | None = None, reps: int = 100) -> SuiteReport:
@@ -873,9 +865,9 @@ def render(rep: SuiteReport) -> str:
     lad = rep.final.ladder("near")
     hl = ", ".join(f"{h:g}h" for h in (lad.half_life_hours or ()))
     out.append(f"fitted preset `near` (chosen on every week of {rep.final_fit_span}): {rep.final.name}: "
-               f"{lad.describe()}, half-lives {hl}; seed scale {rep.final_seed_scale or math.nan:.3g} of the 0.1 "
-               "volume fraction. Not made the default: it loses to the default ladder on the simulated market "
-               "(map x touch, when, rank corr with the true book) and on long horizons (where | touch 24h there).")
+               f"{lad.describe()}, half-lives {hl}; volume fraction 0.1 x fitted seed scale "
+               f"{rep.final_seed_scale or math.nan:.3g} = {0.1 * (rep.final_seed_scale or math.nan):.3g}. Not made the default: it loses to the default ladder on the simulated market "
+               "(map x touch, when, rank corr with the true book) and on long horizons (where, given touch 24h there).")
     out.append(f"suite ran in {rep.seconds:.1f} s")
     return "\n".join(out)
 
@@ -908,7 +900,7 @@ def headline(rep: SuiteReport, kind: str) -> str:
     rows = {r["metric"]: r for r in by.rows}
     drawn = rows.get(f"where {FIT_HORIZON:g}h: map as drawn (precision@10%)")
     touch = rows.get(f"where {FIT_HORIZON:g}h: map x touch (precision@10%)")
-    cond = rows.get("where | touch 1h (rank corr)")
+    cond = rows.get("where, given touch 1h (rank corr)")
     if drawn is None or touch is None:
         return ""
     col = "default" if kind == "default" else "out"

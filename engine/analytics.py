@@ -46,9 +46,12 @@ from engine.model.views import GRADES, LiquidationMap, Zone
 if TYPE_CHECKING:
     from engine.service import MarketService
 
-# Zones are ranked by USD x P(touch within this horizon): issue 9's out-of-sample finding — the map as
-# drawn (raw USD) picks liquidation buckets worse than random, USD x 4h touch beats the nearest buckets.
+# Zones are ranked by USD^(1/4) x P(touch within this horizon). The accuracy suite (README, Accuracy) on the
+# default ladder, share of the next 4h's liquidated USD in the top 10% of buckets: raw USD 3% (worse than
+# random), USD x touch 38%, USD^(1/4) x touch 51% on Bybit 2024 (Binance 5m 51%, OKX 68%): where the price
+# will go matters more than how much sits there, and the fourth root keeps the size from swamping it.
 TOUCH_HORIZON_HOURS = 4.0
+USD_POWER = 0.25
 # A zone overtakes the one listed above it only when its score is this much higher: scores move with
 # every tick of the price, and a table that reorders every second cannot be read.
 HYSTERESIS = 0.25
@@ -266,7 +269,7 @@ class MarketAnalytics:
         with self._lock:
             tracker, orders = self._tracker(bins, span)
             tracked = tracker.update(zones, now)
-            score = {t.id: (z.usd * touches[i].get(TOUCH_HORIZON_HOURS, 0.0) if weight == "touch" and vol is not None
+            score = {t.id: (z.usd ** USD_POWER * touches[i].get(TOUCH_HORIZON_HOURS, 0.0) if weight == "touch" and vol is not None
                             else z.usd) for i, (t, z) in enumerate(zip(tracked, zones, strict=True))}
             order = _order_with_hysteresis(orders.get(weight, []), score, HYSTERESIS)
             orders[weight] = order

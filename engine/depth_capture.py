@@ -80,8 +80,8 @@ def book_samples(path: str | Path, every_s: float = 10.0, max_depth_levels: int 
         if prev_u is None:
             if first > last_id + 1:
                 return False  # diffs between the snapshot and this one were never seen
-        elif int(data.get("pu", prev_u)) != prev_u:
-            return False
+        elif ("pu" in data and int(data["pu"]) != prev_u) or ("pu" not in data and first != prev_u + 1):
+            return False  # futures diffs name the previous one (pu); spot diffs continue at u + 1
         for side, book in (("b", bids), ("a", asks)):
             for p, q in data[side]:
                 price, qty = float(p), float(q)

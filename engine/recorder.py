@@ -304,6 +304,11 @@ class Recorder:
         else:
             before = p.bars
             away = self._away.pop(symbol, "recorder was not running")
+            # Mark the lost liquidations before backfilling (a kill during a long backfill must not forget
+            # them); the same start is extended below once we know how far the outage reached.
+            await asyncio.to_thread(
+                self.store.add_gap, key, "liquidations", last + tf, last + 2 * tf, f"{away} (not backfillable)"
+            )
             newest = await self._backfill(symbol, last + tf, None, away)
             filled = p.bars - before
             self.log(f"{key}: resuming after {utc(last + tf)} UTC; backfilled {filled} bars")

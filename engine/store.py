@@ -25,9 +25,8 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 
 from engine.feeds.base import Liquidation
-from engine.feeds.normalise import price_kind
+from engine.feeds.normalise import bankruptcy_factor, price_kind
 from engine.model import Bars, BarsError
-from engine.model.margin import liquidation_from_bankruptcy
 
 # The schema this code writes. Older stores are migrated on open; a newer one is refused.
 SCHEMA_VERSION = 2
@@ -168,7 +167,7 @@ def _v2_settle_bankruptcy_prices(db: sqlite3.Connection) -> None:
             "SELECT DISTINCT side, date(time_ms / 1000, 'unixepoch') FROM liquidations WHERE market = ?", (mid,)
         ).fetchall()
         for side, day in groups:
-            factor = float(liquidation_from_bankruptcy(1.0, side, exchange, coin, day))  # proportional
+            factor = bankruptcy_factor(exchange, coin, side, day)  # the estimate is proportional
             db.execute(
                 "UPDATE liquidations SET price = reported_price * ?, price_kind = 'bankruptcy' "
                 "WHERE market = ? AND side = ? AND date(time_ms / 1000, 'unixepoch') = ?",

@@ -304,7 +304,7 @@ async def liquidation_map(request: web.Request) -> web.Response:
 @routes.get("/api/v1/zones")
 @memoized
 async def zones(request: web.Request) -> web.Response:
-    """Zones ranked by USD x P(touch within 4h) (``weight=usd``: raw USD), in a stable order, each with
+    """Zones ranked by USD^(1/4) x P(touch within 4h) (``weight=usd``: raw USD), in a stable order, each with
     touch probabilities, confluence and persistence (docs/ANALYTICS_API.md)."""
     q = Query(request.query)
     svc = _symbol(request, q)

@@ -177,7 +177,7 @@ def document(example_symbol: str = "demo:BTC/USDT:USDT") -> dict[str, Any]:
                     "Hours, for weight=touch.")],
             "LiquidationMap"),
         "/api/v1/zones": op(
-            "Graded zones, ranked by USD x P(touch within 4h) in a stable order",
+            "Graded zones, ranked by USD^(1/4) x P(touch within 4h) in a stable order",
             [symbol, map_bins, span,
              _param("weight", {"type": "string", "enum": ["touch", "usd"], "default": "touch"},
                     "Rank by USD x touch probability (what predicts best out of sample) or by raw USD.")],

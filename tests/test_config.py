@@ -14,6 +14,7 @@ from engine.config import AlertSettings, ConfigError, config_path, load_config, 
 from server import cli as serve_cli
 from tui import cli as tui_cli
 
+TUI_TESTS = str(Path(__file__).resolve().parent / "tui")
 GOOD = """
 [defaults]
 feed = "demo"
@@ -120,13 +121,13 @@ def test_a_missing_named_config_file_is_an_error(tmp_path: Path):
 
 async def test_the_tui_opens_its_markets_with_a_ladder_file(tmp_path: Path):
     """`liqheat tui --ladder my.json` (it used to accept only presets and JSON text)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "tui"))
+    sys.path.insert(0, TUI_TESTS)
     from tui_support import ScriptedFeed
 
     from tui.source import LocalSource
 
     ladder = tmp_path / "my.json"
-    ladder.write_text('{"10": 0.6, "50": 0.4}')
+    ladder.write_text('{"10": 0.6, "50": 0.4}')  # noqa: ASYNC240 - a test's setup, nothing else is running
     source = LocalSource(ScriptedFeed(), None, ladder=str(ladder), history_days=0)
     await source.start()
     try:

@@ -9,6 +9,7 @@ the price leaves the window, or the user changes the view — so an idle SSH ses
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import os
@@ -30,26 +31,33 @@ from engine.analytics import TOUCH_HORIZON_HOURS, AlertSettings, RankedZone
 from engine.service import timeframe_seconds
 
 from .palette import ColorMode, Palette, mode_for, palette
-from .panels import AlertsLine, LiquidationsList, MarketHeader, TextPanel, ZonesTable
+from .panels import AlertsLine, LiquidationsList, MarketHeader, TextPanel, ZoneRow, ZonesTable
 from .panels import Legend as LegendPanel
 from .profile import Profile
-from .screens import HelpScreen, PickerScreen, RiskScreen
+from .screens import HelpScreen, PickerScreen, RiskScreen, SessionsScreen
 from .source import Backdrop, Facts, Pulse, Source, View
 from .viewport import (
     ZOOM_STEP,
     cell_codes,
     clamp_zoom,
     colour_scale,
+    fmt_price,
     fmt_usd,
     levels,
     nice_ceiling,
     price_bins,
+    row_of_price,
     time_axis,
+    time_label_full,
 )
 from .zonemap import LiveColumn, PriceAxis, RealisedStrip, ZoneMap
 
 TIMEFRAMES = ("5m", "15m", "1h", "4h", "1d", "1w")
 COLORS = ("auto", "truecolor", "256", "16", "none")
+RANGE_NAMES = {12 * 3600: "12h", 86_400: "1d", 3 * 86_400: "3d", 7 * 86_400: "1w", 14 * 86_400: "2w",
+               30 * 86_400: "30d", 90 * 86_400: "90d", 180 * 86_400: "6m", 365 * 86_400: "1y"}
+RANGES: tuple[int | None, ...] = (None, *RANGE_NAMES)  # key g cycles them; None = as many candles as fit
+MIN_SIZE = (50, 14)  # columns, rows: below this the dashboard says "terminal too small"
 SLOW_EVERY_S = 2.0  # zones table, touch probabilities, alert rules
 _RICH_SYSTEM = {"truecolor": "truecolor", "256": "256", "16": "standard"}
 
@@ -88,13 +96,24 @@ class LiqheatApp(App[int]):
         Binding("e", "pick_exchange", "exchange", show=False),
         Binding("plus,equals_sign", "zoom(1)", "zoom", group=ZOOM_GROUP, key_display="+"),
         Binding("minus", "zoom(-1)", "zoom", group=ZOOM_GROUP, key_display="-"),
-        Binding("up,k", "pan(1)", "pan", group=PAN_GROUP, key_display="↑", show=False),
-        Binding("down,j", "pan(-1)", "pan", group=PAN_GROUP, key_display="↓", show=False),
+        Binding("up,k", "arrow(0, -1)", "pan", group=PAN_GROUP, key_display="↑", show=False),
+        Binding("down,j", "arrow(0, 1)", "pan", group=PAN_GROUP, key_display="↓", show=False),
+        Binding("left,h", "arrow(1, 0)", "cell", show=False),
+        Binding("right", "arrow(-1, 0)", "cell", show=False),
+        Binding("i", "inspect", "read cell", show=False),
+        Binding("escape", "leave_inspect", "leave", show=False),
         Binding("c", "recentre", "centre", show=False),
         Binding("p,space", "pause", "pause"),
         Binding("r", "risk", "risk", show=False),
+        Binding("g", "range", "range", show=False),
+        Binding("t", "sessions", "sessions", show=False),
+        Binding("w", "risk_weighted", "risk-weighted", show=False),
+        Binding("f", "side_filter", "longs/shorts", show=False),
+        Binding("o", "zone_order", "zone order", show=False),
         Binding("question_mark,f1", "help", "help", key_display="?"),
         Binding("q", "quit", "quit"),
+        # Ctrl+C quits, as in every other terminal program (Textual would only say "press ctrl+q")
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
     ]
 
     def __init__(
@@ -107,6 +126,8 @@ class LiqheatApp(App[int]):
         clock: Callable[[], float] = time.time,
         timeframe: str = "5m",
         paused: bool = False,
+        start_wait: float = 0.0,
+        exit_on_start_error: bool = False,
     ) -> None:
         if colors not in COLORS:
             raise ValueError(f"colors must be one of {', '.join(COLORS)}")
@@ -118,7 +139,10 @@ class LiqheatApp(App[int]):
                 os.environ.pop("NO_COLOR", None)
             elif colors == "none":
                 os.environ["NO_COLOR"] = "1"
-            super().__init__(ansi_color=True if colors == "16" else None)
+            # without colour, Textual's default filter turns colours into greys, which still sends colour
+            # codes; with native ANSI colours it removes them (NoColor): what NO_COLOR asks for
+            no_colour = colors == "none" or (colors == "auto" and os.environ.get("NO_COLOR") is not None)
+            super().__init__(ansi_color=True if colors == "16" or no_colour else None)
         finally:
             constants.COLOR_SYSTEM = saved_system  # type: ignore[misc]
             if saved_nc is None:
@@ -134,12 +158,24 @@ class LiqheatApp(App[int]):
         self.timeframe = timeframe
         self.tier: int | None = None
         self.paused = paused
+        self.start_wait = start_wait  # seconds to keep retrying a source that is not reachable yet
+        self.exit_on_start_error = exit_on_start_error
+        self.start_error = ""  # why the first source could not start (the CLI prints it)
         self.zoom = 1.0
         self.pan = 0.0
         self.backdrop: Backdrop | None = None
         self.pulse: Pulse | None = None
         self.facts: Facts | None = None
         self.zones: list[Any] = []
+        self.cursor: tuple[int, int] | None = None  # inspected cell: (columns from the right, 0 = live; row)
+        self.zone_order = "strength"  # or "distance" (key o)
+        self.range_s: int | None = None  # time range shown (key g); None: as many candles as fit
+        self.risk_weighted = False  # key w: the profile as USD x P(touch within 4h)
+        self._risk_profile: tuple[Backdrop, np.ndarray, np.ndarray] | None = None
+        self.positions: Any = None  # tui.positions.PositionStore, read when the risk form first opens
+        self.side_filter: str | None = None  # "long" / "short": one side only (key f)
+        self._zone_rows: list[ZoneRow] = []
+        self._zone_touch = False
         self.ranked_zones: list[RankedZone] = []  # the same zones with touch, confluence, persistence
         self.scale = 1.0
         self.loading = "starting"
@@ -181,6 +217,7 @@ class LiqheatApp(App[int]):
             yield LiquidationsList(id="liqs")
         yield AlertsLine(id="alerts")
         yield Footer()
+        yield TextPanel("", id="too-small")
 
     def on_mount(self) -> None:
         forced = {"truecolor": ColorMode.TRUECOLOR, "256": ColorMode.C256, "16": ColorMode.C16, "none": ColorMode.NONE}
@@ -190,6 +227,7 @@ class LiqheatApp(App[int]):
         pal = palette(self.mode)
         for w in (self.map, self.live, self.query_one(PriceAxis), self.query_one(Profile), self.query_one(RealisedStrip)):
             w.set_palette(pal)
+        self._check_size(self.size.width, self.size.height)
         self._show_loading()
         self.set_interval(1.0 / self.refresh_hz, self._tick, name="live updates")
         if self._pending_source is not None:
@@ -215,18 +253,27 @@ class LiqheatApp(App[int]):
 
     @work(group="source", exclusive=True, exit_on_error=False)
     async def _start_source(self, new: Source) -> None:
-        try:
-            await new.start()
-        except Exception as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            with_old = self.source is not None
-            self.loading = "" if with_old else f"could not start {new.label}: {msg}"
-            self.error = msg
-            self.notify(f"{new.label}: {msg}", severity="error", timeout=8)
-            self._show_loading()
-            if with_old:
-                self._refresh_header()
-            return
+        deadline = time.monotonic() + self.start_wait
+        delay = 0.5
+        attempt = 1
+        while True:
+            try:
+                await new.start()
+                break
+            except Exception as exc:
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                left = deadline - time.monotonic()
+                if getattr(exc, "retryable", False) and left > 0:
+                    # a server that is not up yet (or restarting): retry with backoff, as after a lost
+                    # connection, and say so instead of giving up
+                    wait = min(delay, left)
+                    self.loading = f"waiting for {new.label} (attempt {attempt}, next in {wait:.0f}s): {msg}"
+                    self._show_loading()
+                    await asyncio.sleep(wait)
+                    delay, attempt = min(delay * 2, 8.0), attempt + 1
+                    continue
+                self._start_failed(new, msg)
+                return
         old, self.source = self.source, new
         self._pending_source = None
         self.loading = ""
@@ -260,7 +307,11 @@ class LiqheatApp(App[int]):
         size = self.map.size
         if size.width < 2 or size.height < 2:
             return None
-        return View(self.source.market, self.timeframe, rows=size.height, columns=size.width + 1, zoom=self.zoom,
+        columns = size.width + 1
+        if self.range_s is not None:
+            # a time range: the timeframe that fits it into the map, and only as many columns as it spans
+            columns = min(columns, -(-self.range_s // timeframe_seconds(self.timeframe)) + 1)
+        return View(self.source.market, self.timeframe, rows=size.height, columns=columns, zoom=self.zoom,
                     pan=self.pan, tier=self.tier)
 
     def request_reload(self) -> None:
@@ -291,6 +342,20 @@ class LiqheatApp(App[int]):
         self._refresh_header()
         # the table waits until the new map is on the screen (its numpy work would slow this frame)
         self.call_after_refresh(self._start_slow)
+
+    def _start_failed(self, new: Source, msg: str) -> None:
+        with_old = self.source is not None
+        if not with_old and self.exit_on_start_error:
+            # the command line asked for something that cannot start: one line on stderr, exit 2 (cli.py)
+            self.start_error = f"could not start {new.label}: {msg}"
+            self.exit(2, return_code=2)
+            return
+        self.loading = "" if with_old else f"could not start {new.label}: {msg}"
+        self.error = msg
+        self.notify(f"{new.label}: {msg}", severity="error", timeout=8)
+        self._show_loading()
+        if with_old:
+            self._refresh_header()
 
     def _note_error(self, exc: BaseException) -> None:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -358,7 +423,7 @@ class LiqheatApp(App[int]):
         bd = self.backdrop
         if bd is None:
             return
-        grid = bd.grid(self.tier)
+        grid = bd.grid(self.tier, self.side_filter)
         self.scale = colour_scale(grid) if grid.size and grid.max() > 0 else self.scale
         lv = levels(grid, self.scale)
         codes = cell_codes(lv, price_bins(bd.closes, bd.edges), self.mode.blocks)
@@ -366,8 +431,9 @@ class LiqheatApp(App[int]):
         width = self.map.size.width
         self.query_one("#time-axis", TextPanel).set_text(Text(time_axis(bd.times, timeframe_seconds(bd.view.timeframe), width), style="dim"))
         self.query_one(Profile).reset_scale()
-        bin_usd = float(bd.edges[1] - bd.edges[0]) if len(bd.edges) > 1 else 0.0
-        self.query_one(LegendPanel).show_legend(self.pal, self.scale, bin_usd, bd.tiers, self.tier)
+        if self.cursor is not None:
+            self._set_cursor(self.cursor)  # the same cell of the new picture (clamped to its size)
+        self._show_legend_or_readout()
         self._shown_realised = None  # the next pulse paints the strip with the forming candle
 
     def _paint_realised(self, pulse: Pulse | None) -> None:
@@ -387,16 +453,25 @@ class LiqheatApp(App[int]):
         if bd is None:
             return
         self.pulse = pulse
-        col = pulse.column(self.tier)
+        col = pulse.column(self.tier, self.side_filter)
         lv = levels(col[None, :], self.scale)
         pb = price_bins(np.array([pulse.price]), bd.edges)
         self.live.show_codes(cell_codes(lv, pb, self.mode.blocks))
         self.query_one(PriceAxis).show_axis(bd.edges, pulse.price)
         prof = self.query_one(Profile)
-        prof.show_profile(pulse.long_tiers, pulse.short_tiers, self.tier)
-        self.query_one("#profile-scale", TextPanel).set_text(Text(f" 0{'─' * 3}{fmt_usd(prof.scale, digits=2)}/row", style="dim"))
-        below = pulse.long_tiers.sum() if self.tier is None else pulse.long_tiers[:, self.tier].sum()
-        above = pulse.short_tiers.sum() if self.tier is None else pulse.short_tiers[:, self.tier].sum()
+        longs, shorts, unit = pulse.long_tiers, pulse.short_tiers, "/row"
+        weighted = self._risk_profile
+        if self.risk_weighted and weighted is not None and weighted[0] is bd and weighted[1].shape == longs.shape:
+            # the risk-weighted view: each bin's USD x P(price reaches it within 4h), from the engine
+            longs, shorts, unit = weighted[1], weighted[2], "×P4h"
+        if self.side_filter == "short":
+            longs = np.zeros_like(longs)
+        if self.side_filter == "long":
+            shorts = np.zeros_like(shorts)
+        prof.show_profile(longs, shorts, self.tier)
+        self.query_one("#profile-scale", TextPanel).set_text(Text(f" 0{'─' * 3}{fmt_usd(prof.scale, digits=2)}{unit}", style="dim"))
+        below = longs.sum() if self.tier is None else longs[:, self.tier].sum()
+        above = shorts.sum() if self.tier is None else shorts[:, self.tier].sum()
         total = Text(" ", no_wrap=True)
         total.append(f"L↓{fmt_usd(float(below))}", style=self.pal.side["long"])
         total.append(" ")
@@ -411,16 +486,38 @@ class LiqheatApp(App[int]):
         source = self.source
         if source is None:
             return
-        ranked = await source.zones()  # the engine's order: USD x P(touch 4h), stable (hysteresis)
+        ranked = await source.zones()  # the engine's order: USD^(1/4) x P(touch 4h), stable (hysteresis)
         if source is not self.source:
             return
         self.ranked_zones = ranked
         self.zones = [r.zone for r in ranked]
-        touch = {i: r.touch[TOUCH_HORIZON_HOURS] for i, r in enumerate(ranked) if TOUCH_HORIZON_HOURS in r.touch}
-        height = self.query_one(ZonesTable).size.height
-        self.query_one(ZonesTable).show_zones(self.zones, touch, limit=max(height - 1, 3),
-                                              plain=self.mode is ColorMode.NONE)
+        self._show_zone_rows(zone_rows(ranked), True)
         self._refresh_lists()
+        bd = self.backdrop
+        if self.risk_weighted and bd is not None:
+            try:
+                longs, shorts = await source.risk_map(bd.edges)
+            except ValueError as exc:  # too little history for volatility: say so, keep the plain map
+                self._risk_profile = None
+                self._note_error(exc)
+                return
+            if bd is self.backdrop:
+                if self._risk_profile is None or self._risk_profile[0] is not bd:
+                    self.query_one(Profile).reset_scale()  # weighted USD is far smaller: a scale of its own
+                self._risk_profile = (bd, longs, shorts)
+                if self.pulse is not None:
+                    self._paint_pulse(self.pulse)
+
+    def _show_zone_rows(self, rows: list[ZoneRow] | None = None, touch: bool | None = None) -> None:
+        """The zones table in the chosen order and side filter (``rows`` None: the last ones again)."""
+        if rows is not None:
+            self._zone_rows = rows
+        if touch is not None:
+            self._zone_touch = touch
+        table = self.query_one(ZonesTable)
+        shown = table.arrange(self._zone_rows, self.zone_order, self.side_filter)
+        table.show_zones(shown, limit=max(table.size.height - 1, 3), plain=self.mode is ColorMode.NONE,
+                         touch=self._zone_touch)
 
     def _refresh_lists(self) -> None:
         source = self.source
@@ -433,6 +530,14 @@ class LiqheatApp(App[int]):
 
     def _refresh_header(self) -> None:
         tier_label = "all tiers" if self.tier is None or self.source is None else f"{self.source.tiers[self.tier]} only"
+        if self.side_filter is not None:
+            tier_label += f" · {self.side_filter}s only"
+        if self.risk_weighted:
+            tier_label += " · risk-weighted"
+        if self.range_s is not None:
+            tier_label += f" · range {RANGE_NAMES[self.range_s]}"
+        if self.zone_order != "strength":
+            tier_label += f" · zones by {self.zone_order}"
         self.query_one(MarketHeader).show_facts(
             self.facts,
             timeframe=self.timeframe,
@@ -455,6 +560,17 @@ class LiqheatApp(App[int]):
         # the palette hint gives way to the quit key on narrow terminals (ctrl+p is in the help)
         for footer in self.query(Footer):
             footer.show_command_palette = event.size.width >= 100
+        self._check_size(event.size.width, event.size.height)
+
+    def _check_size(self, width: int, height: int) -> None:
+        """Below MIN_SIZE the panels would overlap into nonsense: say so instead of a half-drawn screen."""
+        small = width < MIN_SIZE[0] or height < MIN_SIZE[1]
+        for screen in self.screen_stack[:1]:
+            screen.set_class(small, "-too-small")
+        for note in self.query("#too-small").results(TextPanel):
+            note.set_text(Text(f"terminal too small ({width}×{height}): liqheat needs at least "
+                               f"{MIN_SIZE[0]}×{MIN_SIZE[1]} — enlarge it, or q to quit", style="bold")
+                          if small else "")
 
     def on_zone_map_resized(self) -> None:
         if self._map_resize_timer is not None:
@@ -463,13 +579,14 @@ class LiqheatApp(App[int]):
 
     def _reload_if_resized(self) -> None:
         view, bd = self._view(), self.backdrop
-        if view is not None and bd is not None and (view.rows, view.columns) != (bd.view.rows, bd.view.columns):
-            self.request_reload()
+        if view is not None and (bd is None or (view.rows, view.columns) != (bd.view.rows, bd.view.columns)):
+            self.request_reload()  # (no picture yet: the map had no room when the source started)
 
     # ---- actions ----------------------------------------------------------------------------------
     def action_timeframe(self, tf: str) -> None:
         if tf not in TIMEFRAMES:
             return
+        self.range_s = None  # a chosen timeframe fills the map again
         self.timeframe = tf
         self._refresh_header()
         self.request_reload()
@@ -535,6 +652,129 @@ class LiqheatApp(App[int]):
         self.zoom, self.pan = 1.0, 0.0
         self._refresh_header()
         self.request_reload()
+
+    # ---- reading one cell ------------------------------------------------------------------------------
+    def action_inspect(self) -> None:
+        """Toggle the cell cursor; it starts on the live column at the price."""
+        if self.cursor is not None:
+            self._set_cursor(None)
+            return
+        bd, pulse = self.backdrop, self.pulse
+        if bd is None:
+            return
+        row = row_of_price(pulse.price, bd.edges) if pulse is not None else None
+        self._set_cursor((0, row if row is not None else self.map.size.height // 2))
+
+    def action_leave_inspect(self) -> None:
+        self._set_cursor(None)
+
+    def action_arrow(self, dx: int, dy: int) -> None:
+        """Arrows move the cell cursor while reading cells; otherwise ↑↓ pan and ←→ start reading."""
+        if self.cursor is None:
+            if dy:
+                self.action_pan(-dy)
+            else:
+                self.action_inspect()
+            return
+        x, y = self.cursor
+        self._set_cursor((x + dx, y + dy))
+
+    def on_zone_map_clicked(self, event: ZoneMap.Clicked) -> None:
+        self._set_cursor((event.x_from_right, event.y))
+
+    def _set_cursor(self, cursor: tuple[int, int] | None) -> None:
+        bd = self.backdrop
+        if cursor is not None:
+            if bd is None:
+                return
+            x, y = cursor
+            cursor = (max(0, min(x, len(bd.times))), max(0, min(y, (len(bd.edges) - 1) // 2 - 1)))
+        self.cursor = cursor
+        self.map.set_cursor(None if cursor is None or cursor[0] == 0 else (cursor[0] - 1, cursor[1]))
+        self.live.set_cursor(None if cursor is None or cursor[0] != 0 else (0, cursor[1]))
+        self._show_legend_or_readout()
+
+    def cell_reading(self) -> tuple[float, float, int | None, float | None, float | None] | None:
+        """(price low, price high, candle open time or None for the live one, long USD, short USD) under
+        the cursor; a USD is None when the source cannot split that column by side."""
+        bd, cur = self.backdrop, self.cursor
+        if bd is None or cur is None:
+            return None
+        x, y = cur
+        rows = (len(bd.edges) - 1) // 2
+        b0 = 2 * (rows - 1 - y)
+        lo, hi = float(bd.edges[b0]), float(bd.edges[b0 + 2])
+        if x == 0:
+            p = self.pulse
+            if p is None:
+                return lo, hi, None, None, None
+            longs = p.column(self.tier, "long")[b0 : b0 + 2].sum()
+            shorts = p.column(self.tier, "short")[b0 : b0 + 2].sum()
+            if p.live_column is not None and p.live_long is None:
+                return lo, hi, None, None, float(p.live_column[b0 : b0 + 2].sum())
+            return lo, hi, None, float(longs), float(shorts)
+        i = len(bd.times) - x
+        if not 0 <= i < len(bd.times):
+            return lo, hi, None, None, None
+        t = int(bd.times[i])
+        if bd.longs is None:
+            return lo, hi, t, None, float(bd.grid(self.tier)[i, b0 : b0 + 2].sum())
+        longs = float(bd.grid(self.tier, "long")[i, b0 : b0 + 2].sum())
+        shorts = float(bd.grid(self.tier, "short")[i, b0 : b0 + 2].sum())
+        return lo, hi, t, longs, shorts
+
+    def _show_legend_or_readout(self) -> None:
+        """The legend line, or while a cell is inspected, that cell's values in words."""
+        bd = self.backdrop
+        if bd is None:
+            return
+        legend = self.query_one(LegendPanel)
+        reading = self.cell_reading()
+        if reading is None:
+            bin_usd = float(bd.edges[1] - bd.edges[0]) if len(bd.edges) > 1 else 0.0
+            legend.show_legend(self.pal, self.scale, bin_usd, bd.tiers, self.tier)
+            return
+        lo, hi, t, longs, shorts = reading
+        when = "live (forming candle)" if t is None else f"{time_label_full(t)} ({bd.view.timeframe} candle)"
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append("▸ ", style="bold")
+        text.append(f"{fmt_price(lo)}–{fmt_price(hi)}", style="bold")
+        text.append(f" · {when} · ")
+        if longs is None:
+            text.append(f"{fmt_usd(shorts)} estimated (both sides)")
+        else:
+            text.append(f"longs {fmt_usd(longs)}", style=self.pal.side["long"])
+            text.append(" · ")
+            text.append(f"shorts {fmt_usd(shorts)}", style=self.pal.side["short"])
+            text.append(f" · {fmt_usd(longs + shorts)} estimated")
+        text.append("  (esc: back)", style="dim")
+        legend.set_text(text)
+
+    def action_range(self) -> None:
+        """Cycle the time range (12h … 1y); each picks the finest timeframe whose candles fit it into the map."""
+        i = RANGES.index(self.range_s) if self.range_s in RANGES else 0
+        self.range_s = RANGES[(i + 1) % len(RANGES)]
+        if self.range_s is not None:
+            width = max(self.map.size.width, 1)
+            self.timeframe = next((tf for tf in TIMEFRAMES if width * timeframe_seconds(tf) >= self.range_s), TIMEFRAMES[-1])
+        self._refresh_header()
+        self.request_reload()
+
+    def action_side_filter(self) -> None:
+        """Both sides → longs only → shorts only: the map, the live column, the profile and the zones."""
+        self.side_filter = {None: "long", "long": "short"}.get(self.side_filter)
+        self._refresh_header()
+        if self.backdrop is not None:
+            self._paint_history()
+            if self.pulse is not None:
+                self._paint_pulse(self.pulse)
+        self._show_zone_rows()
+
+    def action_zone_order(self) -> None:
+        """Zones table: strongest first (with hysteresis) or nearest the price first."""
+        self.zone_order = "distance" if self.zone_order == "strength" else "strength"
+        self._refresh_header()
+        self._show_zone_rows()
 
     def action_pause(self) -> None:
         self.paused = not self.paused
@@ -606,8 +846,33 @@ class LiqheatApp(App[int]):
             self.notify("still loading", severity="warning")
             return
         price = self.pulse.price
-        # the engine's risk with the market's own exchange, coin and contract (remote: the server's)
-        self.push_screen(RiskScreen(source.position, price))
+        # the engine's risk with the market's own exchange, coin and contract (remote: the server's);
+        # the saved positions make the portfolio check
+        if self.positions is None:
+            from .positions import PositionStore
+
+            self.positions = PositionStore()
+        self.push_screen(RiskScreen(source.position, price, portfolio=source.portfolio, store=self.positions,
+                                    market=source.market))
+
+    def action_risk_weighted(self) -> None:
+        """The liquidation map beside the chart as USD x P(price reaches the bin within 4h), or plain USD."""
+        self.risk_weighted = not self.risk_weighted
+        self._risk_profile = None  # fetched afresh (it is not kept up to date while the view is off)
+        self.query_one(Profile).reset_scale()
+        self._refresh_header()
+        if self.pulse is not None:
+            self._paint_pulse(self.pulse)
+        if self.risk_weighted and not self._slow_busy:
+            self._start_slow()
+
+    def action_sessions(self) -> None:
+        source = self.source
+        if source is None:
+            self.notify("still loading", severity="warning")
+            return
+        if not isinstance(self.screen, SessionsScreen):
+            self.push_screen(SessionsScreen(source.sessions))
 
     async def action_quit(self) -> None:
         await self._stop_source()
@@ -641,12 +906,18 @@ class LiqheatApp(App[int]):
             ("s", "symbol picker"),
             ("e", "exchange picker (demo, binanceusdm, bybit, okx)"),
             ("+ / -", "zoom the price axis in / out"),
-            ("↑ ↓ (k j)", "pan the price axis"),
+            ("↑ ↓ (k j)", "pan the price axis (move the cell cursor while reading cells)"),
             ("c", "centre on the price, zoom 1x"),
+            ("i, ← → or click", "read a cell: its price band, candle time, USD of longs and shorts (esc: back)"),
+            ("g", "time range: 12h, 1d, 3d, 1w, 2w, 30d, 90d, 6m, 1y, then fit the map (1-6 also reset it)"),
+            ("f", "longs only, shorts only, both (map, profile and zones)"),
+            ("o", "zones table: strongest first (stable order) or nearest the price first"),
             ("p or space", "pause / resume live updates (the map stays)"),
-            ("r", "position risk: liquidation price, crowding there, cascade reach"),
+            ("r", "position risk and portfolio exposure (positions saved locally, limit, suggested size)"),
+            ("w", "risk-weighted view: the map beside the chart as USD × chance price reaches it within 4h"),
+            ("t", "sessions (Asia / Europe / US) and the funding cycle: when liquidations happen"),
             ("? or F1", "this help"),
-            ("q", "quit"),
+            ("q or ctrl+c", "quit"),
         ]
 
     def model_text(self) -> str:
@@ -662,10 +933,15 @@ class LiqheatApp(App[int]):
             )
         if "margin_table" in m:
             lines.append(f"  margin table: {m['margin_table']}")
-        for k in ("side_tilt", "wick_clear", "decay", "shrink_on_oi_drop", "volume_proxy_fraction",
-                  "fitted_on", "accuracy", "accuracy_suite"):
+        for k in ("side_tilt", "wick_clear", "decay", "shrink_on_oi_drop", "volume_proxy_fraction", "fitted_on"):
             if k in m:
                 lines.append(f"  {k}: {m[k]}")
+        # the headline accuracy figure the model carries (engine: accuracy suite), or say there is none
+        lines.append("")
+        lines.append(f"  accuracy: {m['accuracy']}" if m.get("accuracy") else
+                     "  accuracy: no out-of-sample figure for this model (see README: Accuracy)")
+        if m.get("accuracy_suite"):
+            lines.append(f"  measured by: {m['accuracy_suite']}")
         return "\n".join(lines)
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
@@ -683,13 +959,34 @@ class LiqheatApp(App[int]):
         yield SystemCommand("Pan up", "higher prices", lambda: self.action_pan(1))
         yield SystemCommand("Pan down", "lower prices", lambda: self.action_pan(-1))
         yield SystemCommand("Centre", "back to the price, zoom 1x", self.action_recentre)
+        yield SystemCommand("Read a cell", "cursor on the map, its values in words (key i)", self.action_inspect)
+        yield SystemCommand("Time range", "next range: 12h … 1y (key g)", self.action_range)
+        yield SystemCommand("Longs / shorts only", "show one side (key f)", self.action_side_filter)
+        yield SystemCommand("Zone order", "strongest or nearest first (key o)", self.action_zone_order)
         yield SystemCommand("Pause / resume", "freeze the live updates", self.action_pause)
         yield SystemCommand("Position risk", "liquidation price of a position and the crowding there", self.action_risk)
+        yield SystemCommand("Risk-weighted view", "USD x P(touch within 4h) beside the chart (key w)",
+                            self.action_risk_weighted)
+        yield SystemCommand("Sessions and funding", "liquidations by session and funding hour (key t)",
+                            self.action_sessions)
         yield SystemCommand("Help", "keys and how to read the map", self.action_help)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state is WorkerState.ERROR and event.worker.error is not None:
             self._note_error(event.worker.error)
+
+
+def zone_rows(zones: list[Any], touch: dict[int, float] | None = None) -> list[ZoneRow]:
+    """Table rows from the source's zones: the engine's ranked zones (score, touch, id, confluence,
+    persistence) or plain zones ranked by USD."""
+    rows = []
+    for i, item in enumerate(zones):
+        if isinstance(item, RankedZone):
+            rows.append(ZoneRow(item.zone, float(item.score), item.touch.get(TOUCH_HORIZON_HOURS), int(item.id),
+                                int(item.confluence), float(item.persistence_s)))
+        else:
+            rows.append(ZoneRow(item, float(item.usd), None if touch is None else touch.get(i)))
+    return rows
 
 
 def make_app(
@@ -708,6 +1005,8 @@ def make_app(
     paused: bool = False,
     clock: Callable[[], float] = time.time,
     source: Source | None = None,
+    connect_wait: float = 30.0,
+    exit_on_start_error: bool = False,
     alerts: AlertSettings | None = None,
 ) -> LiqheatApp:
     """The dashboard on the engine in this process (default: the demo market), or on a running
@@ -732,5 +1031,6 @@ def make_app(
                                  alerts=alerts)
     return LiqheatApp(
         source, open_source=open_source, colors=colors, refresh_hz=refresh_hz, clock=clock,
-        timeframe=timeframe, paused=paused,
+        timeframe=timeframe, paused=paused, start_wait=connect_wait if connect else 0.0,
+        exit_on_start_error=exit_on_start_error,
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+COLORS = ("auto", "truecolor", "256", "16", "none")
+TIMEFRAMES = ("5m", "15m", "1h", "4h", "1d", "1w")
 HELP = "live terminal dashboard of estimated liquidation zones (works over SSH; demo market by default)"
 
 FEED_HELP = (
@@ -31,17 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--symbol", default=None, help="market, e.g. BTC/USDT:USDT or BTC (default: the feed's first)")
     parser.add_argument("--connect", metavar="URL", default=None,
                         help="show a running `liqheat serve` (e.g. http://127.0.0.1:8000) instead of computing here")
-    parser.add_argument("--colors", choices=("auto", "truecolor", "256", "16", "none"), default="auto",
+    parser.add_argument("--colors", choices=COLORS, default=None,
                         help="colour depth (auto: from TERM/COLORTERM; NO_COLOR is honoured)")
     parser.add_argument("--speed", type=_speed, default=None, help="demo/replay clock speed (1 = real time)")
     parser.add_argument("--ladder", default=None,
                         help="leverage ladder: default|high|swing|coinglass, JSON, or a JSON file (e.g. from backtest --calibrate)")
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="config file (default $XDG_CONFIG_HOME/liqheat/config.toml); flags override it")
-    parser.add_argument("--timeframe", default="5m", choices=("5m", "15m", "1h", "4h", "1d", "1w"),
+    parser.add_argument("--timeframe", default=None, choices=TIMEFRAMES,
                         help="starting timeframe (keys 1-6 switch it)")
     parser.add_argument("--history-days", type=float, default=None, help="days of history to load (default: the service's)")
-    parser.add_argument("--refresh", type=float, default=4.0, help="live updates per second (default 4)")
+    parser.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                        help="with --connect: keep retrying a server that is not up yet this long (default 30)")
+    parser.add_argument("--refresh", type=float, default=None, help="live updates per second (default 4)")
     parser.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # demo market seed (tests)
 
 
@@ -65,12 +69,26 @@ def run(args: argparse.Namespace) -> int:
         if args.history_days is None:
             args.history_days = config.default("history_days")
     args.symbol = args.symbol or config.default("symbol")
+    args.timeframe = args.timeframe or config.default("timeframe", "5m")
+    args.colors = args.colors or config.default("colors", "auto")
+    args.refresh = args.refresh if args.refresh is not None else float(config.default("refresh", 4.0))
+    for name, value, allowed in (("timeframe", args.timeframe, TIMEFRAMES), ("colors", args.colors, COLORS)):
+        if value not in allowed:
+            print(f"liqheat tui: {config.path}: defaults.{name} {value!r}: use one of {', '.join(allowed)}",
+                  file=sys.stderr)
+            return 2
     if args.ladder:
         try:
             load_ladder(args.ladder)
         except LadderError as exc:
             print(f"liqheat tui: {exc}", file=sys.stderr)
             return 2
+    if args.history_days is not None and not (0 <= args.history_days <= 3650):
+        print("liqheat tui: --history-days must be between 0 and 3650", file=sys.stderr)
+        return 2
+    if not (0 <= args.wait <= 86_400):
+        print("liqheat tui: --wait must be between 0 and 86400 seconds", file=sys.stderr)
+        return 2
     if not (0.2 <= args.refresh <= 30):
         print("liqheat tui: --refresh must be between 0.2 and 30 per second", file=sys.stderr)
         return 2
@@ -90,9 +108,15 @@ def run(args: argparse.Namespace) -> int:
         history_days=args.history_days,
         refresh_hz=args.refresh,
         timeframe=args.timeframe,
+        connect_wait=args.wait,
+        exit_on_start_error=True,
         alerts=config.alerts,
     )
     result = app.run()
+    if app.start_error:
+        # a feed, symbol, file or server that cannot start is a bad command line, like a bad flag
+        print(f"liqheat tui: {app.start_error}", file=sys.stderr)
+        return 2
     if app.return_code not in (None, 0):
         return int(app.return_code)
     return int(result or 0)

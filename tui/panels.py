@@ -6,6 +6,7 @@ Each panel re-renders only when its text actually changed, so a tick that moves 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from rich.text import Text
@@ -13,7 +14,7 @@ from textual.widgets import DataTable, Static
 
 from engine.service import Zone
 
-from .palette import LEVELS, Palette
+from .palette import LEVELS, Palette, glyph_level
 from .source import Alert, Facts, LiquidationEvent
 from .viewport import fmt_duration, fmt_price, fmt_usd, level_floor_usd
 
@@ -27,6 +28,9 @@ HEALTH_STYLE = {
     "loading": "bold black on white",
     "offline": "bold white on red",
 }
+# the first intensity level of each glyph of the ramp (palette.glyph_level)
+GLYPH_FLOORS = tuple(min(lv for lv in range(1, LEVELS) if glyph_level(lv) == g) for g in range(1, 5))
+REORDER_MARGIN = 0.25  # a zone overtakes the one above it only when its score is 25% higher
 GRADE_STYLE = {"low": "green", "elevated": "yellow", "high": "bold red"}
 
 
@@ -53,7 +57,7 @@ class TextPanel(Static):
 
 class MarketHeader(TextPanel):
     DEFAULT_CSS = """
-    MarketHeader { height: 2; background: $panel; padding: 0 1; }
+    MarketHeader { height: 2; background: $panel; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     def show_facts(
@@ -75,7 +79,7 @@ class MarketHeader(TextPanel):
             line2.append(" LOADING ", style=HEALTH_STYLE["loading"])
             line2.append("  ")
             line2.append(" ESTIMATED ", style="bold black on yellow")
-            return self.set_text(Text("\n").join([line1, line2]))
+            return self.set_text(_two_lines(line1, line2))
         line1.append(facts.market, style="bold")
         line1.append("  ")
         line1.append(fmt_price(facts.price), style="bold")
@@ -95,7 +99,7 @@ class MarketHeader(TextPanel):
         line2.append(" ESTIMATED ", style="bold black on yellow")
         line2.append(f"  {timeframe} · {tier_label} · ladder {facts.ladder}")
         if zoom != 1.0:
-            line2.append(f" · zoom {zoom:g}x")
+            line2.append(f" · zoom {fmt_zoom(zoom)}x")
         if facts.seed_mode:
             line2.append(f" · seed {facts.seed_mode}", style="dim")
         if paused:
@@ -103,7 +107,18 @@ class MarketHeader(TextPanel):
             line2.append(" PAUSED ", style="bold black on magenta")
         if loading:
             line2.append(f"  {loading}", style="italic")
-        return self.set_text(Text("\n").join([line1, line2]))
+        return self.set_text(_two_lines(line1, line2))
+
+
+def _two_lines(line1: Text, line2: Text) -> Text:
+    """Each line cut at the edge, never wrapped: a wrapped first line pushed the status line (health,
+    ESTIMATED, view) off a narrow terminal."""
+    return Text("\n", no_wrap=True, overflow="ellipsis").join([line1, line2])
+
+
+def fmt_zoom(zoom: float) -> str:
+    """1.5, 2.25, 0.67 — not 0.666667."""
+    return f"{zoom:.2f}".rstrip("0").rstrip(".")
 
 
 class Legend(TextPanel):
@@ -117,11 +132,14 @@ class Legend(TextPanel):
         for variant in range(3):
             t = Text(no_wrap=True, overflow="ellipsis")
             t.append("USD/cell " if variant == 0 else "$/cell ")
-            for level in (1, 4, 8, 12, LEVELS - 1):
+            # with glyphs, one swatch per glyph (at the first level that draws it): two swatches sharing
+            # a glyph would claim a difference the map cannot show
+            swatches = (1, 4, 8, 12, LEVELS - 1) if pal.mode.blocks else GLYPH_FLOORS
+            for level in swatches:
                 ch, st = pal.swatch(level)
                 t.append(ch * 2 if ch != " " else "  ", style=st)
                 lo = level_floor_usd(level, scale)
-                t.append(f"{'≥' if level == LEVELS - 1 else ''}{fmt_usd(lo, digits=2) if level > 1 else '>0'} ")
+                t.append(f"{'≥' if level == swatches[-1] else ''}{fmt_usd(lo, digits=2) if level > 1 else '>0'} ")
             if variant < 2:
                 t.append(f"· bin {fmt_usd(bin_usd, digits=2) if bin_usd else '—'} · ", style="dim")
             for i, lab in enumerate(tier_labels):
@@ -133,8 +151,47 @@ class Legend(TextPanel):
         return self.set_text(t)
 
 
+@dataclass(frozen=True)
+class ZoneRow:
+    """One zones-table row, whatever ranked it: the zone, the score the order uses, the chance of a touch
+    within 4h, and (from the engine's ranking) how many lookback windows agree and how long it has stood."""
+
+    zone: Zone
+    score: float
+    touch: float | None = None
+    ident: int | None = None  # the engine's stable zone id, when it gives one
+    confluence: int | None = None
+    persistence_s: float | None = None
+
+
+def fmt_age(seconds: float) -> str:
+    """How long a zone has stood, in market time: 45m, 5h, 3d."""
+    s = int(seconds)
+    return f"{s // 86_400}d" if s >= 86_400 else f"{s // 3600}h" if s >= 3600 else f"{s // 60}m"
+
+
+def stable_order(previous: list[int], scores: dict[int, float], margin: float = REORDER_MARGIN) -> list[int]:
+    """Rank by score, but keep the order already shown unless a row beats the one above it by more than
+    ``margin``: without this hysteresis two zones of similar size swap places every second."""
+    order = [k for k in previous if k in scores]
+    for k in sorted((k for k in scores if k not in order), key=lambda k: -scores[k]):
+        at = next((i for i, j in enumerate(order) if scores[j] < scores[k]), len(order))
+        order.insert(at, k)
+    for _ in range(len(order)):
+        moved = False
+        for i in range(len(order) - 1, 0, -1):
+            up, down = order[i - 1], order[i]
+            if scores[down] > scores[up] * (1 + margin):
+                order[i - 1], order[i] = down, up
+                moved = True
+        if not moved:
+            break
+    return order
+
+
 class ZonesTable(DataTable[Text]):
-    """Graded zones, strongest first. Not focusable: the arrow keys belong to the map."""
+    """Graded zones: strongest first (with hysteresis) or nearest first. Not focusable: the arrow keys
+    belong to the map."""
 
     can_focus = False
     DEFAULT_CSS = """
@@ -146,22 +203,66 @@ class ZonesTable(DataTable[Text]):
         self.zebra_stripes = False
         self._shown: object = None
         self._widths: tuple[int, ...] = ()
+        self._names: tuple[str, ...] = ()
+        self._order: list[int] = []  # keys in the order last shown
+        self._known: dict[int, Zone] = {}  # key -> the zone last shown under it
+        self._next_key = 1
         self.touch = False
+        self.order_label = "strength"
 
-    def _set_columns(self, widths: tuple[int, ...]) -> None:
+    def _set_columns(self, names: tuple[str, ...], widths: tuple[int, ...]) -> None:
         """Fixed widths, from the rows: auto-sized columns would jitter as live numbers change length."""
         self.clear(columns=True)
-        names = ["side", "price range", "est. USD", "grade", "dist", "touch 4h"][: len(widths)]
         for name, w in zip(names, widths, strict=True):
             self.add_column(name, width=max(w, len(name)))
         self._widths = widths
+        self._names = names
         self._shown = None
 
-    def show_zones(self, zones: list[Zone], touch: dict[int, float] | None = None, limit: int = 12,
-                   plain: bool = False) -> bool:
-        """``plain``: no colour (NO_COLOR / --colors none), where dim red and green read as grey."""
-        rows = []
-        for i, z in enumerate(zones[:limit]):
+    def _key(self, row: ZoneRow, taken: set[int]) -> int:
+        """The same zone keeps its key from one update to the next: the engine's id when it sends one,
+        else the previously shown zone of the same side whose price range overlaps it most."""
+        if row.ident is not None:
+            return row.ident
+        z = row.zone
+        best, overlap = None, 0.0
+        for k, old in self._known.items():
+            if k in taken or old.side != z.side:
+                continue
+            ov = min(old.price_high, z.price_high) - max(old.price_low, z.price_low)
+            if ov >= 0 and (best is None or ov > overlap):
+                best, overlap = k, ov
+        if best is None:
+            best = -self._next_key  # negative: never clashes with an engine id
+            self._next_key += 1
+        return best
+
+    def arrange(self, rows: list[ZoneRow], by: str = "strength", side: str | None = None) -> list[ZoneRow]:
+        """The rows in display order: ``by`` strength (score, with hysteresis) or distance from the price;
+        ``side`` keeps only longs or shorts."""
+        if side is not None:
+            rows = [r for r in rows if r.zone.side == side]
+        keyed: dict[int, ZoneRow] = {}
+        for r in rows:
+            keyed[self._key(r, set(keyed))] = r
+        self._known = {k: r.zone for k, r in keyed.items()}
+        if by == "distance":
+            order = sorted(keyed, key=lambda k: abs(keyed[k].zone.distance_pct))
+        elif rows and all(r.ident is not None for r in rows):
+            order = list(keyed)  # the engine's rank order, already held stable by its own hysteresis
+        else:
+            order = stable_order(self._order, {k: r.score for k, r in keyed.items()})
+        self._order = order
+        self.order_label = by
+        return [keyed[k] for k in order]
+
+    def show_zones(self, rows: list[ZoneRow], limit: int = 12, plain: bool = False, touch: bool = True) -> bool:
+        """``rows`` in display order (``arrange``). ``plain``: no colour (NO_COLOR / --colors none), where
+        dim red and green read as grey."""
+        out = []
+        extra = any(r.confluence is not None for r in rows)
+        for r in rows[:limit]:
+            z = r.zone
             arrow = "↓" if z.side == "long" else "↑"
             row = [
                 Text(f"{z.side} {arrow}", style="" if plain else ("red" if z.side == "long" else "green")),
@@ -170,24 +271,33 @@ class ZonesTable(DataTable[Text]):
                 Text(z.grade, style="bold" if plain and z.grade == "high" else "" if plain else GRADE_STYLE.get(z.grade, "")),
                 Text(f"{z.distance_pct:+.2f}%", justify="right"),
             ]
-            if touch is not None:
-                p = touch.get(i)
-                row.append(Text("—" if p is None else f"{p * 100:.0f}%", justify="right"))
-            rows.append(row)
-        ncols = 6 if touch is not None else 5
-        widths = tuple(max([len(r[c].plain) for r in rows] + [4]) for c in range(ncols))
-        if widths != self._widths:
-            self._set_columns(widths)
-        key = [[c.plain for c in r] for r in rows]
+            if touch:
+                row.append(Text("—" if r.touch is None else f"{r.touch * 100:.0f}%", justify="right"))
+            if extra:
+                row.append(Text(f"{r.confluence}/3" if r.confluence else "—", justify="right"))
+                age = r.persistence_s
+                row.append(Text("—" if age is None else "new" if age < 60 else fmt_age(age), justify="right"))
+            out.append(row)
+        names = ("side", "price range", "est. USD", "grade", "dist") + (("touch 4h",) if touch else ()) + (
+            ("confl", "age") if extra else ())
+        widths = tuple(max([len(r[c].plain) for r in out] + [4]) for c in range(len(names)))
+        if widths != self._widths or names != self._names:
+            self._set_columns(names, widths)
+        key = [[c.plain for c in r] for r in out]
         if key == self._shown:
             return False
         self._shown = key
         self.clear()
-        for r in rows:
+        for r in out:
             self.add_row(*r)
-        if not rows:
+        if not out:
             self.add_row(Text("none", style="dim"), *[Text("")] * (len(self.columns) - 1))
         return True
+
+    def visible_order(self) -> list[tuple[str, float, float]]:
+        """(side, low, high) of the rows as shown (tests read it)."""
+        return [(self._known[k].side, self._known[k].price_low, self._known[k].price_high) for k in self._order
+                if k in self._known]
 
 
 class LiquidationsList(TextPanel):
@@ -211,6 +321,35 @@ class LiquidationsList(TextPanel):
         return self.set_text(t)
 
 
+def alert_words(alert: Alert) -> str:
+    """An alert as the dashboard says everything else: $8.1M not $8,123,456, and percentages signed
+    (below the price negative) — from the rule's own fields; the engine's message when they are missing."""
+    d = alert.data
+    parts = str(d.get("symbol") or "").split(":")  # "demo:BTC/USDT:USDT" or "BTC/USDT:USDT"
+    sym = parts[1] if len(parts) == 3 else parts[0]
+    try:
+        if alert.kind == "proximity" and isinstance(d.get("zone"), dict):
+            z = d["zone"]
+            below = z["side"] == "long"
+            dist = -abs(float(d["distance_pct"])) if below else abs(float(d["distance_pct"]))
+            article = "an" if str(z["grade"])[:1] in "aeiou" else "a"
+            return (f"{sym} {dist:+.2f}% to {article} {z['grade']} {z['side']} zone {fmt_price(float(z['price_low']))}–"
+                    f"{fmt_price(float(z['price_high']))} ({fmt_usd(float(z['usd']))} est.)")
+        if alert.kind == "cascade" and "total_usd" in d:
+            down = d.get("direction") == "down"
+            move = -abs(float(d["move_pct"])) if down else abs(float(d["move_pct"]))
+            end = d.get("end_price")
+            to = f", price to {fmt_price(float(end))}" if end else ""
+            return f"{sym} cascade risk {'down' if down else 'up'}: {fmt_usd(float(d['total_usd']))} est. liquidated{to} ({move:+.2f}%)"
+        if alert.kind == "grade_change" and isinstance(d.get("zone"), dict):
+            z = d["zone"]
+            return (f"{sym} {z['side']} zone {fmt_price(float(z['price_low']))}–{fmt_price(float(z['price_high']))} "
+                    f"{d.get('previous_grade')} → {d.get('grade')} ({fmt_usd(float(z['usd']))} est.)")
+    except (KeyError, TypeError, ValueError):
+        pass
+    return alert.message
+
+
 class AlertsLine(TextPanel):
     DEFAULT_CSS = """
     AlertsLine { height: 1; padding: 0 1; background: $boost; }
@@ -224,7 +363,7 @@ class AlertsLine(TextPanel):
         else:
             when = datetime.fromtimestamp(alert.time, UTC).strftime("%H:%M:%S")
             t.append(f"{when} ", style="dim")
-            t.append(alert.message, style="bold yellow" if alert.level == "warning" else "")
+            t.append(alert_words(alert), style="bold yellow" if alert.level == "warning" else "")
             age = (now or time.time()) - alert.time
             if age > 60:
                 t.append(f" ({fmt_duration(age)} ago)", style="dim")

@@ -25,7 +25,7 @@ import numpy as np
 from engine.analytics import DEFAULT_LIMIT_SHARE, PositionSpec, RankedZone
 
 from .source import Alert, Backdrop, Facts, LiquidationEvent, Pulse, View, alert_from
-from .viewport import Window, choose_window
+from .viewport import Window, choose_window, rebin, span_around
 
 SNAPSHOT_TIMEOUT_S = 20.0
 FACTS_EVERY_S = 5.0
@@ -34,6 +34,12 @@ ZONES_EVERY_S = 2.0  # ranked zones with touch probabilities: the server's, not 
 
 class RemoteError(ValueError):
     """The server said no, or could not be reached (one line for the user)."""
+
+
+class ServerUnreachable(RemoteError):
+    """Nothing answered (not up yet, restarting, wrong port): worth retrying, unlike a refusal."""
+
+    retryable = True
 
 
 def base_url(url: str) -> str:
@@ -54,15 +60,6 @@ def decode_grid(payload: dict[str, Any], key: str, shape: tuple[int, ...]) -> np
         return np.asarray(data, dtype=np.float64).reshape(shape)
     level = np.frombuffer(base64.b64decode(data), dtype=np.uint8).astype(np.float64).reshape(shape)
     return float(payload["max_usd"]) * (level / 255.0) ** 2
-
-
-def rebin(src_edges: np.ndarray, values: np.ndarray, dst_edges: np.ndarray) -> np.ndarray:
-    """Move per-bin amounts (B_src, ...) onto other bins by overlap, conserving what falls inside."""
-    src_edges = np.asarray(src_edges, dtype=np.float64)
-    lo = np.maximum(src_edges[:-1, None], dst_edges[None, :-1])
-    hi = np.minimum(src_edges[1:, None], dst_edges[None, 1:])
-    overlap = np.clip(hi - lo, 0.0, None) / np.diff(src_edges)[:, None]  # (B_src, B_dst) share of each src bin
-    return np.tensordot(overlap, values, axes=([0], [0]))
 
 
 @dataclass
@@ -143,7 +140,7 @@ class RemoteSource:
             await asyncio.wait_for(self._connected.wait(), SNAPSHOT_TIMEOUT_S)
         except TimeoutError:
             await self.stop()
-            raise RemoteError(f"no WebSocket answer from {self.url}") from None
+            raise ServerUnreachable(f"no WebSocket answer from {self.url}") from None
         pick = self.want_symbol
         if pick is None and self.want_exchange:
             pick = next((m["key"] for m in self._markets if m["exchange"] == self.want_exchange), None)
@@ -168,6 +165,8 @@ class RemoteSource:
                 if r.status != 200:
                     raise RemoteError(f"{path}: {body.get('error', r.reason) if isinstance(body, dict) else r.reason}")
                 return body  # type: ignore[no-any-return]
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise ServerUnreachable(f"{self.url}: {exc or type(exc).__name__}") from None
         except aiohttp.ClientError as exc:
             raise RemoteError(f"{self.url}: {exc}") from None
 
@@ -181,6 +180,9 @@ class RemoteSource:
                     self._ws = ws
                     delay = 0.5
                     if self._sub is not None:
+                        # a new connection knows nothing of the old subscription: subscribe afresh
+                        # without unsubscribing it (the server would answer "no subscription 'tuiN'")
+                        self._sub.seq = -1
                         await self._subscribe(self._sub.request)
                     async for msg in ws:
                         if msg.type == aiohttp.WSMsgType.TEXT:
@@ -373,6 +375,7 @@ class RemoteSource:
         times = np.array(sorted(t for t in sub.columns if t < bucket), dtype=np.int64)
         nb = len(sub.edges) - 1
         usd = np.array([sub.columns[t][0] + sub.columns[t][1] for t in times]).reshape(len(times), nb, 1)
+        longs = np.array([sub.columns[t][0] for t in times]).reshape(len(times), nb, 1)
         closes = np.array([sub.candles[t][3] if t in sub.candles else np.nan for t in times], dtype=np.float64)
         rl = np.array([sub.realised.get(int(t), (0.0, 0.0))[0] for t in times], dtype=np.float64)
         rs = np.array([sub.realised.get(int(t), (0.0, 0.0))[1] for t in times], dtype=np.float64)
@@ -390,6 +393,7 @@ class RemoteSource:
             per_tier=False,
             data_tier=view.tier,
             key=sub.id,
+            longs=longs,
         )
 
     async def pulse(self, backdrop: Backdrop) -> Pulse:
@@ -402,8 +406,10 @@ class RemoteSource:
         nb = len(sub.edges) - 1
         col = sub.columns.get(bucket)
         live = (col[0] + col[1]) if col is not None else np.zeros(nb)
+        live_long = col[0] if col is not None else np.zeros(nb)
         longs, shorts = self._profile(sub, nb)
-        return Pulse(sub.price, bucket, longs, shorts, sub.realised.get(bucket, (0.0, 0.0)), live_column=live)
+        return Pulse(sub.price, bucket, longs, shorts, sub.realised.get(bucket, (0.0, 0.0)), live_column=live,
+                     live_long=live_long)
 
     def _profile(self, sub: Subscription, nb: int) -> tuple[np.ndarray, np.ndarray]:
         """The server's liquidation map (per tier, on its own bins) moved onto the heatmap's bins."""
@@ -498,3 +504,15 @@ class RemoteSource:
 
     async def sessions(self) -> dict[str, Any]:
         return await self._get("/api/v1/sessions", symbol=self.market)
+
+    async def risk_map(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(long, short) per tier on these bins, each bin's USD x P(price reaches it within 4h): the server's
+        risk-weighted map (GET /api/v1/map?weight=touch) moved onto the heatmap's bins."""
+        sub = self._sub
+        price = sub.price if sub is not None and sub.price else float(np.mean(edges))
+        m = await self._get("/api/v1/map", symbol=self.market, bins=400, span=repr(span_around(price, edges)),
+                            weight="touch")
+        src = np.asarray(m["edges"], dtype=np.float64)
+        lt = np.asarray(m["long_tiers"], dtype=np.float64).T
+        st = np.asarray(m["short_tiers"], dtype=np.float64).T
+        return rebin(src, lt, edges), rebin(src, st, edges)

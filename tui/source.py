@@ -23,7 +23,7 @@ import numpy as np
 from engine.analytics import DEFAULT_LIMIT_SHARE, AlertSettings, PositionSpec, RankedZone
 from engine.service import bucket_start, timeframe_seconds
 
-from .viewport import Window, choose_window
+from .viewport import Window, choose_window, rebin, span_around
 
 EXCHANGES = ("demo", "binanceusdm", "bybit", "okx")
 
@@ -60,14 +60,19 @@ class Backdrop:
     per_tier: bool = True  # usd holds every tier (switching tiers needs no fetch)
     data_tier: int | None = None  # when not per_tier: the tier usd[..., 0] holds (None = all summed)
     key: str = ""  # which subscription it came from (remote)
+    longs: np.ndarray | None = None  # the long part of usd, same shape (shorts = usd - longs)
 
     def covers(self, tier: int | None) -> bool:
         return self.per_tier or tier == self.data_tier
 
-    def grid(self, tier: int | None) -> np.ndarray:
+    def grid(self, tier: int | None, side: str | None = None) -> np.ndarray:
+        """(N, B) USD for one tier (None: all) and one side (None: both)."""
+        usd = self.usd
+        if side is not None and self.longs is not None:
+            usd = self.longs if side == "long" else usd - self.longs
         if not self.per_tier:
-            return self.usd[:, :, 0]
-        return self.usd.sum(axis=2) if tier is None else self.usd[:, :, tier]
+            return usd[:, :, 0]
+        return usd.sum(axis=2) if tier is None else usd[:, :, tier]
 
 
 @dataclass(frozen=True)
@@ -78,11 +83,14 @@ class Pulse:
     short_tiers: np.ndarray
     forming_realised: tuple[float, float] = (0.0, 0.0)
     live_column: np.ndarray | None = None  # (B,) when the source sends the column itself (remote)
+    live_long: np.ndarray | None = None  # (B,) its long part
 
-    def column(self, tier: int | None) -> np.ndarray:
+    def column(self, tier: int | None, side: str | None = None) -> np.ndarray:
         if self.live_column is not None:
-            return self.live_column
-        both = self.long_tiers + self.short_tiers
+            if side is None or self.live_long is None:
+                return self.live_column
+            return self.live_long if side == "long" else self.live_column - self.live_long
+        both = self.long_tiers if side == "long" else self.short_tiers if side == "short" else self.long_tiers + self.short_tiers
         return both.sum(axis=1) if tier is None else both[:, tier]
 
 
@@ -120,6 +128,7 @@ class Alert:
     kind: str
     message: str
     level: str = "info"  # info | warning
+    data: dict[str, Any] = field(default_factory=dict, compare=False)  # the rule's fields (alerts line words)
 
 
 class Source(Protocol):
@@ -138,7 +147,7 @@ class Source(Protocol):
     async def backdrop(self, view: View) -> Backdrop: ...
     async def pulse(self, backdrop: Backdrop) -> Pulse: ...
     async def facts(self) -> Facts: ...
-    async def zones(self) -> list[RankedZone]: ...  # ranked by USD x P(touch 4h), stable order, with touch
+    async def zones(self) -> list[RankedZone]: ...  # ranked by USD^(1/4) x P(touch 4h), stable order, with touch
     def liquidations(self, limit: int = 20) -> list[LiquidationEvent]: ...
     def alerts(self) -> list[Alert]: ...
     def changes(self) -> AsyncIterator[str]: ...
@@ -148,6 +157,7 @@ class Source(Protocol):
     async def portfolio(self, positions: list[PositionSpec], limit_share: float = DEFAULT_LIMIT_SHARE,
                         new: PositionSpec | None = None, portfolio_usd: float | None = None) -> dict[str, Any]: ...
     async def sessions(self) -> dict[str, Any]: ...
+    async def risk_map(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def candle_open_times(close_times: np.ndarray, timeframe: int) -> np.ndarray:
@@ -292,7 +302,8 @@ class LocalSource:
             ok = (j < len(realised.time)) & (realised.time[np.minimum(j, len(realised.time) - 1)] == opens[closed])
             rl[ok] = realised.long_usd[j[ok]]
             rs[ok] = realised.short_usd[j[ok]]
-        usd = hm.long_usd[closed] + hm.short_usd[closed]
+        longs = hm.long_usd[closed]
+        usd = longs + hm.short_usd[closed]
         return Backdrop(
             view=view,
             window=window,
@@ -304,6 +315,7 @@ class LocalSource:
             realised_short=rs,
             bucket=bucket,
             tiers=tuple(hm.tiers),
+            longs=longs,
         )
 
     async def pulse(self, backdrop: Backdrop) -> Pulse:
@@ -378,9 +390,16 @@ class LocalSource:
     async def sessions(self) -> dict[str, Any]:
         return await asyncio.to_thread(self.svc.analytics.sessions)
 
+    async def risk_map(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(long, short) per tier on these bins, each bin's USD x P(price reaches it within 4h): the
+        engine's risk-weighted map moved onto the heatmap's bins (AnalyticsError until volatility is known)."""
+        span = span_around(float(self.svc.last_price), edges)
+        lm = await asyncio.to_thread(self.svc.analytics.risk_weighted_map, 400, span)
+        return rebin(lm.edges, lm.long_usd, edges), rebin(lm.edges, lm.short_usd, edges)
+
 
 def alert_from(data: dict[str, Any]) -> Alert:
     """A service / WebSocket ``alert`` event as the alerts line shows it."""
     rule = str(data.get("rule") or data.get("kind") or "alert")
     level = "warning" if rule in ("proximity", "cascade") else "info"
-    return Alert(float(data.get("time", time.time())), rule, str(data.get("message", "")), level)
+    return Alert(float(data.get("time", time.time())), rule, str(data.get("message", "")), level, dict(data))

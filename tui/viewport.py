@@ -196,12 +196,19 @@ def fmt_duration(seconds: float) -> str:
 
 
 def time_label(t: int, timeframe: int) -> str:
+    """Clock time within a day, the date at midnight and on daily candles ("Jan 01", "12:00") — never a
+    bare "30 12h" that reads as two numbers."""
     d = datetime.fromtimestamp(int(t), UTC)
-    if timeframe < 3600:
+    if timeframe < 86_400 and int(t) % 86_400:
         return d.strftime("%H:%M")
-    if timeframe < 86_400:
-        return d.strftime("%d %Hh")
-    return d.strftime("%m-%d")
+    return d.strftime("%b %d")
+
+
+def time_label_full(t: int) -> str:
+    return datetime.fromtimestamp(int(t), UTC).strftime("%b %d %H:%M UTC")
+
+
+LABEL_LEN = 6  # "Jan 01"; clock times are 5
 
 
 def time_axis(times: np.ndarray, timeframe: int, width: int, min_gap: int = 9) -> str:
@@ -211,8 +218,7 @@ def time_axis(times: np.ndarray, timeframe: int, width: int, min_gap: int = 9) -
     n = len(times)
     if n == 0 or width <= 0:
         return "".join(out)
-    label_len = len(time_label(int(times[0]), timeframe))
-    gap = max(min_gap, label_len + 2)
+    gap = max(min_gap, LABEL_LEN + 2)
     every = timeframe * gap
     for unit in (60, 300, 900, 1800, 3600, 7200, 4 * 3600, 6 * 3600, 12 * 3600, 86_400, 2 * 86_400, 7 * 86_400,
                  14 * 86_400, 28 * 86_400):
@@ -229,3 +235,19 @@ def time_axis(times: np.ndarray, timeframe: int, width: int, min_gap: int = 9) -
             continue
         out[x : x + len(label)] = label
     return "".join(out)
+
+
+def rebin(src_edges: np.ndarray, values: np.ndarray, dst_edges: np.ndarray) -> np.ndarray:
+    """Move per-bin amounts (B_src, ...) onto other bins by overlap, conserving what falls inside."""
+    src_edges = np.asarray(src_edges, dtype=np.float64)
+    lo = np.maximum(src_edges[:-1, None], dst_edges[None, :-1])
+    hi = np.minimum(src_edges[1:, None], dst_edges[None, 1:])
+    overlap = np.clip(hi - lo, 0.0, None) / np.diff(src_edges)[:, None]  # (B_src, B_dst) share of each src bin
+    return np.tensordot(overlap, values, axes=([0], [0]))
+
+
+def span_around(price: float, edges: np.ndarray) -> float:
+    """The ``span`` (fraction of the price either side) a liquidation-map request needs to cover these bins."""
+    if price <= 0 or len(edges) < 2:
+        return 0.25
+    return float(min(0.9, max(0.001, max(abs(edges[0] / price - 1), abs(edges[-1] / price - 1)) * 1.02)))

@@ -22,6 +22,7 @@ from .rows import RowWidget, merged_strip
 from .viewport import axis_decimals, fmt_price, row_of_price
 
 BAR_GLYPHS = " ▁▂▃▄▅▆▇█"
+CURSOR_GLYPH = "╋"  # the cell whose value the readout line shows (key i, arrows, or a click)
 
 
 class MapRows(RowWidget):
@@ -31,6 +32,8 @@ class MapRows(RowWidget):
         super().__init__(**kw)  # type: ignore[arg-type]
         self.pal: Palette = palette(ColorMode.TRUECOLOR)
         self.message = ""
+        self.cursor: tuple[int, int] | None = None
+        self._codes: np.ndarray | None = None
 
     def set_palette(self, pal: Palette) -> None:
         self.pal = pal
@@ -39,8 +42,18 @@ class MapRows(RowWidget):
     def show_codes(self, codes: np.ndarray) -> int:
         """codes: (rows, columns) uint16."""
         self.message = ""
+        self._codes = codes
         mode = self.pal.mode
-        return self.show([(mode, row.tobytes()) for row in codes])
+        cx, cy = self.cursor if self.cursor is not None else (-1, -1)
+        return self.show([(mode, row.tobytes(), cx if y == cy else -1) for y, row in enumerate(codes)])
+
+    def set_cursor(self, cursor: tuple[int, int] | None) -> None:
+        """Mark one cell (x counted from the right edge, y from the top) for the value readout."""
+        if cursor == self.cursor:
+            return
+        self.cursor = cursor
+        if self._codes is not None and not self.message:
+            self.show_codes(self._codes)
 
     def show_message(self, text: str) -> None:
         self.message = text
@@ -58,6 +71,9 @@ class MapRows(RowWidget):
         cells = self.pal.cells
         pad = width - len(codes)
         row = [cells[0]] * pad + [cells[c] for c in codes]
+        cx = key[2] if len(key) > 2 else -1
+        if 0 <= cx < width:
+            row[width - 1 - cx] = (CURSOR_GLYPH, self.pal.price_marker)
         return merged_strip(row, width, self.bg())
 
     def bg(self) -> Style:
@@ -77,8 +93,19 @@ class ZoneMap(MapRows):
     class Resized(Message):
         """The map has a new size: the app fetches columns and bins to fit it."""
 
+    class Clicked(Message):
+        """A click on a cell: x counted from the right edge of the map (0 = the live column), y from the top."""
+
+        def __init__(self, x_from_right: int, y: int) -> None:
+            super().__init__()
+            self.x_from_right = x_from_right
+            self.y = y
+
     def on_resize(self, event: events.Resize) -> None:
         self.post_message(self.Resized())
+
+    def on_click(self, event: events.Click) -> None:
+        self.post_message(self.Clicked(self.size.width - event.x, event.y))
 
 
 class LiveColumn(MapRows):
@@ -91,6 +118,9 @@ class LiveColumn(MapRows):
     def show_message(self, text: str) -> None:  # too narrow for words
         h = max(self.size.height, 1)
         self.show([(self.pal.mode, b"") for _ in range(h)])
+
+    def on_click(self, event: events.Click) -> None:
+        self.post_message(ZoneMap.Clicked(0, event.y))
 
 
 class PriceAxis(RowWidget):

@@ -183,14 +183,20 @@ def run_backtest(
             f"({_iso(float(bars.time[0]))} → {_iso(float(bars.close_time[-1]))})"
         )
     est = estimate(bars, params)
-    mask = covered_bars(bars, start, end)
+    # UTC days inside the recording with no event at all are gaps in the recording (the Bybit 2024 file
+    # misses five weeks), not quiet days: scoring them as zero-liquidation hours would flatter whatever
+    # predicts little there.
+    days_with = np.unique(events.time.astype(np.int64) // 86_400)
+    mask = covered_bars(bars, start, end) & np.isin(bars.time // 86_400, days_with)
+    gap_days = int((end // 86_400 - start // 86_400 + 1) - len(days_with))
     actual = actual_per_bar(bars, events)
     r = est.realised
     predicted = np.stack([r.long_usd, r.short_usd])
     baseline = baseline_realised(bars)
     score_tf = max(timeframe_seconds(args.score_timeframe), bars.timeframe)
     if score_tf != bars.timeframe:
-        _, predicted, smask = aggregate_bars(bars.time, predicted, score_tf, start, end)
+        stimes, predicted, smask = aggregate_bars(bars.time, predicted, score_tf, start, end)
+        smask &= np.isin(stimes // 86_400, days_with)
         _, baseline, _ = aggregate_bars(bars.time, baseline, score_tf, start, end)
         _, actual_s, _ = aggregate_bars(bars.time, actual, score_tf, start, end)
     else:
@@ -219,11 +225,13 @@ def run_backtest(
             "from": start,
             "to": end,
             "bars_covered": int(smask.sum()),
+            "gap_days": gap_days,
             "score_timeframe": timeframe_name(score_tf),
             "prices": getattr(args, "event_prices", "as printed"),
         },
         "model": params.describe(),
-        "per_bar": {"model": model.to_dict(), "no_levels_baseline": base.to_dict()},
+        "per_bar": {"model": model.to_dict(), "no_levels_baseline": base.to_dict(),
+                    "estimated_over_recorded": float(predicted[:, smask].sum()) / max(float(actual_s[:, smask].sum()), 1e-300)},
         "zones": zones,
     }
     if truth is not None:
@@ -318,7 +326,8 @@ def render(rep: dict[str, Any]) -> str:
         f"model     ladder {m['ladder']} ({ladder}); margin {m['margin_table']}",
         f"recorded  {rec['events']:,} events, ${rec['usd']:,.0f} ({rec['long_usd'] / rec['usd']:.0%} longs)  "
         f"{_iso(rec['from'])} → {_iso(rec['to'])} UTC; {rec['bars_covered']} {rec['score_timeframe']} bars fully covered",
-        f"          event prices: {rec.get('prices', 'as printed')}",
+        f"          event prices: {rec.get('prices', 'as printed')}"
+        + (f"; {rec['gap_days']} days without any event skipped as recording gaps" if rec.get("gap_days") else ""),
         "",
         f"when — per {rec['score_timeframe']} bar (n = {pm['bars']}, {pm['active']} with liquidations)",
         f"  {'':36} {'model':>7} {'no-levels baseline':>19} {'random':>8}",
@@ -326,6 +335,8 @@ def render(rep: dict[str, Any]) -> str:
         f"  {'rank correlation, bar x side':36} {_num(pm['rank_corr_sides']):>7} {_num(pb['rank_corr_sides']):>19} {'0':>8}",
         f"  {'recorded USD in top-decile bars':36} {_pct(pm['top_decile_share']):>7} "
         f"{_pct(pb['top_decile_share']):>19} {_pct(pm['random_share']):>8}",
+        f"  estimated realised USD / recorded: {rep['per_bar']['estimated_over_recorded']:.2f}x (recorded is a lower "
+        "bound where the feed was throttled)",
         "",
         f"where — zone protocol: top 10% of {z['bucket_pct']:g}% price buckets (±{z['span_pct']:g}%), "
         f"next {z['horizon_hours']:g}h, hourly",

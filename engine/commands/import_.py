@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.feeds.base import FeedError
+    from engine.feeds.normalise import with_estimated_price
     from engine.formats import read_bars_file, read_funding_file, read_liquidations_file
     from engine.model import BarsError, timeframe_seconds
     from engine.store import StoreError, parse_market_key
@@ -61,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
                     f"{_day(int(bars.time[-1]))}) from {args.bars}: {added} new, {len(bars) - added} already stored"
                 )
             if args.liquidations:
-                events = read_liquidations_file(args.liquidations, exchange=exchange, symbol=symbol, **pick)
+                # Bybit/OKX files print bankruptcy prices: store the estimated liquidation price beside them
+                raw = read_liquidations_file(args.liquidations, exchange=exchange, symbol=symbol, **pick)
+                events = [with_estimated_price(e) for e in raw]
                 added = store.write_liquidations(events)
                 say(
                     f"{args.market}: {len(events)} liquidations from {args.liquidations}: "

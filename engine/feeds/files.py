@@ -7,6 +7,7 @@ store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import time as wallclock
@@ -17,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from engine.feeds.base import BarUpdate, FeedError, FeedEvent, Health, HealthChange, Liquidation, Market
+from engine.feeds.normalise import with_estimated_price
 from engine.formats import (
     STORE_SUFFIXES,
     SeveralMarkets,
@@ -126,8 +128,9 @@ class FileFeed:
                 if self._liq_path is not None:
                     # the liquidations of this market only, if that file mixes coins/venues too
                     hint = f"{venue or 'file'}:{coin.upper() + '/USDT:USDT' if coin else stem}"
+                    # settle the venue's price kind first (it needs the venue), then name the replayed market
                     self._liqs[sym] = [
-                        Liquidation(e.time_ms, self.exchange, sym, e.side, e.price, e.base, e.usd)
+                        dataclasses.replace(with_estimated_price(e), exchange=self.exchange, symbol=sym)
                         for e in read_liquidations_file(self._liq_path, market=hint)
                     ]
                 self._markets.append(_market(sym, bars))
@@ -145,8 +148,8 @@ class FileFeed:
                 raise UnknownSymbol(f"{symbol!r} is not in {self.path} (it holds {known})")
             assert self._recording is not None
             self._bars[symbol] = self._recording.bars(key)
-            self._liqs[symbol] = [
-                Liquidation(e.time_ms, self.exchange, symbol, e.side, e.price, e.base, e.usd)
+            self._liqs[symbol] = [  # stored events keep their reported price and its kind
+                dataclasses.replace(e, exchange=self.exchange, symbol=symbol)
                 for e in self._recording.liquidations(key)
             ]
         bars = self._bars[symbol]

@@ -22,6 +22,7 @@ What differs between venues is written down once, here, as data:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import time
@@ -170,7 +171,19 @@ def price_kind(exchange: str) -> str:
 
 
 def _day(time_ms: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(time_ms / 1000))
+    return _iso_day(int(time_ms // 86_400_000))
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_day(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
+
+
+@functools.lru_cache(maxsize=4096)
+def bankruptcy_factor(exchange: str, coin: str, side: str, day: str) -> float:
+    """Estimated liquidation price / bankruptcy price for one venue, coin, side and day (ISO date): the
+    estimate is proportional to the printed price, so it is looked up once per day, not per event."""
+    return float(liquidation_from_bankruptcy(1.0, side, exchange, coin, day))
 
 
 def settle_price(exchange: str, symbol: str, side: str, reported: float, time_ms: int) -> tuple[float, str]:
@@ -180,8 +193,7 @@ def settle_price(exchange: str, symbol: str, side: str, reported: float, time_ms
     kind = price_kind(exchange)
     if kind == "fill":
         return reported, kind
-    coin = symbol.split("/")[0]
-    return float(liquidation_from_bankruptcy(reported, side, exchange, coin, _day(time_ms))), kind
+    return reported * bankruptcy_factor(exchange, symbol.split("/")[0], side, _day(time_ms)), kind
 
 
 def with_estimated_price(liq: Liquidation) -> Liquidation:

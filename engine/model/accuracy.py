@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 from .bars import Bars
 from .estimate import Estimate
@@ -40,18 +41,6 @@ class WindowBooks:
     @property
     def buckets(self) -> int:
         return self.edges.shape[1] - 1
-
-    def combined(self, weights: np.ndarray | None = None) -> np.ndarray:
-        """(W, 2, nb): tiers summed (optionally weighted: ``weights`` multiplies each tier's USD)."""
-        if weights is None:
-            return self.usd.sum(axis=0)
-        return np.tensordot(np.asarray(weights, dtype=np.float64), self.usd, axes=(0, 0))
-
-
-def window_times(bars_close_time: np.ndarray, start: float, end: float, horizon_s: int, step_s: int = 3600) -> np.ndarray:
-    """Hourly window times whose next ``horizon_s`` lies inside [start, end] and after the first close."""
-    first = max(math.ceil(start / step_s) * step_s, int(bars_close_time[0]))
-    return np.arange(first, int(end) - horizon_s + 1, step_s, dtype=np.int64)
 
 
 def window_books(est: Estimate, times: np.ndarray, bucket_pct: float = 0.25, span_pct: float = 10.0) -> WindowBooks:
@@ -152,7 +141,7 @@ def realised_per_tier(est: Estimate) -> np.ndarray:
 def touch_matrix(bars: Bars, books: WindowBooks, horizon_hours: float) -> np.ndarray:
     """(W, nb) chance price touches each bucket's near edge within the horizon: engine.model.touch's
     Student-t reflection model with its volatility (72 h) and kurtosis (720 h) windows, computed for every
-    window at once from running sums of returns, and a vectorised t distribution (same figures)."""
+    window at once from running sums of returns."""
     from .touch import _NU_MAX, KURTOSIS_DECAY, TAIL_REFERENCE_HOURS
 
     n = books.closed.astype(np.int64)
@@ -193,71 +182,11 @@ def touch_matrix(bars: Bars, books: WindowBooks, horizon_hours: float) -> np.nda
 
 
 def t_sf(t: np.ndarray, nu: np.ndarray) -> np.ndarray:
-    """P(T > t) for Student-t's with ``nu`` degrees of freedom, element-wise (nu = inf: the normal).
-    engine.model.touch.student_t_sf, vectorised: the incomplete beta's continued fraction (modified
-    Lentz) run on whole arrays until every element has converged."""
+    """P(T > t) for Student-t's with ``nu`` degrees of freedom, element-wise (nu = inf: the normal);
+    engine.model.touch.student_t_sf with a degrees-of-freedom array."""
     t = np.asarray(t, dtype=np.float64)
     nu = np.asarray(nu, dtype=np.float64)
-    out = np.empty(t.shape)
-    normal = ~np.isfinite(nu)
-    if normal.any():
-        out[normal] = 0.5 * np.vectorize(math.erfc, otypes=[np.float64])(t[normal] / math.sqrt(2.0))
-    fin = ~normal
-    if fin.any():
-        v, n = t[fin], nu[fin]
-        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-            x = n / (n + v * v)
-        tail = 0.5 * _betainc(n / 2.0, 0.5, x)
-        out[fin] = np.where(v >= 0, tail, 1.0 - tail)
-    return out
-
-
-def _betainc(a: np.ndarray, b: float, x: np.ndarray) -> np.ndarray:
-    """Regularised incomplete beta I_x(a, b), element-wise over ``a`` and ``x``."""
-    a = np.broadcast_to(a, x.shape).astype(np.float64)
-    out = np.where(x >= 1.0, 1.0, 0.0)
-    inner = (x > 0.0) & (x < 1.0)
-    if not inner.any():
-        return out
-    aa, xx = a[inner], x[inner]
-    lg = np.vectorize(math.lgamma, otypes=[np.float64])
-    front = np.exp(lg(aa + b) - lg(aa) - math.lgamma(b) + aa * np.log(xx) + b * np.log1p(-xx))
-    direct = xx < (aa + 1.0) / (aa + b + 2.0)
-    p = np.where(direct, aa, b)
-    q = np.where(direct, b, aa)
-    y = np.where(direct, xx, 1.0 - xx)
-    cf = _betacf(p, q, y)
-    out[inner] = np.where(direct, front * cf / aa, 1.0 - front * cf / b)
-    return out
-
-
-def _betacf(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = np.ones_like(x)
-    d = 1.0 - qab * x / qap
-    d = 1.0 / np.where(np.abs(d) > tiny, d, tiny)
-    h = d.copy()
-    done = np.zeros(x.shape, dtype=bool)
-    for m in range(1, 400):
-        m2 = 2 * m
-        num = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + num * d
-        d = 1.0 / np.where(np.abs(d) > tiny, d, tiny)
-        c = 1.0 + num / c
-        c = np.where(np.abs(c) > tiny, c, tiny)
-        h = np.where(done, h, h * d * c)
-        num = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + num * d
-        d = 1.0 / np.where(np.abs(d) > tiny, d, tiny)
-        c = 1.0 + num / c
-        c = np.where(np.abs(c) > tiny, c, tiny)
-        delta = d * c
-        h = np.where(done, h, h * delta)
-        done |= np.abs(delta - 1.0) < 1e-14
-        if done.all():
-            break
-    return h
+    return np.where(np.isfinite(nu), special.stdtr(np.where(np.isfinite(nu), nu, 1.0), -t), special.ndtr(-t))
 
 
 # ---- recorded events per window ---------------------------------------------------------------------

@@ -168,7 +168,7 @@ def calibrate(
         return 1.0 - float(((b - pred) ** 2).sum()) / sst if sst > 0 else 0.0
 
     ladder = Ladder(name, params.ladder.leverage, tuple(float(x) for x in weights), params.ladder.half_lives())
-    proxy = params.volume_proxy_fraction * total if params.seed_mode != "oi" else None
+    proxy = params.proxy_fraction * total if params.seed_mode != "oi" else None
     unseen = tuple(lab for lab, ok in zip(params.ladder.labels, seen, strict=True) if not ok)
     return Calibration(
         ladder, total, tuple(float(x) for x in c), params.ladder, int(len(b)), r2(a @ c), r2(s0 * prior_pred), proxy,

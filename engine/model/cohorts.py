@@ -116,14 +116,14 @@ def seed_exposure(bars: Bars, params: ModelParams, carry: SeedCarry) -> Seeds:
         proxy_used = np.zeros(n, dtype=bool)
     else:
         if params.seed_mode == "volume" or oi is None:
-            scale = np.full(n, params.volume_proxy_fraction)
+            scale = np.full(n, params.proxy_fraction)
         else:
             # Causal scale of the proxy: positive OI change per USD traded, over the bars seen so far
             # where both were known. Until there is any, the configured fraction.
             both = known & (turnover > 0)
             num = carry.sum_new_oi + np.cumsum(np.where(both, new_oi, 0.0))
             den = carry.sum_turnover + np.cumsum(np.where(both, turnover, 0.0))
-            scale = np.where(den > 0, num / np.where(den > 0, den, 1.0), params.volume_proxy_fraction)
+            scale = np.where(den > 0, num / np.where(den > 0, den, 1.0), params.proxy_fraction)
             carry.sum_new_oi = float(num[-1]) if n else carry.sum_new_oi
             carry.sum_turnover = float(den[-1]) if n else carry.sum_turnover
         proxy_used = ~known if params.seed_mode != "oi" else np.zeros(n, dtype=bool)

@@ -17,7 +17,7 @@ from .cohorts import Cohorts, LevelGrid, SeedCarry, build_cohorts, seed_exposure
 from .ladder import ModelParams
 from .lifetime import FirstTouch
 from .margin import LONG, SHORT
-from .views import Heatmap, LiquidationMap, ViewError, Zone, bin_levels, bin_of, find_zones, price_edges
+from .views import Heatmap, LiquidationMap, ViewError, Zone, bin_levels, find_zones, level_shares, price_edges
 
 WICK, BODY = 0, 1  # which part of a bar clears a piece (body only matters with partial wick clearing)
 _CHUNK = 1 << 18  # cohorts per chunk in the heatmap and realised passes (temporaries stay in cache)
@@ -56,7 +56,7 @@ class LevelBook:
         side = np.broadcast_to(np.arange(2)[:, None, None], (2, t, k))
         tier = np.broadcast_to(np.arange(t)[None, :, None], (2, t, k))
         nz = self.usd > 0
-        return bin_levels(prices[nz], self.usd[nz], side[nz], tier[nz], edges, t)
+        return bin_levels(prices[nz], self.usd[nz], side[nz], tier[nz], edges, t, step=self.grid.step)
 
     def liquidation_map(
         self, edges: np.ndarray | None = None, bins: int = 200, span: float = 0.25, log: bool = False
@@ -235,17 +235,18 @@ class Estimate:
         col_of = np.searchsorted(closed, np.arange(n + 1), side="right")
         sel = np.flatnonzero(c.tier == tier) if tier is not None else slice(None)
         level = c.level[sel]
-        if len(level):
-            # display bin of each level, through a lookup table over the levels in use
-            kmin = int(level.min())
-            lut = bin_of(edges, self.grid.price(np.arange(kmin, int(level.max()) + 1)))
-            disp = lut[level - kmin]
-        else:
-            disp = level
+        # display bins of each level and its share of each (a level's USD is split over the bins its
+        # grid cell overlaps: no stripes where bins and grid disagree), through a lookup table over the
+        # levels in use; every (cohort, bin) piece then counts as a cohort of its own
+        kmin = int(level.min()) if len(level) else 0
+        kmax = int(level.max()) if len(level) else -1
+        lut_bin, lut_share = level_shares(edges, np.arange(kmin, kmax + 1) * self.grid.step, self.grid.step)
+        pieces = lut_bin[level - kmin]  # (cohorts, pieces); -1: none
         birth = c.birth[sel]
         appear = col_of[birth]
         gone = col_of[self.death[sel]]
-        live = np.flatnonzero((disp >= 0) & (appear < gone))
+        live, piece = np.nonzero((pieces >= 0) & (appear < gone)[:, None])
+        disp, share = pieces[live, piece], lut_share[level[live] - kmin, piece]
         birth, cohort_tier = birth[live], c.tier[sel][live].astype(np.int64)
         H = self.F[:, np.maximum(closed - 1, 0)]  # (T, C): each tier's log survival at each column
         if tier is not None:
@@ -253,8 +254,8 @@ class Estimate:
         else:
             row = cohort_tier
         grid = outstanding(
-            appear[live], gone[live], c.side[sel][live].astype(np.int64) * nb + disp[live], row,
-            c.usd[sel][live], self.F[cohort_tier, birth], H, 2 * nb, split_tiers=by_tier or tier is not None,
+            appear[live], gone[live], c.side[sel][live].astype(np.int64) * nb + disp, row,
+            c.usd[sel][live] * share, self.F[cohort_tier, birth], H, 2 * nb, split_tiers=by_tier or tier is not None,
         ).reshape(ncol, 2, nb, -1)
         return Heatmap(times, edges, grid[:, LONG], grid[:, SHORT], labels)
 

@@ -38,6 +38,7 @@ class Ladder:
     weights: tuple[float, ...]
     half_life_hours: tuple[float, ...] | None = None  # None: defaults by leverage; 0 = no decay
     fitted_on: str = ""  # the recorded data a fitted preset was chosen on ("" = an assumption from the field)
+    volume_proxy_fraction: float | None = None  # a fitted preset's own seed fraction (None: ModelParams')
 
     def __post_init__(self) -> None:
         if not self.leverage or len(self.leverage) != len(self.weights):
@@ -91,6 +92,7 @@ def _fitted_presets() -> None:
             tuple(float(x) for x in d["weights"]),  # type: ignore[attr-defined]
             tuple(float(x) for x in d["half_life_hours"]),  # type: ignore[attr-defined]
             str(d["fitted_on"]),
+            None if d.get("volume_proxy_fraction") is None else float(d["volume_proxy_fraction"]),  # type: ignore[arg-type]
         )
 
 
@@ -121,6 +123,7 @@ def parse_ladder(spec: str | Ladder) -> Ladder:
                 tuple(float(x) for x in obj["weights"]),
                 None if obj.get("half_life_hours") is None else tuple(float(x) for x in obj["half_life_hours"]),
                 str(obj.get("fitted_on") or ""),
+                None if obj.get("volume_proxy_fraction") is None else float(obj["volume_proxy_fraction"]),
             )
         pairs = sorted((float(k.rstrip("xX")), float(v)) for k, v in obj.items())
     except (KeyError, TypeError, ValueError) as exc:
@@ -165,6 +168,12 @@ class ModelParams:
             raise LadderError("entry anchors are fractions of the bar range, in [0, 1]")
         if self.volume_proxy_fraction <= 0 or self.typical_position_usd <= 0:
             raise LadderError("volume_proxy_fraction and typical_position_usd must be positive")
+
+    @property
+    def proxy_fraction(self) -> float:
+        """The seed fraction in use: the ladder's fitted one when it carries one, else this field's."""
+        fitted = self.ladder.volume_proxy_fraction
+        return float(fitted) if fitted is not None and fitted > 0 else self.volume_proxy_fraction
 
     # ---- derived, per tier ----
     def brackets(self) -> tuple[Bracket, ...]:
@@ -216,7 +225,7 @@ class ModelParams:
             "entry_weights": list(self.entry_weights),
             "side_tilt": self.side_tilt,
             "seed_mode": self.seed_mode,
-            "volume_proxy_fraction": self.volume_proxy_fraction,
+            "volume_proxy_fraction": self.proxy_fraction,
             "decay": self.decay,
             "shrink_on_oi_drop": self.shrink_on_oi_drop,
             "wick_clear": self.wick_clear,

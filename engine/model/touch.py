@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 from .bars import Bars
 from .views import LiquidationMap, Zone
@@ -91,50 +92,10 @@ def realised_volatility(bars: Bars, window_hours: float = 72.0, kurtosis_window_
     return Volatility(sigma_bar * math.sqrt(3600.0 / bars.timeframe), max(kurt, 0.0), bars.timeframe, len(r))
 
 
-# ---- distributions (numpy has no erf / incomplete beta; scipy is not a dependency) ----------------
+# ---- distributions (scipy's, vectorised) -----------------------------------------------------------
 def normal_sf(z: np.ndarray) -> np.ndarray:
     """1 - Phi(z)."""
-    z = np.asarray(z, dtype=np.float64)
-    return 0.5 * np.vectorize(math.erfc, otypes=[np.float64])(z / math.sqrt(2.0))
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 400):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-14:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+    return np.asarray(special.ndtr(-np.asarray(z, dtype=np.float64)), dtype=np.float64)
 
 
 def student_t_sf(t: np.ndarray, nu: float) -> np.ndarray:
@@ -142,12 +103,7 @@ def student_t_sf(t: np.ndarray, nu: float) -> np.ndarray:
     t = np.asarray(t, dtype=np.float64)
     if not math.isfinite(nu):
         return normal_sf(t)
-
-    def one(v: float) -> float:
-        tail = 0.5 * betainc(nu / 2.0, 0.5, nu / (nu + v * v))
-        return tail if v >= 0 else 1.0 - tail
-
-    return np.vectorize(one, otypes=[np.float64])(t)
+    return np.asarray(special.stdtr(nu, -t), dtype=np.float64)
 
 
 # ---- touch probability ---------------------------------------------------------------------------

@@ -176,13 +176,44 @@ def find_zones(
     return zones[:max_zones]
 
 
-def bin_levels(
-    prices: np.ndarray, usd: np.ndarray, side: np.ndarray, tier: np.ndarray, edges: np.ndarray, n_tiers: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sum USD into (bins, tiers) per side. Outside the edges is dropped."""
+def level_shares(edges: np.ndarray, centres: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """How each level-book level splits over display bins: (bins, shares), both (K, P), bin -1 = none.
+
+    A level stands for its cell of the log-spaced level grid (``step`` wide in log price, centred on it).
+    Putting all of its USD in the bin holding its centre aliases whenever the display bins do not hold a
+    whole number of cells: bins alternately get one level or two (or none), and a smooth book shows as
+    horizontal stripes. So each level's USD is split by how much of its cell overlaps each bin — the total
+    inside the edges is unchanged, only where it is drawn."""
     nb = len(edges) - 1
-    b = bin_of(edges, prices)
-    ok = b >= 0
-    flat = (side[ok].astype(np.int64) * nb + b[ok]) * n_tiers + tier[ok]
-    out = np.bincount(flat, weights=usd[ok], minlength=2 * nb * n_tiers).reshape(2, nb, n_tiers)
+    le = np.log(np.asarray(edges, dtype=np.float64))
+    a = np.asarray(centres, dtype=np.float64) - step / 2
+    b = a + step
+    first = np.searchsorted(le, a, side="right") - 1  # bin holding the cell's low end (-1: below)
+    last = np.searchsorted(le, b, side="left") - 1  # bin holding its high end
+    pieces = int((last - first).max()) + 1 if len(a) else 1
+    j = first[:, None] + np.arange(pieces)[None, :]
+    jc = np.clip(j, 0, nb - 1)
+    share = (np.minimum(b[:, None], le[jc + 1]) - np.maximum(a[:, None], le[jc])) / step
+    ok = (j >= 0) & (j < nb) & (j <= last[:, None]) & (share > 0)
+    return np.where(ok, j, -1), np.where(ok, share, 0.0)
+
+
+def bin_levels(
+    prices: np.ndarray, usd: np.ndarray, side: np.ndarray, tier: np.ndarray, edges: np.ndarray, n_tiers: int,
+    step: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sum USD into (bins, tiers) per side. Outside the edges is dropped. With ``step`` (the level grid's
+    log step) each level is spread over the bins its cell overlaps (see level_shares)."""
+    nb = len(edges) - 1
+    if step is None:
+        b = bin_of(edges, prices)
+        ok = b >= 0
+        flat = (side[ok].astype(np.int64) * nb + b[ok]) * n_tiers + tier[ok]
+        weights = usd[ok]
+    else:
+        bins, shares = level_shares(edges, np.log(prices), step)
+        row, piece = np.nonzero(bins >= 0)
+        flat = (side[row].astype(np.int64) * nb + bins[row, piece]) * n_tiers + tier[row]
+        weights = usd[row] * shares[row, piece]
+    out = np.bincount(flat, weights=weights, minlength=2 * nb * n_tiers).reshape(2, nb, n_tiers)
     return out[0], out[1]

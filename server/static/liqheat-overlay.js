@@ -5,7 +5,7 @@
 //     server: "http://127.0.0.1:8000",      // a liqheat server ("" = the page's own origin)
 //     symbol: "BTC", timeframe: "15m", tier: "all",
 //   });
-//   heat.setOptions({ tier: "25x", scale: "log" });
+//   heat.setOptions({ tier: "25x", scale: "log", threshold: 0.2 });   // threshold: hide the faint cells
 //   heat.on("snapshot", (s) => ...);          // also: bar, column, map, zones, realised, liquidation,
 //   heat.detach();                            //        alert, health, status, hover
 //
@@ -16,7 +16,9 @@
 // book by price, per leverage tier) is drawn in `draw` as bars beside the price scale.
 //
 // Data comes from the liqheat server: a snapshot then deltas over the WebSocket /api/v1/ws (see the
-// server's PROTOCOL.md), with a REST fallback (polling /api/v1/heatmap) when the socket is refused.
+// server's PROTOCOL.md), with a REST fallback (polling /api/v1/heatmap) while the socket is refused or the
+// server is down; the socket is retried with backoff (0.5 s doubling to maxRetrySeconds), so a restarted
+// server brings the chart back live.
 // Every USD figure is a model estimate; the legend says so and prints absolute USD beside the colours.
 
 const DEFAULTS = {
@@ -33,8 +35,9 @@ const DEFAULTS = {
   side: "both", // both | long | short
   opacity: 0.9,
   connect: true, // fetch from the server; false: the page hands data in with setData()
-  live: true, // WebSocket updates (falls back to polling every pollSeconds)
+  live: true, // WebSocket updates (falls back to polling every pollSeconds while it retries the socket)
   pollSeconds: 15,
+  maxRetrySeconds: 15, // longest wait between two attempts to reopen the socket (backoff from 0.5 s)
   candles: false, // also feed the candle series from the server (snapshot + live bars)
   profile: true, // liquidation-map bars beside the price scale
   profileWidth: 110, // CSS px
@@ -42,6 +45,10 @@ const DEFAULTS = {
   tooltip: true, // hover: price band, USD long/short, tier mix
   extendLive: true, // draw the live book (last column) on to the right edge of the pane
   autoscaleMargin: 0, // > 0: the price scale always shows at least price ± this fraction (e.g. 0.04)
+  autoscaleLargest: 0, // > 0: the price scale also shows the largest levels within this fraction of price
+  focusPrices: [], // more prices to keep in view under autoscaleLargest (e.g. the largest zones)
+  threshold: 0, // 0..1: cells below this share of the colour scale's top are not drawn (hide the small ones)
+  mapWeight: "usd", // the profile beside the price scale: "usd", or "touch" = USD x P(price reaches it within 4h)
 };
 
 // Colour ramp (transparent → violet → blue → teal → green → yellow), 256 RGBA entries.
@@ -231,7 +238,7 @@ class HeatmapRenderer {
       }
       ctx.fillStyle = "rgba(255,255,255,0.55)";
       ctx.textAlign = "left";
-      ctx.fillText("liq. map (est.)", left + pad, 10 * vpr);
+      ctx.fillText(o.mapWeighted ? "map×touch 4h (est.)" : "liq. map (est.)", left + pad, 10 * vpr);
       ctx.restore();
     });
   }
@@ -267,10 +274,25 @@ class HeatmapPrimitive {
     return this._views;
   }
   autoscaleInfo() {
-    // Keep nearby liquidation levels in view, not only the candles (merged with the series' own range).
-    const m = this.o.opts.autoscaleMargin, p = this.o.lastPrice;
-    if (!(m > 0) || !(p > 0)) return null;
-    return { priceRange: { minValue: p * (1 - m), maxValue: p * (1 + m) } };
+    // Keep nearby liquidation levels in view, not only the candles (merged with the series' own range),
+    // and, with autoscaleLargest, the largest levels: the cell at the top of the colour scale, the
+    // biggest long and short bars of the map and any focusPrices (e.g. the page's largest zones).
+    const o = this.o, m = o.opts.autoscaleMargin, p = o.lastPrice;
+    if (!(p > 0)) return null;
+    let lo = Infinity, hi = -Infinity;
+    if (m > 0) { lo = p * (1 - m); hi = p * (1 + m); }
+    const reach = o.opts.autoscaleLargest;
+    if (reach > 0) {
+      // only levels the chart draws: inside the heatmap's price range (beyond it the pane would be empty)
+      const e = o.edges, bottom = e ? e[0] : 0, top = e ? e[e.length - 1] : Infinity;
+      for (const x of [...o.focus, ...(o.opts.focusPrices || [])]) {
+        if (!(x > 0) || x < bottom || x > top || Math.abs(Math.log(x / p)) > Math.log1p(reach)) continue;
+        lo = Math.min(lo, x * 0.995);
+        hi = Math.max(hi, x * 1.005);
+      }
+    }
+    if (!(hi > lo)) return null;
+    return { priceRange: { minValue: lo, maxValue: hi } };
   }
 }
 
@@ -298,6 +320,7 @@ class LiquidationHeatmap {
     this.geom = null;
     this.profile = null;
     this.mapData = null;
+    this.focus = []; // prices of the largest levels (autoscaleLargest)
     this.snapshot = null;
     this.subId = "h" + Math.random().toString(36).slice(2, 8);
     this.ws = null;
@@ -323,6 +346,16 @@ class LiquidationHeatmap {
   setOptions(partial) {
     const before = this.opts;
     this.opts = { ...this.opts, ...partial };
+    if (partial.mapWeight !== undefined && partial.mapWeight !== before.mapWeight) {
+      const raw = this.rawMap || this.mapData;
+      this.mapWeighted = false;
+      this.weightedAt = 0;
+      if (raw && raw.weight !== "touch") this._loadMap(raw);
+    }
+    if (Object.keys(partial).every((k) => ["focusPrices", "autoscaleLargest", "autoscaleMargin", "mapWeight"].includes(k))) {
+      this.requestUpdate(); // only what the price scale keeps in view
+      return;
+    }
     const viewKeys = ["server", "symbol", "timeframe", "tier", "bins", "columns", "priceLow", "priceHigh", "live"];
     if (this.opts.connect && viewKeys.some((k) => partial[k] !== undefined && partial[k] !== before[k])) {
       this._resubscribe();
@@ -418,13 +451,23 @@ class LiquidationHeatmap {
   }
   _connect() {
     if (this.closed) return;
+    clearTimeout(this.retryTimer);
     if (!this.opts.live || typeof WebSocket === "undefined") return this._poll();
-    this._status("connecting");
+    if (!this.polling) this._status(this.wasLive ? "reconnecting" : "connecting");
     let ws;
     try { ws = new WebSocket(this._wsUrl()); } catch (e) { return this._poll(); }
     this.ws = ws;
     let opened = false;
-    ws.onopen = () => { opened = true; this.retry = 0; this.stats.transport = "websocket"; ws.send(JSON.stringify(this._subscribeMsg())); };
+    ws.onopen = () => {
+      opened = true;
+      this.retry = 0;
+      this.wasLive = true;
+      // back on the socket: stop polling, the snapshot that follows the subscription replaces its data
+      this.polling = false;
+      clearTimeout(this.pollTimer);
+      this.stats.transport = "websocket";
+      ws.send(JSON.stringify(this._subscribeMsg()));
+    };
     ws.onmessage = (ev) => {
       const data = JSON.parse(ev.data);
       if (Array.isArray(data)) for (const m of data) this._message(m);
@@ -433,9 +476,13 @@ class LiquidationHeatmap {
     ws.onclose = () => {
       if (this.ws !== ws || this.closed) return;
       this.ws = null;
-      if (!opened) { this._status("polling"); return this._poll(); } // refused (e.g. Origin not allowed)
-      this._status("reconnecting");
-      const delay = Math.min(30000, 500 * 2 ** this.retry++);
+      if (opened) this._status("reconnecting");
+      // A socket that never opened (server down or restarting, or the Origin refused): keep the chart
+      // fresh by polling meanwhile, and keep trying the socket with backoff, so a restarted server
+      // brings the page back live instead of leaving it on polling for good.
+      else if (!this.polling) this._poll();
+      this.stats.reconnects = (this.stats.reconnects || 0) + 1;
+      const delay = Math.min(this.opts.maxRetrySeconds * 1000, 500 * 2 ** this.retry++);
       this.retryTimer = setTimeout(() => this._connect(), delay);
     };
   }
@@ -455,11 +502,14 @@ class LiquidationHeatmap {
       this.ws.send(JSON.stringify(this._subscribeMsg()));
     } else {
       this._closeSocket();
+      this.polling = false; // the next poll (if the socket stays shut) asks for the new view at once
       this._connect();
     }
   }
   async _poll() {
-    if (this.closed) return;
+    clearTimeout(this.pollTimer);
+    if (this.closed || (this.ws && this.ws.readyState === WebSocket.OPEN)) { this.polling = false; return; }
+    this.polling = true;
     this.stats.transport = "poll";
     const o = this.opts;
     const q = new URLSearchParams({ symbol: o.symbol, timeframe: o.timeframe, tier: o.tier, bins: o.bins, columns: o.columns });
@@ -470,14 +520,16 @@ class LiquidationHeatmap {
         fetch(this._base() + "/api/v1/map?" + new URLSearchParams({ symbol: o.symbol, bins: o.bins })).then((r) => r.json()),
       ]);
       if (hm.error) throw new Error(hm.error);
+      if (!this.polling) return; // the socket came back while this request was out
       this._loadHeatmap(hm);
       if (!mp.error) this._loadMap(mp);
       this._status("polling");
       this._emit("snapshot", { heatmap: hm, map: mp, polled: true });
     } catch (e) {
-      this._status("error: " + e.message);
+      // while the socket is being retried an unreachable server is a reconnect, not an error
+      this._status(this.wasLive ? "reconnecting" : "error: " + e.message);
     }
-    this.pollTimer = setTimeout(() => this._poll(), o.pollSeconds * 1000);
+    if (this.polling) this.pollTimer = setTimeout(() => this._poll(), o.pollSeconds * 1000);
   }
   _status(s) {
     this.status = s;
@@ -564,6 +616,7 @@ class LiquidationHeatmap {
     }
     this.indexDirty = true;
     this._rebuildImage();
+    this._updateFocus();
     this.requestUpdate();
   }
   _applyColumn(m) {
@@ -594,10 +647,48 @@ class LiquidationHeatmap {
     this.requestUpdate();
   }
   _loadMap(m) {
+    if (m && this.opts.mapWeight === "touch" && this.opts.connect && m.weight !== "touch") {
+      // the risk-weighted map comes from the REST API (GET /api/v1/map?weight=touch) on the same bins
+      this.rawMap = m;
+      this._fetchWeightedMap();
+      if (this.mapWeighted) return;
+    }
     this.mapData = m;
+    this.mapWeighted = !!(m && m.weight === "touch");
     if (m && m.price > 0) this.lastPrice = m.price;
+    this._updateFocus();
     this._updateProfile();
     this.requestUpdate();
+  }
+  // Where the largest levels are: the heatmap's top cell and the map's biggest long and short bars.
+  _updateFocus() {
+    const f = [];
+    const peak = this.peak();
+    if (peak && peak.usd > 0) f.push(peak.price);
+    const m = this.mapData;
+    if (m && m.edges && m.long) {
+      for (const side of [m.long, m.short]) {
+        let best = -1;
+        for (let b = 0; b < side.length; b++) if (side[b] > 0 && (best < 0 || side[b] > side[best])) best = b;
+        if (best >= 0) f.push((m.edges[best] + m.edges[best + 1]) / 2);
+      }
+    }
+    this.focus = f;
+  }
+  _fetchWeightedMap() {
+    const now = performance.now();
+    if (this.weightedPending || now - (this.weightedAt || 0) < 3000) return; // at most every 3 s
+    const m = this.rawMap;
+    if (!m || !(m.price > 0) || !m.edges || m.edges.length < 2) return;
+    this.weightedPending = true;
+    this.weightedAt = now;
+    const span = Math.min(0.9, Math.max(m.edges[m.edges.length - 1] / m.price - 1, 1 - m.edges[0] / m.price));
+    const q = new URLSearchParams({ symbol: this.opts.symbol, bins: m.edges.length - 1, span: span.toFixed(6), weight: "touch", horizon: 4 });
+    const symbol = this.opts.symbol;
+    fetch(this._base() + "/api/v1/map?" + q).then((r) => r.json()).then((w) => {
+      if (w.error || this.opts.mapWeight !== "touch" || this.opts.symbol !== symbol) return;
+      this._loadMap(w);
+    }).catch(() => { /* keep the map we have */ }).finally(() => { this.weightedPending = false; });
   }
   _cellValue(i) {
     const side = this.opts.side;
@@ -631,10 +722,12 @@ class LiquidationHeatmap {
   }
   _fillColumn(px, c, C) {
     const B = this.bins, f = this.scale.f;
+    const cut = this.opts.threshold > 0 ? Math.round(Math.min(1, this.opts.threshold) * 255) : 0;
     for (let b = 0; b < B; b++) {
       const v = this._cellValue(c * B + b);
       let k = 0;
       if (v > 0) k = Math.max(1, Math.min(255, Math.round(f(v) * 255)));
+      if (k && k < cut) k = 0;
       const p = ((B - 1 - b) * C + c) * 4; // row 0 of the image is the highest price bin
       px[p] = LUT[k * 4]; px[p + 1] = LUT[k * 4 + 1]; px[p + 2] = LUT[k * 4 + 2]; px[p + 3] = LUT[k * 4 + 3];
     }
@@ -781,7 +874,9 @@ class LiquidationHeatmap {
       const k = Math.round((i / 10) * 255);
       stops.push(`rgba(${LUT[k * 4]},${LUT[k * 4 + 1]},${LUT[k * 4 + 2]},${Math.max(LUT[k * 4 + 3] / 255, i ? 0.35 : 0.05)}) ${i * 10}%`);
     }
-    const ticks = [0.25, 0.5, 0.75, 1].map((t) => `<span style="position:absolute;left:${t * 100}%;transform:translateX(-${t === 1 ? 100 : 50}%)">${formatUsd(sc.inv(t))}</span>`).join("");
+    const ticks = top > 0
+      ? [0.25, 0.5, 0.75, 1].map((t) => `<span style="position:absolute;left:${t * 100}%;transform:translateX(-${t === 1 ? 100 : 50}%)">${formatUsd(sc.inv(t))}</span>`).join("")
+      : `<span style="position:absolute;left:0">nothing in this price range</span>`;
     const o = this.opts;
     const status = this.status || "";
     el.innerHTML =

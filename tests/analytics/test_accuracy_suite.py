@@ -34,7 +34,7 @@ def bybit_slice():
     keep = ds.events.time < CUT
     ev = ds.events
     return DataSet(ds.key, ds.label, ds.bars.slice(0, n), Events(ev.time[keep], ev.long[keep], ev.price[keep], ev.usd[keep]),
-                   ds.exchange, True, ds.oi_daily)
+                   ds.exchange, True)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_out_of_sample_the_chosen_map_beats_random_and_the_shuffled_map(prepared
     drawn = rows["where 4h: map as drawn (precision@10%)"]
     assert drawn["out"] / drawn["random"] > 1.5  # held-out weeks; the field's default ladder sits below random
     assert drawn["default"] < drawn["random"]
-    cond = rows["where | touch 1h (rank corr)"]
+    cond = rows["where, given touch 1h (rank corr)"]
     assert cond["out"] > cond["random"] > 0  # above the shuffled map's 99th percentile
     lo, hi = cond["out_ci"]
     assert lo <= cond["out"] <= hi
@@ -138,3 +138,29 @@ def test_suite_refuses_a_missing_data_dir_in_one_line(tmp_path, capsys):
     assert main(["backtest", "--suite", "--sets", "bybit-15m,moon"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown set 'moon'" in err
+
+
+def test_the_fitted_preset_names_its_data_and_its_out_of_sample_figure():
+    from engine.model import LADDERS
+
+    near = LADDERS["near"]
+    d = ModelParams(ladder=near).describe()
+    assert "Bybit BTCUSDT liquidations 2024-02-12" in d["fitted_on"]
+    assert "out of sample" in d["accuracy"] and "random" in d["accuracy"]
+    assert d["volume_proxy_fraction"] == near.volume_proxy_fraction < 0.1  # the fitted seed scale is applied
+    default = ModelParams().describe()
+    assert default["fitted_on"].startswith("not fitted") and "out of sample" in default["accuracy"]
+
+
+def test_backtest_on_the_bybit_set_skips_recording_gaps_and_the_fitted_scale_matches(capsys):
+    need(BYBIT_LIQ)
+    bars = DATA / "bybit_btcusdt_15m_2024-01_06.csv.gz"
+    assert main(["backtest", "--bars", str(bars), "--liquidations", str(BYBIT_LIQ), "--exchange", "bybit",
+                 "--ladder", "near", "--json"]) == 0
+    import json
+
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["recorded"]["gap_days"] == 40 and rep["recorded"]["bars_covered"] == 1709
+    assert "bankruptcy prices moved" in rep["recorded"]["prices"]
+    assert 0.5 < rep["per_bar"]["estimated_over_recorded"] < 2.0  # the default ladder's 0.1 fraction: ~140x
+    assert rep["zones"]["usd"]["lift"] > 2.0  # the map as drawn (the default ladder: ~0.35x)

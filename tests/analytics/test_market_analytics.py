@@ -101,7 +101,7 @@ async def test_zone_order_holds_while_the_price_wiggles_and_ages_count_in_market
     an = hub.get("BTC").analytics
     first = await asyncio.to_thread(an.zones)
     assert first and [z.rank for z in first] == list(range(1, len(first) + 1))
-    assert all(4.0 in z.touch and z.score == pytest.approx(z.zone.usd * z.touch[4.0]) for z in first)
+    assert all(4.0 in z.touch and z.score == pytest.approx(z.zone.usd ** 0.25 * z.touch[4.0]) for z in first)
     orders = []
     for k in range(8):  # ticks inside one minute: touch probabilities move a little every time
         before = hub.get("BTC").live_version

@@ -131,3 +131,34 @@ def offline(browser: object) -> Iterator[Offline]:
     ctx = Offline(browser)
     yield ctx
     ctx.close()
+
+
+@pytest.fixture
+def own_server() -> Iterator[dict]:
+    """A server of this test's own, on a fixed port (the test may stop and start it again), with one day
+    of demo history (so the 5x tier's levels, ~19% from price, are outside the chart's price range)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "engine.cli", "serve", "--feed", "demo", "--speed", "60", "--port", str(port),
+           "--history-days", "1"]
+    box: dict = {"url": f"http://127.0.0.1:{port}", "proc": None}
+
+    def start() -> None:
+        box["proc"] = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_healthy(box["url"], box["proc"])
+
+    def stop() -> None:
+        proc = box["proc"]
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    box["start"], box["stop"] = start, stop
+    start()
+    try:
+        yield box
+    finally:
+        stop()

@@ -237,3 +237,18 @@ def test_reset_forgets_the_partial_candle_after_a_reconnect():
     closer.update(_c(M, 1))
     closer.reset()
     assert closer.update(_c(3 * M, 2))[0] == Missing(M, 3 * M)  # bar 1 comes back over REST, not half-done
+
+
+def test_raw_events_read_from_a_file_get_their_price_kind_settled_once():
+    from engine.feeds.base import Liquidation
+    from engine.feeds.normalise import with_estimated_price
+
+    # an OKX row of ../shared/data/okx_liquidations_2026-03-04.csv.gz style: the bankruptcy price as printed
+    raw = Liquidation(1_772_664_000_000, "okx", "BTC/USDT:USDT", "short", 70_000.0, 0.5, 35_000.0)
+    settled = with_estimated_price(raw)
+    assert (settled.price_kind, settled.reported_price, settled.usd) == ("bankruptcy", 70_000.0, 35_000.0)
+    assert settled.price == pytest.approx(70_000.0 * (1 - 0.004))  # a short: one MMR (OKX BTC 0.4%) lower
+    assert with_estimated_price(settled) == settled  # never moved twice
+    fill = with_estimated_price(Liquidation(1_772_664_000_000, "binanceusdm", "BTC/USDT:USDT", "long", 70_000.0,
+                                            0.5, 35_000.0))
+    assert (fill.price, fill.reported, fill.price_kind) == (70_000.0, 70_000.0, "fill")

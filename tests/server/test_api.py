@@ -271,14 +271,14 @@ async def test_cascade_and_alerts(client):
     assert alerts["clock"] == "market" and alerts["webhook"] is None and isinstance(alerts["alerts"], list)
 
 
-async def test_zones_are_ranked_by_usd_times_touch_with_raw_usd_still_shown(client):
+async def test_zones_are_ranked_by_fourth_root_usd_times_touch_with_raw_usd_still_shown(client):
     body = await get_json(client, "/api/v1/zones?symbol=BTC")
     zones = body["zones"]
     assert body["weight"] == "touch" and body["horizon_hours"] == 4.0 and len(zones) >= 3
     assert [z["rank"] for z in zones] == list(range(1, len(zones) + 1))
     for z in zones:
-        assert z["score"] == pytest.approx(z["usd"] * z["touch_4h"]) and z["usd"] > 0
-        assert z["risk_usd_4h"] == pytest.approx(z["score"])
+        assert z["score"] == pytest.approx(z["usd"] ** 0.25 * z["touch_4h"]) and z["usd"] > 0
+        assert z["risk_usd_4h"] == pytest.approx(z["usd"] * z["touch_4h"])
         assert z["persistence_s"] >= 0 and isinstance(z["id"], int) and 0 <= z["confluence"] <= 3
     # a fresh order is the plain score order (hysteresis only holds places already taken)
     assert [z["score"] for z in zones] == sorted((z["score"] for z in zones), reverse=True)

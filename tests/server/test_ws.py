@@ -374,3 +374,20 @@ async def test_price_leaving_the_rows_brings_a_range_snapshot(client, feed):
     assert edges[0] < new["price"] < edges[-1] and edges[-1] > high
     assert new["seq"] >= snap["seq"]
     await ws.close()
+
+
+async def test_weekly_deltas_land_on_the_snapshots_monday_candle(client, feed):
+    """1w over the WebSocket: the live column, bar and realised deltas carry the week's Monday open time,
+    the same as the snapshot's last candle (a Sunday-based copy used to send them to empty slots)."""
+    import datetime as dt
+
+    ws, snap = await subscribed(client, {**SUB, "timeframe": "1w", "columns": 4})
+    week = snap["candles"]["t"][-1]
+    assert dt.datetime.fromtimestamp(week, dt.UTC).weekday() == 0
+    assert snap["heatmap"]["times"] == snap["candles"]["t"] and set(snap["realised"]["t"]) <= set(snap["candles"]["t"])
+    feed.push_forming()
+    feed.push_close()
+    msgs = await recv_until(ws, lambda m: m["type"] == "realised", within=10)
+    times = {m["type"]: m["time"] for m in msgs if m["type"] in ("bar", "column", "realised")}
+    assert times and set(times.values()) == {week}, times
+    await ws.close()

@@ -55,7 +55,13 @@ def test_importing_the_real_files_twice_adds_nothing_the_second_time(tmp_path):
         settled = bars.time + 3600 >= first_funding
         assert 0 < settled.sum() < len(bars) and np.isfinite(bars.funding_rate[settled]).all()
         assert np.isnan(bars.funding_rate[~settled]).all()
-        assert {e.side for e in s.read_liquidations(m.key)} == {"long", "short"}
+        events = s.read_liquidations(m.key)
+        assert {e.side for e in events} == {"long", "short"}
+        # OKX prints bankruptcy prices: stored beside the estimated liquidation price, one MMR nearer the entry
+        assert {e.price_kind for e in events} == {"bankruptcy"}
+        for e in events[:50]:
+            assert e.reported_price is not None
+            assert (e.price > e.reported_price) if e.side == "long" else (e.price < e.reported_price)
 
 
 def test_import_errors_are_one_line_with_a_nonzero_exit(tmp_path):

@@ -124,10 +124,50 @@ async def test_connect_survives_a_server_restart(served, feed):
 
 
 async def test_connect_to_nothing_says_so(make_tui):
-    app = make_app(connect=f"http://127.0.0.1:{free_port()}", colors="truecolor")
+    app = make_app(connect=f"http://127.0.0.1:{free_port()}", colors="truecolor", connect_wait=1.0)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "could not start" in app.loading, seconds=15, what="the error")
         assert "could not start" in app.map.message
+
+
+async def test_connect_before_the_server_is_up_retries_until_it_is(feed):
+    """`liqheat tui --connect` started before `liqheat serve`: it waits (saying so) and then connects,
+    as it does after a lost connection."""
+    hub = Hub(feed, history_days=0)
+    await hub.start()
+    port = free_port()
+    server = TestServer(create_app(hub), host="127.0.0.1", port=port)
+    app = make_app(connect=f"http://127.0.0.1:{port}", colors="truecolor", connect_wait=60.0)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            try:
+                await wait_for(pilot, lambda: "waiting for" in app.loading and "attempt 2" in app.loading, seconds=30,
+                               what="the retry note")
+            except AssertionError:
+                raise AssertionError(f"no retry note; the app says {app.loading!r} / {app.error!r}") from None
+            assert "waiting for" in header(app)
+            await server.start_server()
+            await loaded(pilot, seconds=60)
+            assert "BTC/USDT:USDT" in header(app)
+    finally:
+        await server.close()
+        await hub.stop()
+
+
+async def test_reconnect_raises_no_false_alert(served, feed):
+    app = make_app(connect=served.url, colors="truecolor")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        for _ in range(2):
+            await served.stop()
+            await wait_for(pilot, lambda: "RECONNECTING" in header(app), seconds=15, what="reconnecting")
+            await served.start()
+            await wait_for(pilot, lambda: "RECONNECTING" not in header(app) and app.source._sub.seq >= 0,
+                           seconds=30, what="reconnected and resubscribed")
+        await pilot.pause(1.0)
+        messages = [a.message for a in app.source.alerts()]
+        assert not [m for m in messages if "no subscription" in m], messages
+        assert "no subscription" not in app.query_one("#alerts").plain
 
 
 async def test_connect_reads_touch_probabilities_and_risk_from_the_server(served, feed):
@@ -161,3 +201,46 @@ async def test_connect_reads_touch_probabilities_and_risk_from_the_server(served
                        what="the risk answer")
         result = str(app.screen.query_one("#result").render())
         assert "chance price reaches it: 1h " in result and "4h " in result and "24h " in result
+
+
+async def test_connect_has_sessions_risk_weighted_view_and_portfolio(served, feed, tmp_path, monkeypatch):
+    """The panels that come from the engine's analytics work the same with --connect (from the API)."""
+    from tui.profile import Profile
+    from tui.screens import RiskScreen, SessionsScreen
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    app = make_app(connect=served.url, colors="truecolor")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("t")
+        assert isinstance(app.screen, SessionsScreen)
+        panel = app.screen.query_one("#sessions")
+        await wait_for(pilot, lambda: "Funding" in str(panel.render()), what="sessions from the server")
+        assert all(s in str(panel.render()) for s in ("Asia", "Europe", "US"))
+        await pilot.press("escape")
+        await pilot.press("w")
+        await wait_for(pilot, lambda: app._risk_profile is not None and "×P4h" in app.query_one("#profile-scale").plain,
+                       seconds=20, what="the server's risk-weighted map")
+        assert float(app.query_one(Profile).row_usd.sum()) > 0
+        await pilot.press("r")
+        screen = app.screen
+        assert isinstance(screen, RiskScreen)
+        screen.query_one("#entry").value = f"{app.pulse.price:.1f}"
+        await pilot.click("#add")
+        await wait_for(pilot, lambda: "inside elevated/high zones" in str(screen.query_one("#portfolio").render()),
+                       seconds=20, what="the server's portfolio check")
+        assert " liq " in str(screen.query_one("#portfolio").render())
+
+
+async def test_connect_reads_a_cell_and_filters_one_side(served, feed):
+    app = make_app(connect=served.url, colors="truecolor")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("left", "left")
+        bd = app.backdrop
+        assert bd.longs is not None and app.cursor[0] == 1  # the first arrow starts reading at the live column
+        text = app.query_one("#legend").plain
+        assert text.startswith("▸ ") and "longs $" in text and "shorts $" in text
+        await pilot.press("escape", "f")
+        assert "longs only" in header(app)
+        assert np.allclose(bd.grid(app.tier, "long") + bd.grid(app.tier, "short"), bd.grid(app.tier))

@@ -85,7 +85,7 @@ def test_tui_in_tmux_switches_views_and_quits_cleanly(tmux, tmp_path):
 @pytest.mark.parametrize("depth", ["16", "NO_COLOR"])
 def test_tui_colour_depths_in_a_real_terminal(tmux, tmp_path, depth):
     """16 colours and NO_COLOR draw the map with the glyph ramp; 16 colours use only the base palette,
-    NO_COLOR only greys (Textual's reading of it) — the intensity is in the glyphs either way."""
+    NO_COLOR no colour at all (not even greys) — the intensity is in the glyphs either way."""
     status = tmp_path / "status"
     flag = "--colors 16" if depth == "16" else ""
     cmd = f"sh -c {shlex.quote(f'{_script()} {TUI_ARGS} {flag}; echo $? > {status}')}"
@@ -99,7 +99,10 @@ def test_tui_colour_depths_in_a_real_terminal(tmux, tmp_path, depth):
     if depth == "16":
         assert not palette_codes  # only the 16 base colours (30-37, 90-97...)
     else:
-        assert palette_codes <= set(range(232, 256)) | {0, 7, 8, 15, 16, 231}, palette_codes  # greys only
+        sgr = [int(n) for seq in re.findall(r"\x1b\[([0-9;]*)m", coloured) for n in seq.split(";") if n]
+        colours = [n for n in sgr if 30 <= n <= 37 or 40 <= n <= 47 or 90 <= n <= 97 or 100 <= n <= 107
+                   or n in (38, 48)]
+        assert not colours, sorted(set(colours))  # only bold/dim/reverse and the terminal's default colours
     tmux.send("q")
     assert wait_for_file(status) == "0"
 
@@ -173,6 +176,61 @@ def test_tui_over_ssh_at_256_colours(tmux, tmp_path):
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+        if server.stderr is not None:
+            server.stderr.close()  # an unclosed pipe is a ResourceWarning (an error under -W error)
+
+
+def test_tui_ctrl_c_quits_with_status_0(tmux, tmp_path):
+    status = tmp_path / "status"
+    cmd = f"sh -c {shlex.quote(f'{_script()} {TUI_ARGS}; echo $? > {status}')}"
+    tmux.start(cmd, env={"TERM": "xterm-256color"})
+    tmux.wait_for(lambda s: "ESTIMATED" in s, seconds=30, what="a first frame")
+    tmux.send("C-c")
+    assert wait_for_file(status) == "0"
+
+
+def test_tui_narrow_and_tiny_terminals(tmux, tmp_path):
+    """At 70 columns the status line (health, ESTIMATED, view) stays; at 40x10 the screen says the terminal
+    is too small instead of sitting on "starting…"."""
+    status = tmp_path / "status"
+    cmd = f"sh -c {shlex.quote(f'{_script()} {TUI_ARGS}; echo $? > {status}')}"
+    tmux.width, tmux.height = 70, 24
+    tmux.start(cmd, env={"TERM": "xterm-256color"})
+    screen = tmux.wait_for(lambda s: "◀" in s and "5m · all tiers" in s, what="the map at 70 columns")
+    lines = screen.splitlines()
+    assert "ESTIMATED" in lines[1] and "DEMO" in lines[1]
+    tmux.send("q")
+    assert wait_for_file(status) == "0"
+    tmux.kill()
+    tiny = Tmux(f"{tmux.name}-tiny", 40, 10)
+    try:
+        tiny.start(cmd.replace(str(status), str(status) + "2"), env={"TERM": "xterm-256color"})
+        tiny.wait_for(lambda s: "terminal too small" in s and "40×10" in s, seconds=30, what="the too-small note")
+        tiny.send("q")
+        assert wait_for_file(Path(str(status) + "2")) == "0"
+    finally:
+        tiny.kill()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    ("--feed nosuch", "nosuch"),
+    ("--symbol NOPE --history-days 1", "NOPE"),
+    ("--feed file:/nonexistent/liqheat-bars.csv", "nonexistent"),
+    ("--connect http://127.0.0.1:{port} --wait 1", "127.0.0.1"),
+    ("--history-days -1", "--history-days"),
+])
+def test_tui_start_up_failure_prints_one_line_and_exits_2(tmux, tmp_path, args, says):
+    """What cannot start is a bad command line: one line on the terminal, exit status 2 (not an error
+    screen and status 0)."""
+    status = tmp_path / "status"
+    args = args.format(port=free_port())
+    cmd = f"sh -c {shlex.quote(f'{_script()} tui {args}; echo $? > {status}')}"
+    tmux.start(cmd, env={"TERM": "xterm-256color"})
+    assert wait_for_file(status, seconds=90) == "2"
+    screen = tmux._run("capture-pane", "-p", "-J", "-S", "-", "-t", "0").stdout  # joined, with history
+    said = [line for line in screen.splitlines() if line.startswith("liqheat tui:")]
+    assert len(said) == 1 and says in said[0], screen
+    assert "Traceback" not in screen
 
 
 def test_cli_refuses_without_a_terminal():

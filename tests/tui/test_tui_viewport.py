@@ -105,11 +105,21 @@ def test_time_axis_labels_sit_on_round_times_and_shift_with_their_columns():
     t0 = 1_767_225_600  # midnight
     times = t0 + 300 * np.arange(60)
     axis = time_axis(times, 300, 60)
-    assert "00:00" in axis and axis.index("00:00") == 0
+    assert "Jan 01" in axis and axis.index("Jan 01") == 0  # midnight shows the date
     later = time_axis(times + 300, 300, 60)  # one candle later every label moves one cell left
     assert later.index("01:00") == axis.index("01:00") - 1
-    assert "00:00" not in later  # it would not fit at the left edge any more
+    assert "Jan 01" not in later  # it would not fit at the left edge any more
     assert len(axis) == len(later) == 60
+
+
+def test_hourly_labels_read_as_times_and_dates_not_two_numbers():
+    t0 = 1_767_225_600 - 12 * 3600  # Dec 31 12:00
+    axis = time_axis(t0 + 3600 * np.arange(100), 3600, 100)
+    words = axis.split()
+    assert "12:00" in words and "Jan" in words and "01" in words  # "12:00" and "Jan 01", not "31 12h"
+    assert not any(w.endswith("h") for w in words)
+    daily = time_axis(t0 + 12 * 3600 + 86_400 * np.arange(60), 86_400, 60)
+    assert "Jan" in daily or "Feb" in daily
 
 
 def test_words_for_numbers():

@@ -132,9 +132,10 @@ class Tmux:
 
     def start(self, command: str, env: dict[str, str] | None = None) -> None:
         # Textual draws on stderr: the command's stderr must stay on the pane (no 2> redirection).
+        # COLUMNS/LINES (set by some pytest plugins) would override the pty's size for the app
         env_prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
         self._run("new-session", "-d", "-x", str(self.width), "-y", str(self.height),
-                  f"env {env_prefix} {command}" if env_prefix else command)
+                  f"env -u COLUMNS -u LINES {env_prefix} {command}")
         self._run("set-option", "-g", "remain-on-exit", "on", check=False)
 
     def capture(self, escapes: bool = False) -> str:
