@@ -34,7 +34,7 @@ from engine.feeds.base import (
     UnknownSymbol,
 )
 from engine.model import Bars
-from engine.store import Store, StoreError
+from engine.store import Store, StoreError, StoreUnavailable
 
 Log = Callable[[str], None]
 
@@ -229,7 +229,18 @@ class Recorder:
             # A write that has begun runs to the end even if we are cancelled (a thread cannot be
             # stopped); shielding it lets the stop wait for it instead of closing the store under it.
             self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write_batch, batch))
-            await asyncio.shield(self._inflight)
+            try:
+                await asyncio.shield(self._inflight)
+            except StoreUnavailable as exc:
+                # The store's server went away (a PostgreSQL restart): the batch was rolled back whole,
+                # so it goes back to the head of the queue and is written again once the server answers.
+                # The upserts are idempotent, so a batch that did commit before the error is not doubled.
+                self._inflight = None
+                for item in reversed(batch):
+                    self._queue.appendleft(item)
+                    self._queued_rows += len(item.bars) if isinstance(item, _BarsItem) else 1
+                self.log(f"store unavailable ({exc}); {self._queued_rows} rows kept, retrying in {self.retry_seconds:.0f}s")
+                await asyncio.sleep(self.retry_seconds)
 
     async def _settle(self) -> None:
         """Wait for a batch already being written (its rows precede everything still queued)."""

@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# Several machines: server/worker.py and server/replica.py reach these through the service (re-exported):
+# the Redis bus's names and shard ownership, the store a worker records into, the feed wrapper that records.
+from engine import bus  # noqa: F401
 from engine.feeds.base import (
     BarUpdate,
     Feed,
@@ -61,6 +64,9 @@ from engine.model.cascade import CascadeError
 from engine.model.risk import RiskError
 from engine.model.touch import TouchError
 from engine.model.views import ViewError
+from engine.store import StoreError  # noqa: F401
+from engine.stores import open_store  # noqa: F401
+from engine.worker import RecordingFeed  # noqa: F401
 
 if TYPE_CHECKING:
     from engine.alerts import WebhookSender

@@ -199,6 +199,11 @@ class StoreError(Exception):
     """The store cannot be used as asked; the message is one line a user can act on."""
 
 
+class StoreUnavailable(StoreError):
+    """The store's server cannot be reached right now (a PostgreSQL restart): the failed write was rolled
+    back whole, so trying it again later is safe."""
+
+
 @dataclass(frozen=True)
 class Gap:
     market: str  # EXCHANGE:SYMBOL
@@ -496,13 +501,7 @@ class Store:
                 timeframe = int(row[0])
             lo = -(2**62) if since is None else int(since)
             hi = 2**62 if until is None else int(until)
-            cur = self._db.execute(
-                f"SELECT {', '.join(_CANDLE_COLS)} FROM candles "  # noqa: S608 - fixed column names
-                "WHERE market = ? AND timeframe = ? AND time >= ? AND time < ? ORDER BY time",
-                (mid, timeframe, lo, hi),
-            )
-            # fromiter straight off the cursor: no list of tuples, and NULL arrives as NaN
-            rows = np.fromiter(cur, dtype=_CANDLE_DTYPE)
+            rows = self._candle_rows(mid, timeframe, lo, hi)
             cols: dict[str, np.ndarray | None] = {c: rows[c] for c in _CANDLE_COLS}
             for name in _OPTIONAL:
                 arr = cols[name]
@@ -517,6 +516,16 @@ class Store:
                     cols["funding_rate"], close_time, "funding", "rate", mid, FUNDING_MAX_AGE
                 )
         return Bars(timeframe=timeframe, **cols)  # type: ignore[arg-type]
+
+    def _candle_rows(self, mid: int, timeframe: int, lo: int, hi: int) -> np.ndarray:
+        """The stored candles of [lo, hi) as a structured array (_CANDLE_DTYPE), NULL as NaN."""
+        cur = self._db.execute(
+            f"SELECT {', '.join(_CANDLE_COLS)} FROM candles "  # noqa: S608 - fixed column names
+            "WHERE market = ? AND timeframe = ? AND time >= ? AND time < ? ORDER BY time",
+            (mid, timeframe, lo, hi),
+        )
+        # fromiter straight off the cursor: no list of tuples, and NULL arrives as NaN
+        return np.fromiter(cur, dtype=_CANDLE_DTYPE)
 
     def _fill_asof(
         self, have: np.ndarray | None, at: np.ndarray, table: str, col: str, mid: int, max_age: int

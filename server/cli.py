@@ -80,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="WebSocket connections at once (default 1000); more get 503 + Retry-After")
     parser.add_argument("--allow-host", action="append", default=[], metavar="HOST",
                         help="another Host name to answer on loopback (default: localhost, 127.0.0.1, [::1])")
+    parser.add_argument("--bus", default=None, metavar="redis://HOST:PORT/DB",
+                        help="run as a stateless replica of a cluster: views from this Redis, written by `liqheat worker`s")
     parser.add_argument("--verbose", action="store_true", help="log requests")
 
 
@@ -112,8 +114,13 @@ def _spec(args: argparse.Namespace, config: Config | None = None) -> FeedSpec:
     )
 
 
-async def serve(spec: FeedSpec, config: ServerConfig, verbose: bool = False) -> int:
-    app = create_app(spec, config)
+async def serve(spec: FeedSpec, config: ServerConfig, verbose: bool = False, bus: str | None = None) -> int:
+    if bus:
+        from .replica import create_replica_app
+
+        app = create_replica_app(bus, config)
+    else:
+        app = create_app(spec, config)
     # SIGTERM / SIGINT end the wait below; the finally closes the clients (1001) and the markets, and
     # the command exits 0 (aiohttp's own handlers raise GracefulExit, which exited 1).
     stop = asyncio.Event()
@@ -131,7 +138,8 @@ async def serve(spec: FeedSpec, config: ServerConfig, verbose: bool = False) -> 
     if server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
     host = config.host if config.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104 - printing only
-    print(f"liqheat: serving {', '.join(spec.feeds)} at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+    what = f"the cluster on {bus}" if bus else ", ".join(spec.feeds)
+    print(f"liqheat: serving {what} at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
     try:
         await stop.wait()
     finally:
@@ -172,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"liqheat serve: the chart library is missing and could not be installed: {exc}\n"
                   "  run `python -m server.assets` once with network access; the API works without it.", file=sys.stderr)
     try:
-        return asyncio.run(serve(spec, config, args.verbose))
+        return asyncio.run(serve(spec, config, args.verbose, args.bus))
     except FeedError as exc:
         print(f"liqheat serve: {exc}", file=sys.stderr)
         return 1

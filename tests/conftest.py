@@ -3,6 +3,8 @@
 - ``shared_data``: the real market data in ../shared/data beside the repository (skips when absent, so a
   clone without it still runs the rest).
 - The repository root is importable (``benchmarks.reference`` is a test oracle) whatever the runner's cwd.
+- ``postgres_url`` (a fresh database on a session PostgreSQL), ``own_postgres`` and ``redis_server`` (servers
+  a test may stop and restart): real servers from tests/real_servers.py.
 - NO_COLOR and TEXTUAL_* (except the snapshot plugin's own TEXTUAL_SNAPSHOT_*) are cleared, so colours
   and terminal output are the same on a developer's machine and in CI.
 """
@@ -14,6 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+# real Redis / PostgreSQL servers on loopback (tests/real_servers.py)
+from real_servers import own_postgres, postgres_server, postgres_url, redis_server  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

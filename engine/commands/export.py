@@ -58,8 +58,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (__doc__ or "").split("\n\n", 1)[1].replace("``", "")
     src = p.add_argument_group("input (one of)")
     src.add_argument("--bars", metavar="FILE", help="candles: CSV, CSV.gz, Parquet or JSON (see engine/formats.py)")
-    src.add_argument("--store", metavar="DB", help="a liqheat store (SQLite) recorded by 'liqheat record' / 'import'")
-    p.add_argument("--market", metavar="EXCHANGE:SYMBOL", help="with --store: which market, e.g. okx:BTC/USDT:USDT")
+    src.add_argument("--store", metavar="DB", help="a liqheat store (SQLite file or postgresql://...) recorded by 'liqheat record' / 'import'")
+    p.add_argument("--market", metavar="EXCHANGE:SYMBOL",
+                   help="with --store: which market, e.g. okx:BTC/USDT:USDT; several comma-separated, or 'all' "
+                        "(then --out names a file per market with {market}, e.g. out/{market}.csv)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="several markets: export N at a time in separate processes (default 1)")
     p.add_argument("--since", metavar="TIME", help="with --store: first bar (ISO date/time or UNIX seconds)")
     p.add_argument("--until", metavar="TIME", help="with --store: bars opened before this (ISO or UNIX seconds)")
     p.add_argument("--venue", help="files holding several venues: the one to use (also picks its margin tiers)")
@@ -94,6 +98,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # ---- running ------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
+    if args.store and args.market and ("," in args.market or args.market == "all"):
+        return _run_many(args)
     progress = Progress(enabled=not args.quiet)
     try:
         return _run(args, progress)
@@ -105,6 +111,62 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(f"liqheat export: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _safe_name(market: str) -> str:
+    """``okx:BTC/USDT:USDT`` -> ``okx_BTC-USDT-USDT`` (a file name on every system)."""
+    exchange, _, symbol = market.partition(":")
+    return exchange + "_" + "".join(c if c.isalnum() else "-" for c in symbol)
+
+
+def _export_one(args: argparse.Namespace) -> tuple[str, int, float]:
+    """One market of a many-market export (in a pool process)."""
+    t = wallclock.perf_counter()
+    code = run(args)
+    return args.market, code, wallclock.perf_counter() - t
+
+
+def _run_many(args: argparse.Namespace) -> int:
+    """Markets are independent: a process pool exports them side by side (``--jobs``), each market's
+    failure is its own line and sets the exit status, the others are still written."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from engine.stores import open_store
+
+    if "{market}" not in args.out:
+        print("liqheat export: several markets need --out with {market} in it, e.g. out/{market}.csv", file=sys.stderr)
+        return 2
+    if args.jobs < 1:
+        print("liqheat export: --jobs must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        with open_store(args.store, create=False) as store:
+            stored = [m.key for m in store.markets() if m.bars]
+    except Exception as exc:  # noqa: BLE001 - one line, as for one market
+        print(f"liqheat export: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    wanted = stored if args.market == "all" else [m.strip() for m in args.market.split(",") if m.strip()]
+    if not wanted:
+        print(f"liqheat export: {args.store} holds no bars", file=sys.stderr)
+        return 2
+    jobs = []
+    for market in wanted:
+        one = argparse.Namespace(**vars(args))
+        one.market, one.quiet = market, True
+        one.out = args.out.replace("{market}", _safe_name(market))
+        Path(one.out).parent.mkdir(parents=True, exist_ok=True)
+        jobs.append(one)
+    t0 = wallclock.perf_counter()
+    worst = 0
+    with ProcessPoolExecutor(max_workers=min(args.jobs, len(jobs))) as pool:
+        for market, code, secs in pool.map(_export_one, jobs):
+            worst = max(worst, code)
+            if not args.quiet:
+                print(f"  {market}: {'written' if code == 0 else 'FAILED'} in {secs:.1f} s", file=sys.stderr)
+    if not args.quiet:
+        print(f"liqheat export: {len(jobs)} markets with {min(args.jobs, len(jobs))} processes in "
+              f"{wallclock.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return worst
 
 
 def _run(args: argparse.Namespace, progress: Progress) -> int:
@@ -235,18 +297,20 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, str | None, str | None]:
         return bars, str(args.bars), args.venue, args.coin
     if not args.market:
         raise ExportError("--store needs --market EXCHANGE:SYMBOL (e.g. okx:BTC/USDT:USDT)")
-    from engine.store import Store, parse_market_key  # imported only when a store is used
+    from engine.store import parse_market_key  # imported only when a store is used
+    from engine.stores import open_store
 
     exchange, symbol = parse_market_key(args.market)
     since = _when(args.since, "--since") if args.since else None
     until = _when(args.until, "--until") if args.until else None
-    with Store(args.store, create=False) as store:
+    with open_store(args.store, create=False) as store:
         bars = store.read_bars(args.market, since, until)
+        where = str(store.path)  # a server URL without its password
     if len(bars) == 0:
-        raise ExportError(f"{args.store}: no bars for {args.market} in the range asked")
+        raise ExportError(f"{where}: no bars for {args.market} in the range asked")
     bars.validate()
     coin = args.coin or symbol.split("/")[0].split(":")[0].split("-")[0]
-    return bars, f"{args.store} {args.market}", args.venue or exchange, coin
+    return bars, f"{where} {args.market}", args.venue or exchange, coin
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}

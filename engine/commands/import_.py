@@ -9,7 +9,10 @@ HELP = "load bars, liquidations or funding from CSV/Parquet/JSON files into a st
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=None, help="store file (default: $LIQHEAT_DB or ~/.local/share/liqheat/liqheat.sqlite)")
+    parser.add_argument(
+        "--db", "--store", dest="db", default=None,
+        help="store file or postgresql://user@host/db (default: $LIQHEAT_DB or ~/.local/share/liqheat/liqheat.sqlite)",
+    )
     parser.add_argument("--market", required=True, help="where the rows go: EXCHANGE:SYMBOL, e.g. okx:BTC/USDT:USDT")
     parser.add_argument("--bars", help="candles file (.csv, .csv.gz, .parquet, .json)")
     parser.add_argument("--liquidations", help="liquidation events file (CSV/Parquet/JSON)")
@@ -30,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from engine.feeds.normalise import with_estimated_price
     from engine.formats import read_bars_file, read_funding_file, read_liquidations_file
     from engine.model import BarsError, timeframe_seconds
-    from engine.store import Store, StoreError, default_db_path, parse_market_key
+    from engine.store import StoreError, parse_market_key
+    from engine.stores import open_store
 
     def say(line: str) -> None:
         print(line, file=sys.stderr)
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     # files mixing venues/coins give up the market's own rows unless --venue/--coin say otherwise
     pick = {"venue": args.venue, "coin": args.coin, "market": args.market}
     try:
-        with Store(args.db or default_db_path()) as store:
+        with open_store(args.db) as store:
             if args.bars:
                 bars = read_bars_file(args.bars, timeframe=tf, **pick)
                 before = store.count_bars(args.market, bars.timeframe)

@@ -23,7 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated markets, e.g. BTC/USDT:USDT,ETH/USDT:USDT (BTCUSDT and BTC work too); "
         "default: every market of the demo or the replayed file",
     )
-    parser.add_argument("--db", default=None, help="store file (default: $LIQHEAT_DB or ~/.local/share/liqheat/liqheat.sqlite)")
+    parser.add_argument(
+        "--db", "--store", dest="db", default=None,
+        help="store file or postgresql://user@host/db (default: $LIQHEAT_DB or ~/.local/share/liqheat/liqheat.sqlite)",
+    )
     parser.add_argument("--speed", type=float, default=1.0, help="demo/replay clock speed (1 = real time)")
     parser.add_argument(
         "--since", default=None,
@@ -72,7 +75,8 @@ def build_feed(exchange: str, speed: float, since: int | None = None) -> Any:
 def run(args: argparse.Namespace) -> int:
     from engine.feeds.base import FeedError
     from engine.recorder import record, stderr_log
-    from engine.store import Store, StoreError, default_db_path
+    from engine.store import StoreError
+    from engine.stores import open_store
 
     def fail(msg: str, code: int = 1) -> int:
         print(f"liqheat record: {msg}", file=sys.stderr)
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     except (FeedError, ValueError) as exc:
         return fail(" ".join(str(exc).split()), 2)
     try:
-        store = Store(args.db or default_db_path())
+        store = open_store(args.db)
     except StoreError as exc:
         return fail(str(exc))
 
