@@ -46,9 +46,10 @@ def _script() -> Path:
 
 
 def _switches_timeframe_and_tier(tmux: Tmux) -> None:
-    screen = tmux.wait_for(lambda s: "demo:BTC/USDT:USDT" in s and " 5m · all tiers" in s and "◀" in s,
-                           what="the first map")
-    assert "ESTIMATED" in screen and ("USD/cell" in screen or "$/cell" in screen)
+    # the legend is drawn with the map's first frame, which can land a refresh after the price marker
+    screen = tmux.wait_for(lambda s: "demo:BTC/USDT:USDT" in s and " 5m · all tiers" in s and "◀" in s
+                           and ("USD/cell" in s or "$/cell" in s), what="the first map and its USD legend")
+    assert "ESTIMATED" in screen
     tmux.send("3")
     tmux.wait_for(lambda s: " 1h · all tiers" in s, what="1h after pressing 3")
     tmux.send("l")
