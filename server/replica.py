@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,12 +33,10 @@ from .live import Connection, Subscriber
 from .markets import dumps
 from .params import BadRequest
 from .state import CONFIG, STARTED_AT
-from .ws import MAX_ERRORS, PROTOCOL, _one_line, origin_ok
+from .ws import MAX_ERRORS, PROTOCOL, _one_line, origin_ok, subscription_id
 
 log = logging.getLogger("liqheat.replica")
 
-_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,32}$")
-_SUBSCRIBE_FIELDS = {"op", "id", "symbol", "timeframe", "tier", "bins", "columns", "price_low", "price_high", "log"}
 # A snapshot asked for and not seen in the log after this long is asked for again (owner restarting).
 SNAPSHOT_RETRY_S = 2.0
 REQUEST_TIMEOUT_S = 3.0
@@ -312,21 +309,7 @@ class ReplicaHub:
                 bm.views.pop(view.key, None)
 
     async def subscribe(self, conn: Connection, m: dict[str, Any]) -> None:
-        unknown = sorted(set(m) - _SUBSCRIBE_FIELDS)
-        if unknown:
-            raise BadRequest(f"unknown field {unknown[0][:30]!r} in subscribe")
-        sid = m.get("id")
-        if sid is None:
-            n = len(conn.subs) + 1
-            while f"s{n}" in conn.subs:
-                n += 1
-            sid = f"s{n}"
-        if not isinstance(sid, str) or not _ID.match(sid):
-            raise BadRequest("id must be 1-32 letters, digits or _.:-")
-        if sid in conn.subs:
-            raise BadRequest(f"subscription {sid!r} already exists; unsubscribe it first")
-        if len(conn.subs) >= self.config.max_subscriptions:
-            raise BadRequest(f"at most {self.config.max_subscriptions} subscriptions per connection")
+        sid = subscription_id(conn, m, self.config.max_subscriptions)
         fields = {k: v for k, v in m.items() if k not in ("op", "id") and v is not None}
         for k, v in fields.items():
             if not isinstance(v, (int, float, str)):

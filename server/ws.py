@@ -205,8 +205,9 @@ def _sub(conn: Connection, m: dict[str, Any]) -> Subscriber:
 _SUBSCRIBE_FIELDS = {"op", "id", "symbol", "timeframe", "tier", "bins", "columns", "price_low", "price_high", "log"}
 
 
-def _subscribe(request: web.Request, live: LiveHub, conn: Connection, m: dict[str, Any]) -> None:
-    cfg = request.app[CONFIG]
+def subscription_id(conn: Connection, m: dict[str, Any], max_subscriptions: int) -> str:
+    """Check a subscribe message's fields and pick its id (given, or the next free ``sN``); shared by the
+    one-process server and the cluster replica, so both refuse the same messages the same way."""
     unknown = sorted(set(m) - _SUBSCRIBE_FIELDS)
     if unknown:
         raise BadRequest(f"unknown field {unknown[0][:30]!r} in subscribe")
@@ -220,8 +221,14 @@ def _subscribe(request: web.Request, live: LiveHub, conn: Connection, m: dict[st
         raise BadRequest("id must be 1-32 letters, digits or _.:-")
     if sid in conn.subs:
         raise BadRequest(f"subscription {sid!r} already exists; unsubscribe it first")
-    if len(conn.subs) >= cfg.max_subscriptions:
-        raise BadRequest(f"at most {cfg.max_subscriptions} subscriptions per connection")
+    if len(conn.subs) >= max_subscriptions:
+        raise BadRequest(f"at most {max_subscriptions} subscriptions per connection")
+    return sid
+
+
+def _subscribe(request: web.Request, live: LiveHub, conn: Connection, m: dict[str, Any]) -> None:
+    cfg = request.app[CONFIG]
+    sid = subscription_id(conn, m, cfg.max_subscriptions)
     fields = _Params()
     for k, v in m.items():
         if k in ("op", "id") or v is None:
