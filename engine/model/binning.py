@@ -78,22 +78,170 @@ def _blocks(h: np.ndarray, width: int) -> np.ndarray:
     return np.asarray(starts, dtype=np.int64)
 
 
-def _rows(slot_b: np.ndarray, slot_d: np.ndarray, nslots: int, wide: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The (block, key) slots that see an event, ascending, and where each event's row starts in a table
-    of ``wide`` columns per slot (row * wide)."""
-    kind = np.int64 if nslots * wide >= 1 << 31 else np.int32
-    if nslots <= TABLE_LIMIT:
-        seen = np.zeros(nslots, dtype=bool)
-        seen[slot_b] = True
-        seen[slot_d] = True
-        rows = np.flatnonzero(seen)
-        row_of = np.zeros(nslots, dtype=kind)
-        row_of[rows] = np.arange(0, len(rows) * wide, wide, dtype=kind)
-        return rows, row_of[slot_b], row_of[slot_d]
-    rows, inverse = np.unique(np.concatenate([slot_b, slot_d]), return_inverse=True)
-    inverse = inverse.astype(kind)
-    inverse *= wide
-    return rows, inverse[: len(slot_b)], inverse[len(slot_b) :]
+class Binning:
+    """Outstanding USD per column, cell (and tier), built from cohorts given in any number of chunks
+    (``add``), then ``grid()``. Chunks bound the memory a long history's millions of cohorts need: each
+    keeps only its events' slot, column in block and weight.
+
+    ``h`` (T, C): each tier's log survival at each column, non-increasing along the columns."""
+
+    def __init__(self, h: np.ndarray, ncells: int, split_tiers: bool = True) -> None:
+        self.h, self.ncells, self.split_tiers = h, ncells, split_tiers
+        t, ncol = h.shape
+        self.starts = _blocks(h, BLOCK_COLUMNS) if ncol else np.zeros(1, dtype=np.int64)
+        nblocks = len(self.starts) - 1
+        self.wide = int(np.diff(self.starts).max()) if ncol else 1
+        block_of = np.repeat(np.arange(nblocks, dtype=np.int32), np.diff(self.starts))
+        self.nkeys = ncells * t
+        self.nslots = nblocks * self.nkeys
+        self.index = np.int64 if self.nslots * self.wide >= 1 << 31 else np.int32
+        self.slot_base = block_of.astype(self.index) * self.nkeys  # per column: its block's first (block, key) slot
+        self.pos_of = (np.arange(ncol) - self.starts[:-1][block_of]).astype(np.int32)  # column within its block
+        self.h0 = h[:, self.starts[:-1]][:, block_of].ravel()  # (T * C): H at each column's block start
+        self.seen = np.zeros(self.nslots, dtype=bool) if self.nslots <= TABLE_LIMIT else None
+        self.events: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []  # slot, column in block, weight, sign
+
+    def add(
+        self, appear: np.ndarray, gone: np.ndarray, cell: np.ndarray, tier: np.ndarray, usd: np.ndarray,
+        log_birth: np.ndarray,
+    ) -> None:
+        """Cohorts: ``appear`` the first column that shows one, ``gone`` the first column that no longer
+        does (C: none; appear < gone), ``cell`` its cell, ``tier`` its row of ``h``, ``usd`` its notional
+        at birth and ``log_birth`` the log survival F[tier, birth] it was born at."""
+        t, ncol = self.h.shape
+        if len(appear) == 0 or ncol == 0:
+            return
+        tier = tier.astype(np.int32)
+        key = cell.astype(self.index) * t + tier  # (cell, tier): a cell's tiers side by side
+        at_h = tier * np.int32(ncol)  # where each cohort's tier starts in h0
+        ends = np.flatnonzero(gone < ncol)
+        dcol = gone[ends]
+        for col, k, where, sign in ((appear, key, at_h, 1), (dcol, key[ends], at_h[ends], -1)):
+            # an event's weight in its block's units: usd * exp(H[tier, block start] - F[tier, birth])
+            weight = self.h0[where + col]
+            weight -= log_birth if sign > 0 else log_birth[ends]
+            np.exp(weight, out=weight)
+            weight *= usd if sign > 0 else usd[ends]
+            slot = self.slot_base[col] + k
+            if self.seen is not None:
+                self.seen[slot] = True
+            self.events.append((slot, self.pos_of[col], weight, sign))
+
+    def _rows(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The (block, key) slots that see an event, ascending, and each event set's start in a table of
+        ``wide`` columns per slot (row * wide)."""
+        wide, index = self.wide, self.index
+        if self.seen is not None:
+            rows = np.flatnonzero(self.seen)
+            row_of = np.zeros(self.nslots, dtype=index)
+            row_of[rows] = np.arange(0, len(rows) * wide, wide, dtype=index)
+            return rows, [row_of[slot] for slot, *_ in self.events]
+        # very narrow blocks (survival falling by SPAN e-folds within a few columns): too many slots for a
+        # table, so the sort
+        slots = [slot for slot, *_ in self.events]
+        rows, inverse = np.unique(np.concatenate(slots), return_inverse=True)
+        inverse = inverse.astype(index)
+        inverse *= wide
+        return rows, np.split(inverse, np.cumsum([len(x) for x in slots])[:-1])
+
+    @staticmethod
+    def _summed_block(
+        flat: np.ndarray, product: np.ndarray, c0: int, c1: int, scale: np.ndarray, carry: np.ndarray,
+        units: np.ndarray, events: np.ndarray, p_cell: np.ndarray, p_tier: np.ndarray,
+    ) -> None:
+        """One block of the grid summed over tiers, written into ``flat`` (C, cells).
+
+        Every cell as if nothing happened inside the block: one float32 (columns x T) @ (T x cells) product,
+        always ``product``'s full height so that a column's value does not depend on how wide its block
+        turned out (a shorter history ends its last block sooner). A cell that sees events: from its first
+        event on, the sum over all its tiers in tier order (float64), each tier carry * scale or its touched
+        pair's value. Both rules read nothing after the column, so the past does not change when the
+        future arrives."""
+        width = c1 - c0
+        t = scale.shape[0]
+        if width == len(product):
+            np.matmul(scale.T.astype(np.float32), carry.astype(np.float32), out=flat[c0:c1])
+        else:
+            padded = np.zeros((len(product), t), dtype=np.float32)
+            padded[:width] = scale.T
+            np.matmul(padded, carry.astype(np.float32), out=product)
+            flat[c0:c1] = product[:width]
+        if not len(p_cell):
+            return
+        # keys are ascending, so a cell's pairs are side by side
+        first = np.flatnonzero(np.r_[True, p_cell[1:] != p_cell[:-1]])
+        cells = p_cell[first]
+        which = np.repeat(np.arange(len(cells)), np.diff(np.r_[first, len(p_cell)]))
+        tiers = carry[:, cells][:, :, None] * scale[:, None, :]  # (T, cells, width)
+        tiers[p_tier, which] = units
+        total = tiers[0]
+        for row in tiers[1:]:  # in tier order, whatever the shape
+            total += row
+        # the column of each cell's first event: before it, the product stands
+        begun = np.minimum.reduceat(np.argmax(events != 0, axis=1), first)
+        kept = np.arange(width)[None, :] < begun[:, None]
+        total[kept] = flat[c0:c1, cells].T[kept]
+        flat[c0:c1, cells] = total.T
+
+    def grid(self) -> np.ndarray:
+        """Float32 (C, ncells, T), or (C, ncells, 1) summed over tiers when ``split_tiers`` is False."""
+        h, ncells, split_tiers = self.h, self.ncells, self.split_tiers
+        t, ncol = h.shape
+        if ncol == 0 or not self.events:
+            return np.zeros((ncol, ncells, t if split_tiers else 1), dtype=np.float32)
+        out = np.empty((ncol, ncells, t if split_tiers else 1), dtype=np.float32)  # every cell is written below
+        starts, wide, nkeys = self.starts, self.wide, self.nkeys
+        nblocks = len(starts) - 1
+        rows, row_at = self._rows()
+        block_rows = np.searchsorted(rows, np.arange(nblocks + 1, dtype=np.int64) * nkeys)
+        # one table: a row per touched (block, key), a column per column of the block; births minus deaths,
+        # then the running sum along the block. Beside it the events so far, births in the low 32 bits and
+        # deaths in the high ones (one pass for both): alive = births - deaths, and "has seen an event".
+        added = np.zeros((len(rows), wide))
+        events = np.zeros((len(rows), wide), dtype=np.int64)  # (int64: np.add.at on int32 takes a slow path)
+        added_flat, events_flat = added.reshape(-1), events.reshape(-1)
+        for (_, pos, weight, sign), at in zip(self.events, row_at, strict=True):
+            at += pos
+            (np.add if sign > 0 else np.subtract).at(added_flat, at, weight)
+            np.add.at(events_flat, at, 1 if sign > 0 else 1 << 32)
+        self.events = []
+        np.cumsum(added, axis=1, out=added)
+        np.cumsum(events, axis=1, out=events)
+        alive = (events & 0xFFFFFFFF) - (events >> 32)
+
+        carry = np.zeros((t, ncells))  # USD at the block's first column, per (tier, cell)
+        count = np.zeros((t, ncells), dtype=np.int64)  # alive cohorts per (tier, cell)
+        flat = out.reshape(ncol, -1)
+        product = np.empty((wide, ncells), dtype=np.float32) if not split_tiers else None
+        with one_blas_thread():
+            for k in range(nblocks):
+                c0, c1 = int(starts[k]), int(starts[k + 1])
+                width = c1 - c0
+                scale = np.exp(h[:, c0:c1] - h[:, c0 : c0 + 1])  # (T, width): survival since the block's start
+                r0, r1 = int(block_rows[k]), int(block_rows[k + 1])
+                keys = rows[r0:r1] - k * nkeys
+                p_cell, p_tier = keys // t, keys % t
+                # the touched pairs over the block: what they carried plus what their events added, aged
+                # (before a pair's first event exactly carry * scale, as for a pair that sees none)
+                units = added[r0:r1, :width] + carry[p_tier, p_cell][:, None]
+                units *= scale[p_tier]
+                units[(alive[r0:r1, :width] + count[p_tier, p_cell][:, None]) <= 0] = 0.0
+                np.maximum(units, 0.0, out=units)
+                if split_tiers:
+                    # every pair as if nothing happened inside the block, then the touched pairs over it
+                    np.multiply(scale.T[:, None, :], carry.T[None, :, :], out=out[c0:c1], casting="same_kind")
+                    out[c0:c1, p_cell, p_tier] = units.T
+                else:
+                    self._summed_block(flat, product, c0, c1, scale, carry, units, events[r0:r1, :width], p_cell, p_tier)
+                # what is alive at the block's end, aged to the next block's first column
+                if r1 > r0:
+                    carry[p_tier, p_cell] += added[r0:r1, width - 1]
+                    count[p_tier, p_cell] += alive[r0:r1, width - 1]
+                    gone_now = count[p_tier, p_cell] <= 0
+                    carry[p_tier[gone_now], p_cell[gone_now]] = 0.0
+                carry *= scale[:, -1:] if c1 == ncol else np.exp(h[:, c1] - h[:, c0])[:, None]
+                carry[carry < TINY] = 0.0
+        return out
 
 
 def outstanding(
@@ -108,98 +256,7 @@ def outstanding(
     split_tiers: bool = True,
 ) -> np.ndarray:
     """Outstanding USD per column, cell (and tier), as float32 (C, ncells, T) — or (C, ncells, 1) summed
-    over tiers when ``split_tiers`` is False.
-
-    Per cohort: ``appear`` the first column that shows it, ``gone`` the first column that no longer does
-    (C: none; appear < gone), ``cell`` its cell, ``tier`` its row of ``h``, ``usd`` its notional at birth
-    and ``log_birth`` the log survival F[tier, birth] it was born at. ``h`` (T, C): each tier's log
-    survival at each column, non-increasing along the columns."""
-    t, ncol = h.shape
-    if ncol == 0 or len(appear) == 0:
-        return np.zeros((ncol, ncells, t if split_tiers else 1), dtype=np.float32)
-    out = np.empty((ncol, ncells, t if split_tiers else 1), dtype=np.float32)  # every cell is written below
-    starts = _blocks(h, BLOCK_COLUMNS)
-    nblocks = len(starts) - 1
-    wide = int(np.diff(starts).max())
-    block_of = np.repeat(np.arange(nblocks, dtype=np.int32), np.diff(starts))
-    pos_of = (np.arange(ncol) - starts[:-1][block_of]).astype(np.int32)  # column within its block
-    nkeys = ncells * t
-    index = np.int64 if nblocks * nkeys >= 1 << 31 else np.int32
-    slot_base = block_of.astype(index) * nkeys  # per column: its block's first (block, key) slot
-    tier = tier.astype(np.int32)
-    key = cell.astype(index) * t + tier  # (cell, tier): a cell's tiers side by side
-    at_h = tier * np.int32(ncol)  # where each cohort's tier starts in h0 (flat)
-    ends = np.flatnonzero(gone < ncol)
-    dcol = gone[ends].astype(np.int32)
-    # each event's slot (block, key) and its row in the table of slots that see events
-    rows, row_b, row_d = _rows(slot_base[appear] + key, slot_base[dcol] + key[ends], nblocks * nkeys, wide)
-    block_rows = np.searchsorted(rows, np.arange(nblocks + 1, dtype=np.int64) * nkeys)
-    # an event's weight in its block's units: usd * exp(H[tier, block start] - F[tier, birth])
-    h0 = h[:, starts[:-1]][:, block_of].ravel()  # (T * C): H at each column's block start
-    lb = h0[at_h + appear]
-    lb -= log_birth
-    np.exp(lb, out=lb)
-    lb *= usd
-    ld = h0[at_h[ends] + dcol]
-    ld -= log_birth[ends]
-    np.exp(ld, out=ld)
-    ld *= usd[ends]
-    # one table: a row per touched (block, key), a column per column of the block; births minus deaths,
-    # then the running sum along the block. Same for the counts of alive cohorts.
-    size = len(rows) * wide
-    row_b += pos_of[appear]
-    row_d += pos_of[dcol]
-    added = np.bincount(row_b, weights=lb, minlength=size)
-    np.subtract.at(added, row_d, ld)  # in place: no second table
-    added = added.reshape(-1, wide)
-    np.cumsum(added, axis=1, out=added)
-    alive = np.bincount(row_b, minlength=size)
-    np.subtract.at(alive, row_d, 1)
-    alive = alive.reshape(-1, wide)
-    np.cumsum(alive, axis=1, out=alive)
-    del lb, ld, row_b, row_d
-
-    carry = np.zeros((t, ncells))  # USD at the block's first column, per (tier, cell)
-    count = np.zeros((t, ncells), dtype=np.int64)  # alive cohorts per (tier, cell)
-    flat = out.reshape(ncol, -1)
-    with one_blas_thread():
-        for k in range(nblocks):
-            c0, c1 = int(starts[k]), int(starts[k + 1])
-            width = c1 - c0
-            scale = np.exp(h[:, c0:c1] - h[:, c0 : c0 + 1])  # (T, width): survival since the block's start
-            r0, r1 = int(block_rows[k]), int(block_rows[k + 1])
-            keys = rows[r0:r1] - k * nkeys
-            p_cell, p_tier = keys // t, keys % t
-            # the touched pairs over the block: what they carried plus what their events added, aged
-            units = added[r0:r1, :width] + carry[p_tier, p_cell][:, None]
-            units *= scale[p_tier]
-            units[(alive[r0:r1, :width] + count[p_tier, p_cell][:, None]) <= 0] = 0.0
-            np.maximum(units, 0.0, out=units)
-            if split_tiers:
-                # every pair as if nothing happened inside the block, then the touched pairs over it
-                np.multiply(scale.T[:, None, :], carry.T[None, :, :], out=out[c0:c1], casting="same_kind")
-                out[c0:c1, p_cell, p_tier] = units.T
-            else:
-                # every cell as if nothing happened inside the block: one float32 product over the tiers
-                np.matmul(scale.T.astype(np.float32), carry.astype(np.float32), out=flat[c0:c1])
-                if r1 > r0:
-                    # a touched cell: its untouched tiers by the same product (float64), plus its touched
-                    # pairs (keys are ascending, so a cell's pairs are side by side)
-                    first = np.flatnonzero(np.r_[True, p_cell[1:] != p_cell[:-1]])
-                    cells = p_cell[first]
-                    which = np.repeat(np.arange(len(cells)), np.diff(np.r_[first, len(p_cell)]))
-                    rest = carry[:, cells]
-                    rest[p_tier, which] = 0.0
-                    total = scale.T @ rest
-                    at = (which * width)[:, None] + np.arange(width)
-                    total += np.bincount(at.ravel(), weights=units.ravel(), minlength=len(cells) * width).reshape(-1, width).T
-                    flat[c0:c1, cells] = total
-            # what is alive at the block's end, aged to the next block's first column
-            if r1 > r0:
-                carry[p_tier, p_cell] += added[r0:r1, width - 1]
-                count[p_tier, p_cell] += alive[r0:r1, width - 1]
-                gone_now = count[p_tier, p_cell] <= 0
-                carry[p_tier[gone_now], p_cell[gone_now]] = 0.0
-            carry *= scale[:, -1:] if c1 == ncol else np.exp(h[:, c1] - h[:, c0])[:, None]
-            carry[carry < TINY] = 0.0
-    return out
+    over tiers when ``split_tiers`` is False — for cohorts given at once (see Binning.add)."""
+    binning = Binning(h, ncells, split_tiers)
+    binning.add(appear, gone, cell, tier, usd, log_birth)
+    return binning.grid()

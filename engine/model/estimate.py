@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bars import TIMEFRAMES, WEEK_OFFSET, Bars, typical_price
-from .binning import outstanding
+from .binning import Binning
 from .cohorts import Cohorts, LevelGrid, SeedCarry, build_cohorts, seed_exposure
 from .ladder import ModelParams
 from .lifetime import FirstTouch
@@ -30,7 +30,8 @@ from .views import (
 )
 
 WICK, BODY = 0, 1  # which part of a bar clears a piece (body only matters with partial wick clearing)
-_CHUNK = 1 << 18  # cohorts per chunk in the heatmap and realised passes (temporaries stay in cache)
+_CHUNK = 1 << 18  # cohorts per chunk in the realised pass (temporaries stay in cache)
+_CHUNK_HEATMAP = 1 << 20  # cohorts per chunk in the heatmap (bounds its temporaries, few Python calls)
 
 
 @dataclass(frozen=True)
@@ -248,34 +249,47 @@ class Estimate:
         closed = np.searchsorted(self.bars.close_time, times, side="right")  # bars closed by each column
         # first column that sees bar i closed (i = n: never), so a birth or a death maps to a column
         col_of = np.searchsorted(closed, np.arange(n + 1), side="right").astype(np.int32)
-        sel = np.flatnonzero(c.tier == tier) if tier is not None else slice(None)
-        level = c.level[sel]
+        sel = np.flatnonzero(c.tier == tier) if tier is not None else None
+        levels = c.level[sel] if sel is not None else c.level
         # display bins of each level and its share of each (a level's USD is split over the bins its
         # grid cell overlaps: no stripes where bins and grid disagree), through a lookup table over the
         # levels in use; every (cohort, bin) piece then counts as a cohort of its own
-        kmin = int(level.min()) if len(level) else 0
-        kmax = int(level.max()) if len(level) else -1
+        kmin = int(levels.min()) if len(levels) else 0
+        kmax = int(levels.max()) if len(levels) else -1
         if spread:
             lut_bin, lut_share = level_shares(edges, np.arange(kmin, kmax + 1) * self.grid.step, self.grid.step)
         else:
             lut_bin = bin_of(edges, self.grid.price(np.arange(kmin, kmax + 1)))[:, None]
             lut_share = np.ones(lut_bin.shape)
-        pieces = lut_bin[level - kmin]  # (cohorts, pieces); -1: none
-        birth = c.birth[sel]
-        appear = col_of[birth]
-        gone = col_of[self.death[sel]]
-        live, piece = np.nonzero((pieces >= 0) & (appear < gone)[:, None])
-        disp, share = pieces[live, piece].astype(np.int32), lut_share[level[live] - kmin, piece]
-        birth, cohort_tier = birth[live], c.tier[sel][live].astype(np.int32)
+        # per piece: the level's cell (side * nb + bin, -1: none) and share, as contiguous columns
+        luts = [(np.ascontiguousarray(lut_bin[:, j]).astype(np.int32), np.ascontiguousarray(lut_share[:, j]))
+                for j in range(lut_bin.shape[1])]
         H = self.F[:, np.maximum(closed - 1, 0)]  # (T, C): each tier's log survival at each column
-        if tier is not None:
-            H, row = H[tier : tier + 1], np.zeros(len(live), dtype=np.int32)
-        else:
-            row = cohort_tier
-        grid = outstanding(
-            appear[live], gone[live], c.side[sel][live].astype(np.int32) * np.int32(nb) + disp, row,
-            c.usd[sel][live] * share, self.F[cohort_tier, birth], H, 2 * nb, split_tiers=by_tier or tier is not None,
-        ).reshape(ncol, 2, nb, -1)
+        binning = Binning(H[tier : tier + 1] if tier is not None else H, 2 * nb, split_tiers=by_tier or tier is not None)
+        f_flat = self.F.ravel()
+        total = len(sel) if sel is not None else len(c)
+        # in chunks of cohorts: a long history's millions of cohorts never make full-length temporaries
+        for lo in range(0, total, _CHUNK_HEATMAP):
+            part = sel[lo : lo + _CHUNK_HEATMAP] if sel is not None else slice(lo, lo + _CHUNK_HEATMAP)
+            birth = c.birth[part]
+            appear, gone = col_of[birth], col_of[self.death[part]]
+            seen = appear < gone
+            level = c.level[part] - kmin
+            for disp_of, share_of in luts:
+                disp = disp_of[level]
+                keep = np.flatnonzero(seen & (disp >= 0))
+                if not len(keep):
+                    continue
+                cohort_tier = c.tier[part][keep].astype(np.int32)
+                usd = c.usd[part][keep]
+                if spread:
+                    usd = usd * share_of[level[keep]]
+                binning.add(
+                    appear[keep], gone[keep], c.side[part][keep].astype(np.int32) * np.int32(nb) + disp[keep],
+                    np.zeros(len(keep), dtype=np.int32) if tier is not None else cohort_tier, usd,
+                    f_flat[cohort_tier * n + birth[keep]],
+                )
+        grid = binning.grid().reshape(ncol, 2, nb, -1)
         return Heatmap(times, edges, grid[:, LONG], grid[:, SHORT], labels)
 
 
