@@ -212,7 +212,7 @@ class Binning:
         carry = np.zeros((t, ncells))  # USD at the block's first column, per (tier, cell)
         count = np.zeros((t, ncells), dtype=np.int64)  # alive cohorts per (tier, cell)
         flat = out.reshape(ncol, -1)
-        product = np.empty((wide, ncells), dtype=np.float32) if not split_tiers else None
+        product = np.empty((wide if not split_tiers else 0, ncells), dtype=np.float32)  # (summed: see _summed_block)
         with one_blas_thread():
             for k in range(nblocks):
                 c0, c1 = int(starts[k]), int(starts[k + 1])
