@@ -38,7 +38,7 @@ SPAN = 600.0
 # Amounts decayed below this (USD) are dropped: they would be float32 subnormals, which cost a hundred
 # times more per operation and no one can see a billionth of a cent.
 TINY = 1e-9
-BLOCK_COLUMNS = 128  # columns per block: fewer blocks cost Python calls, wider ones cost wider event rows
+BLOCK_COLUMNS = 64  # columns per block: fewer blocks cost Python calls, wider ones cost wider event rows
 # Above this many (block, key) slots the table of touched pairs is found by np.unique instead (only when
 # blocks are very narrow: survival falling by SPAN e-folds within a few columns).
 TABLE_LIMIT = 1 << 26
@@ -146,8 +146,8 @@ class Binning:
 
     @staticmethod
     def _summed_block(
-        flat: np.ndarray, product: np.ndarray, c0: int, c1: int, scale: np.ndarray, carry: np.ndarray,
-        units: np.ndarray, events: np.ndarray, p_cell: np.ndarray, p_tier: np.ndarray,
+        flat: np.ndarray, product: np.ndarray, scratch: np.ndarray, c0: int, c1: int, scale: np.ndarray,
+        carry: np.ndarray, units: np.ndarray, events: np.ndarray, p_cell: np.ndarray, p_tier: np.ndarray,
     ) -> None:
         """One block of the grid summed over tiers, written into ``flat`` (C, cells).
 
@@ -172,15 +172,16 @@ class Binning:
         first = np.flatnonzero(np.r_[True, p_cell[1:] != p_cell[:-1]])
         cells = p_cell[first]
         which = np.repeat(np.arange(len(cells)), np.diff(np.r_[first, len(p_cell)]))
-        tiers = carry[:, cells][:, :, None] * scale[:, None, :]  # (T, cells, width)
+        # (T, cells, width) in a scratch buffer (a fresh one per block costs page faults)
+        tiers = scratch[:, : len(cells), :width]
+        np.multiply(carry[:, cells][:, :, None], scale[:, None, :], out=tiers)
         tiers[p_tier, which] = units
         total = tiers[0]
         for row in tiers[1:]:  # in tier order, whatever the shape
             total += row
         # the column of each cell's first event: before it, the product stands
         begun = np.minimum.reduceat(np.argmax(events != 0, axis=1), first)
-        kept = np.arange(width)[None, :] < begun[:, None]
-        total[kept] = flat[c0:c1, cells].T[kept]
+        np.copyto(total, flat[c0:c1, cells].T, where=np.arange(width)[None, :] < begun[:, None])
         flat[c0:c1, cells] = total.T
 
     def grid(self) -> np.ndarray:
@@ -212,7 +213,9 @@ class Binning:
         carry = np.zeros((t, ncells))  # USD at the block's first column, per (tier, cell)
         count = np.zeros((t, ncells), dtype=np.int64)  # alive cohorts per (tier, cell)
         flat = out.reshape(ncol, -1)
-        product = np.empty((wide if not split_tiers else 0, ncells), dtype=np.float32)  # (summed: see _summed_block)
+        # summed: see _summed_block
+        product = np.empty((wide if not split_tiers else 0, ncells), dtype=np.float32)
+        scratch = np.empty((t, ncells if not split_tiers else 0, wide))
         with one_blas_thread():
             for k in range(nblocks):
                 c0, c1 = int(starts[k]), int(starts[k + 1])
@@ -229,10 +232,10 @@ class Binning:
                 np.maximum(units, 0.0, out=units)
                 if split_tiers:
                     # every pair as if nothing happened inside the block, then the touched pairs over it
-                    np.multiply(scale.T[:, None, :], carry.T[None, :, :], out=out[c0:c1], casting="same_kind")
+                    np.multiply(scale.T[:, None, :], np.ascontiguousarray(carry.T)[None], out=out[c0:c1], casting="same_kind")
                     out[c0:c1, p_cell, p_tier] = units.T
                 else:
-                    self._summed_block(flat, product, c0, c1, scale, carry, units, events[r0:r1, :width], p_cell, p_tier)
+                    self._summed_block(flat, product, scratch, c0, c1, scale, carry, units, events[r0:r1, :width], p_cell, p_tier)
                 # what is alive at the block's end, aged to the next block's first column
                 if r1 > r0:
                     carry[p_tier, p_cell] += added[r0:r1, width - 1]
