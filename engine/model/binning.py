@@ -208,7 +208,6 @@ class Binning:
         self.events = []
         np.cumsum(added, axis=1, out=added)
         np.cumsum(events, axis=1, out=events)
-        alive = (events & 0xFFFFFFFF) - (events >> 32)
 
         carry = np.zeros((t, ncells))  # USD at the block's first column, per (tier, cell)
         count = np.zeros((t, ncells), dtype=np.int64)  # alive cohorts per (tier, cell)
@@ -228,18 +227,21 @@ class Binning:
                 # (before a pair's first event exactly carry * scale, as for a pair that sees none)
                 units = added[r0:r1, :width] + carry[p_tier, p_cell][:, None]
                 units *= scale[p_tier]
-                units[(alive[r0:r1, :width] + count[p_tier, p_cell][:, None]) <= 0] = 0.0
+                so_far = events[r0:r1, :width]
+                alive = (so_far & 0xFFFFFFFF) - (so_far >> 32)  # births - deaths so far in the block
+                alive += count[p_tier, p_cell][:, None]
+                units[alive <= 0] = 0.0
                 np.maximum(units, 0.0, out=units)
                 if split_tiers:
                     # every pair as if nothing happened inside the block, then the touched pairs over it
                     np.multiply(scale.T[:, None, :], np.ascontiguousarray(carry.T)[None], out=out[c0:c1], casting="same_kind")
                     out[c0:c1, p_cell, p_tier] = units.T
                 else:
-                    self._summed_block(flat, product, scratch, c0, c1, scale, carry, units, events[r0:r1, :width], p_cell, p_tier)
+                    self._summed_block(flat, product, scratch, c0, c1, scale, carry, units, so_far, p_cell, p_tier)
                 # what is alive at the block's end, aged to the next block's first column
                 if r1 > r0:
                     carry[p_tier, p_cell] += added[r0:r1, width - 1]
-                    count[p_tier, p_cell] += alive[r0:r1, width - 1]
+                    count[p_tier, p_cell] = alive[:, -1]
                     gone_now = count[p_tier, p_cell] <= 0
                     carry[p_tier[gone_now], p_cell[gone_now]] = 0.0
                 carry *= scale[:, -1:] if c1 == ncol else np.exp(h[:, c1] - h[:, c0])[:, None]
