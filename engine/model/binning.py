@@ -111,8 +111,9 @@ class Binning:
         t, ncol = self.h.shape
         if len(appear) == 0 or ncol == 0:
             return
-        tier = tier.astype(np.int32)
-        key = cell.astype(self.index) * t + tier  # (cell, tier): a cell's tiers side by side
+        tier = tier.astype(np.int32, copy=False)
+        key = cell.astype(self.index, copy=False) * t  # (cell, tier): a cell's tiers side by side
+        key += tier
         at_h = tier * np.int32(ncol)  # where each cohort's tier starts in h0
         ends = np.flatnonzero(gone < ncol)
         dcol = gone[ends]
