@@ -9,19 +9,24 @@ tier and cell is born or dies.
 The columns go in blocks. At a block's first column c0 every (tier, cell) holds ``carry``: USD then.
 Inside the block, with E[t, c] = exp(H[t, c] - H[t, c0]):
 
-- a cell that no cohort enters or leaves is sum_t E[t, c] * carry[t, cell]: for every such cell and
-  column of the block at once, one (columns x T) @ (T x cells) product written straight into the float32
-  result (summed over tiers), or a broadcast product (per tier);
+- a cell that no cohort enters or leaves is sum_t E[t, c] * carry[t, cell]: for every cell and column of
+  the block at once, one float32 (columns x T) @ (T x cells) product on one BLAS thread written straight
+  into the result (summed over tiers), or a broadcast product (per tier);
 - a (cell, tier) pair that sees a birth or a death gets a dense row over the block's columns: its events
-  added up per column, a running sum, the same survival scale.
+  added up per column, a running sum, the same survival scale (float64). A cell with such pairs is, from
+  its first event on, the sum of all its tiers in tier order.
 
-Every event of every block lands in one table of such rows (block by block, pairs in key order) through
-a single ``bincount`` over a flat (row, column in block) index: no sort of the events, no Python loop over
-events or columns, only a short one over blocks. The tiers' different half-lives are why the sum over
-tiers cannot be taken before the survival scale.
+Every event of every block lands in one table of such rows (block by block, pairs in key order): each
+event's row comes from a lookup table over (block, key) slots, and ``np.add.at`` adds it in. No sort of
+the events, no Python loop over events or columns, only a short one over blocks; the work is
+O(events + touched pairs x block width + columns x cells), whatever the number of bars behind a column.
+The tiers' different half-lives are why the sum over tiers cannot be taken before the survival scale.
+Cohorts may come in chunks (``Binning.add``): a year of 1m bars has millions, and each chunk keeps only
+its events' slot, column in block and weight.
 
 Exactness: a cohort's death removes what its birth added only up to rounding, so every (tier, cell)
-also counts its alive cohorts (integers), and a pair whose cohorts have all died is exactly zero.
+also counts its alive cohorts (integers), and a pair whose cohorts have all died is exactly zero. Every
+column's value reads nothing after that column, so appending history never changes a past column.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ SPAN = 600.0
 # Amounts decayed below this (USD) are dropped: they would be float32 subnormals, which cost a hundred
 # times more per operation and no one can see a billionth of a cent.
 TINY = 1e-9
-BLOCK_COLUMNS = 64  # columns per block: fewer blocks cost Python calls, wider ones cost wider event rows
+BLOCK_COLUMNS = 64  # columns per block: fewer blocks cost Python calls, wider ones wider event rows (64: measured)
 # Above this many (block, key) slots the table of touched pairs is found by np.unique instead (only when
 # blocks are very narrow: survival falling by SPAN e-folds within a few columns).
 TABLE_LIMIT = 1 << 26
@@ -170,9 +175,12 @@ class Binning:
         if not len(p_cell):
             return
         # keys are ascending, so a cell's pairs are side by side
-        first = np.flatnonzero(np.r_[True, p_cell[1:] != p_cell[:-1]])
+        starts_cell = np.empty(len(p_cell), dtype=bool)
+        starts_cell[0] = True
+        np.not_equal(p_cell[1:], p_cell[:-1], out=starts_cell[1:])
+        first = np.flatnonzero(starts_cell)
         cells = p_cell[first]
-        which = np.repeat(np.arange(len(cells)), np.diff(np.r_[first, len(p_cell)]))
+        which = np.cumsum(starts_cell) - 1  # each pair's cell among ``cells``
         # (T, cells, width) in a scratch buffer (a fresh one per block costs page faults)
         tiers = scratch[:, : len(cells), :width]
         np.multiply(carry[:, cells][:, :, None], scale[:, None, :], out=tiers)
