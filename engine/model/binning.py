@@ -44,9 +44,10 @@ SPAN = 600.0
 # times more per operation and no one can see a billionth of a cent.
 TINY = 1e-9
 BLOCK_COLUMNS = 64  # columns per block: fewer blocks cost Python calls, wider ones wider event rows (64: measured)
-# Above this many (block, key) slots the table of touched pairs is found by np.unique instead (only when
-# blocks are very narrow: survival falling by SPAN e-folds within a few columns).
-TABLE_LIMIT = 1 << 26
+# Above this many (block, key) slots the touched pairs are found by np.unique instead of a lookup table
+# (which then would pass ~64 MB): very narrow blocks (survival falling by SPAN e-folds within a few
+# columns) or the largest grids the views allow.
+TABLE_LIMIT = 1 << 24
 
 
 @cache
