@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from importlib.metadata import entry_points
 
 # name -> module, imported lazily (ccxt and textual are slow to import)
 ENGINE_COMMANDS: dict[str, str] = {
@@ -23,6 +22,8 @@ ENGINE_COMMANDS: dict[str, str] = {
 
 
 def _commands() -> dict[str, str]:
+    from importlib.metadata import entry_points  # scanning the installed packages costs ~50 ms
+
     found = dict(ENGINE_COMMANDS)
     for ep in entry_points(group="liqheat.commands"):
         found[ep.name] = ep.value.split(":")[0]
@@ -35,14 +36,15 @@ def _load(module: str):  # type: ignore[no-untyped-def]
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = _commands()
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    # a batch command of the engine needs no look at the installed faces (serve, tui, worker)
+    commands = dict(ENGINE_COMMANDS) if chosen in ENGINE_COMMANDS else _commands()
     parser = argparse.ArgumentParser(
         prog="liqheat",
         description="Estimated liquidation levels for crypto perpetual futures (an estimate, not a fact).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only the chosen command's module is imported; the others are listed by name.
-    chosen = next((a for a in argv if not a.startswith("-")), None)
     modules = {}
     for name, module in sorted(commands.items()):
         if name == chosen:
