@@ -122,6 +122,12 @@ def _one_line(exc: BaseException) -> str:
 
 def _from_arrow(col: Any) -> np.ndarray:
     """An Arrow column as float64 (numbers, nulls as NaN; timestamps as epoch ms) or object (text)."""
+    if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
+        # straight to numpy (nulls become NaN): Arrow's cast would load pyarrow.compute (~50 ms) for it
+        arr = np.asarray(col.to_numpy(zero_copy_only=False))
+        if arr.dtype.kind == "f" or len(arr) == 0 or int(np.abs(arr).max()) <= 2**53:
+            return np.asarray(arr, dtype=np.float64)
+        # integers a float64 cannot hold exactly: Arrow's checked cast refuses them, as it always has
     if pa.types.is_timestamp(col.type):
         col = col.cast(pa.timestamp("ms", tz=col.type.tz)).cast(pa.int64())
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type):
