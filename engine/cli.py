@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# One BLAS thread unless the user asks for more (set before numpy loads OpenBLAS). liqheat's matrix
+# products are small (a ladder's 5-6 weights times a window x bucket table); OpenBLAS's helper threads
+# spin-wait around each one and cost ~25x its CPU time (6 ms instead of 0.2 ms per product, measured on a
+# shared 2-core machine), which made them most of `backtest --suite`'s ladder search. The results are the
+# same: each output element is the same dot product either way.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # name -> module, imported lazily (ccxt and textual are slow to import)
 ENGINE_COMMANDS: dict[str, str] = {
