@@ -134,6 +134,8 @@ def _from_arrow(col: Any) -> np.ndarray:
         return np.asarray(col.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
     if pa.types.is_boolean(col.type):
         return np.asarray(col.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if pa.types.is_string(col.type):  # already text: no cast (which would load pyarrow.compute)
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
     return np.asarray(col.cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
 
 
@@ -834,23 +836,16 @@ def read_liquidation_columns(
 
 def _sides(t: _Table, side_col: str) -> np.ndarray:
     """True where the row's side is ``long``, False for ``short`` (trimmed, any case); anything else is
-    refused naming its row."""
+    refused naming its row. Each distinct cell is read once (a column holds a handful of spellings)."""
     raw = t.columns[side_col]
-    if raw.dtype == object:
-        import pyarrow.compute as pc
-
-        text = pc.utf8_lower(pc.utf8_trim_whitespace(pa.array(raw, type=pa.string())))
-        long = np.asarray(pc.equal(text, "long").fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
-        short = np.asarray(pc.equal(text, "short").fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
-        bad = ~(long | short)
-    else:  # a numeric column is never long/short
-        long = np.zeros(len(raw), dtype=bool)
-        bad = np.ones(len(raw), dtype=bool)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        v = raw[i]
-        raise BadFile(f"{t.where(i)}: {side_col} must be long or short (the position liquidated), got {str(v)[:20]!r}")
-    return long
+    cells = raw.tolist()
+    word = {v: str(v).strip().lower() if v is not None else "" for v in set(cells)}
+    code = {v: {"long": 1, "short": 0}.get(w, -1) for v, w in word.items()}
+    side = np.fromiter((code[v] for v in cells), dtype=np.int8, count=len(cells))
+    if (side < 0).any():
+        i = int(np.flatnonzero(side < 0)[0])
+        raise BadFile(f"{t.where(i)}: {side_col} must be long or short (the position liquidated), got {str(raw[i])[:20]!r}")
+    return side == 1
 
 
 def read_funding_file(
