@@ -14,6 +14,7 @@ same model. "CPU" is the process's user + system time (all threads), "wall" elap
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import resource
@@ -38,6 +39,9 @@ BEFORE_S = (0.91, 1.4)  # liqheat before this change: estimate + per-tier float6
 BEFORE_RSS_MB = 1900.0
 BEFORE_EXPORT_S = (4.9, 5.9)  # a year of 1m bars CSV -> heatmap export, before (issue 12)
 BEFORE_CSV_READ_S = 3.7
+BEFORE_BACKTEST_S = 9.7  # `liqheat backtest` on 5 months of 15m bars, before (issue 12)
+BYBIT_15M = REPO.parent / "shared" / "data" / "bybit_btcusdt_15m_2024-01_06.csv.gz"
+BYBIT_LIQ = REPO.parent / "shared" / "data" / "bybit_btcusdt_liquidations_2024-02_06.csv.gz"
 
 N_5M, BINS = 8015, 1100
 YEAR_1M = 525_600
@@ -170,11 +174,94 @@ def child_close(n: int, closes: int) -> dict[str, Any]:
             "concat_median_ms": statistics.median(concat_ms)}
 
 
-CHILDREN = {"peer": child_peer, "reference": child_reference, "page": child_page, "csv": child_csv, "close": child_close}
+def child_export_stages(path: str) -> dict[str, Any]:
+    """Where an export's CPU goes, stage by stage (what `liqheat export --what heatmap --step 1d --bins
+    400` does), and the CSV writer beside the cell-by-cell writer it replaced, on the same table."""
+    import io
+
+    from engine.commands.export import _heatmap_table
+    from engine.formats import _csv_cells, read_bars_file, write_csv_stream
+    from engine.model import ModelParams, estimate, price_edges
+
+    c0 = _cpu()
+    bars = read_bars_file(path)
+    c1 = _cpu()
+    est = estimate(bars, ModelParams())
+    c2 = _cpu()
+    edges = price_edges(float(bars.low.min()) * 0.9, float(bars.high.max()) * 1.1, 400)
+    hm = est.heatmap(times=est.column_times(86_400), edges=edges, by_tier=False)
+    c3 = _cpu()
+    table = _heatmap_table(hm)
+    write_csv_stream(io.StringIO(), table.columns, table.formats)
+    c4 = _cpu()
+    out = io.StringIO()  # the writer before: every cell formatted and joined on its own
+    names = list(table.columns)
+    out.write(",".join(names) + "\n")
+    for lo in range(0, len(table), 50_000):
+        cells = [_csv_cells(table.columns[k][lo : lo + 50_000], table.formats.get(k)) for k in names]
+        out.write("".join(",".join(row) + "\n" for row in zip(*cells, strict=True)))
+    c5 = _cpu()
+    return {"read": c1 - c0, "estimate": c2 - c1, "heatmap": c3 - c2, "write": c4 - c3, "write_before": c5 - c4,
+            "rows": len(table)}
 
 
-def _spawn(kind: str, **kw: Any) -> dict[str, Any]:
+def child_backtest_stages(runs: int) -> dict[str, Any]:
+    """The Bybit 2024 backtest's own stages beside the code paths they replaced, in one process: the
+    events read as columns vs as one object per event; the zone protocol whole-array vs one window at a
+    time (benchmarks/reference.py; same figures to the last bit)."""
+    from benchmarks.reference import zone_protocol_one_by_one
+    from engine.formats import read_liquidation_columns, read_liquidations_file
+    from engine.model import ModelParams, estimate
+    from engine.model.scoring import Events, zone_protocol
+
+    cols, objs, zone, zone_before = [], [], [], []
+    for _ in range(runs):
+        c0 = _cpu()
+        liq = read_liquidation_columns(BYBIT_LIQ)
+        events = Events.from_arrays(liq.time_ms / 1000.0, liq.long, liq.price, liq.usd)
+        c1 = _cpu()
+        old = read_liquidations_file(BYBIT_LIQ)
+        Events.from_arrays(np.array([e.time_ms for e in old], dtype=np.float64) / 1000.0, np.array([e.side for e in old]),
+                           np.array([e.price for e in old]), np.array([e.usd for e in old]))
+        c2 = _cpu()
+        cols.append(c1 - c0)
+        objs.append(c2 - c1)
+    from engine.formats import read_bars_file
+
+    est = estimate(read_bars_file(BYBIT_15M), ModelParams(exchange="bybit"))
+    span = events.span
+    zone_protocol(est, events, 4.0, coverage=span)  # the window books, built once and shared by both paths
+    for _ in range(runs):
+        c0 = _cpu()
+        a = [zone_protocol(est, events, 4.0, coverage=span, rank=r) for r in ("usd", "risk")]
+        c1 = _cpu()
+        b = [zone_protocol_one_by_one(est, events, 4.0, coverage=span, rank=r) for r in ("usd", "risk")]
+        c2 = _cpu()
+        assert [x.to_dict() for x in a] == [x.to_dict() for x in b]
+        zone.append(c1 - c0)
+        zone_before.append(c2 - c1)
+    return {"events": len(events), "read_columns": min(cols), "read_objects": min(objs), "zones": min(zone),
+            "zones_before": min(zone_before), "windows": a[0].windows}
+
+
+def child_matvec(reps: int) -> dict[str, Any]:
+    """The accuracy suite's ladder search: a 6-weight mix times a (6, windows x buckets) table, as many
+    times as it tries mixes; CPU per product (OpenBLAS threads as the environment says)."""
+    table = np.random.default_rng(0).random((6, 1558 * 77))
+    w = np.full(6, 1 / 6)
+    c0 = _cpu()
+    for _ in range(reps):
+        _ = w @ table
+    return {"ms": (_cpu() - c0) / reps * 1000}
+
+
+CHILDREN = {"peer": child_peer, "reference": child_reference, "page": child_page, "csv": child_csv, "close": child_close,
+            "export_stages": child_export_stages, "backtest_stages": child_backtest_stages, "matvec": child_matvec}
+
+
+def _spawn(kind: str, env_extra: dict[str, str] | None = None, **kw: Any) -> dict[str, Any]:
     env = dict(os.environ)
+    env.update(env_extra or {})
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_peers", "--child", kind, json.dumps(kw)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -202,6 +289,49 @@ def _year_csv(folder: str) -> str:
 def _row(what: str, value: str, goal: str = "", ok: bool | None = None) -> str:
     mark = "" if ok is None else ("ok" if ok else "MISSED")
     return f"  {what:<64} {value:>18}  {goal:<22} {mark}"
+
+
+def _command_cpu(args: list[str], runs: int = 3) -> tuple[float, float]:
+    """Best (CPU, wall) of ``runs`` runs of ``python -m engine.cli ARGS`` (or ``python ARGS`` when they
+    start with -c; CPU: the child's user + system)."""
+    best = []
+    cmd = [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", "engine.cli", *args]
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        s = time.perf_counter()
+        subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        best.append((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, time.perf_counter() - s))
+    return min(best)
+
+
+def batch_commands(path: str) -> None:
+    """issue 12's batch goals: export and backtest end to end, where their CPU goes, and what the code
+    paths they replaced cost in this same run (the engine's bytecode compiled first, see main)."""
+    st = _spawn("export_stages", path=path)
+    start, _ = _command_cpu(["-c", "import engine.cli, engine.commands.export, engine.formats, engine.ladderfile, engine.model"])
+    print(_row("  of which: start-up (python, numpy, pyarrow, the command) CPU", f"{start:.2f} s"))
+    print(_row("    read CSV / estimate / heatmap binning CPU", f"{st['read']:.2f} / {st['estimate']:.2f} / {st['heatmap']:.2f} s"))
+    print(_row(f"    table + CSV writer ({st['rows']:,} rows) / the writer before, CPU",
+               f"{st['write']:.3f} / {st['write_before']:.3f} s", f"x{st['write_before'] / max(st['write'], 1e-9):.1f}"))
+    if not (BYBIT_15M.exists() and BYBIT_LIQ.exists()):
+        print(_row("liqheat backtest on the Bybit 2024 set", "shared data absent"))
+        return
+    cpu, wall = _command_cpu(["backtest", "--bars", str(BYBIT_15M), "--liquidations", str(BYBIT_LIQ), "--exchange", "bybit"])
+    print(_row("liqheat backtest, Bybit 2024 (72 event days, 15m bars), CPU / wall", f"{cpu:.2f} / {wall:.2f} s",
+               f"<= 2 s (before {BEFORE_BACKTEST_S} s*)", cpu <= 2.0))
+    bt = _spawn("backtest_stages", runs=3)
+    print(_row(f"  read {bt['events']:,} events as columns / one object each (before), CPU",
+               f"{bt['read_columns']:.3f} / {bt['read_objects']:.3f} s", f"x{bt['read_objects'] / max(bt['read_columns'], 1e-9):.1f}"))
+    print(_row(f"  zone protocol, {bt['windows']:,} windows x 2 ranks: whole-array / per window (before)",
+               f"{bt['zones']:.3f} / {bt['zones_before']:.3f} s", f"x{bt['zones_before'] / max(bt['zones'], 1e-9):.1f}, same figures"))
+    suite, _ = _command_cpu(["backtest", "--suite", "--sets", "bybit-15m"], runs=1)
+    print(_row("liqheat backtest --suite --sets bybit-15m (ladder search, bootstraps), CPU", f"{suite:.2f} s"))
+    one = _spawn("matvec", env_extra={"OPENBLAS_NUM_THREADS": "1"}, reps=200)["ms"]
+    many = _spawn("matvec", env_extra={"OPENBLAS_NUM_THREADS": str(os.cpu_count() or 2)}, reps=200)["ms"]
+    print(_row("  its ladder-mix product: 1 OpenBLAS thread (the CLI's) / all cores, CPU each",
+               f"{one:.2f} / {many:.2f} ms", f"x{many / max(one, 1e-9):.0f}"))
+    print("  * the 9.7 s was 5 months of 15m bars before pyarrow and this round; the 2 s goal is the Bybit set")
 
 
 def main() -> None:
@@ -241,6 +371,9 @@ def main() -> None:
         print(_row(f"read a year of 1m bars from CSV ({csv['mb']:.0f} MB), CPU / wall best",
                    f"{csv['cpu']:.2f} / {csv['wall']:.2f} s", f"<= 0.3 s (before {BEFORE_CSV_READ_S} s)", csv["cpu"] <= 0.3))
         out = os.path.join(tmp, "heat.csv")
+        # commands timed as installed: pip compiles the package's bytecode, while a checkout run with
+        # PYTHONDONTWRITEBYTECODE=1 would recompile every module at every start (~0.1 s CPU a command)
+        compileall.compile_dir(str(REPO / "engine"), quiet=1)
         runs = []
         for _ in range(3):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -254,6 +387,7 @@ def main() -> None:
         cpu, wall = min(runs)
         print(_row("CSV -> heatmap export end to end (liqheat export, 1d x 400 bins), CPU / wall",
                    f"{cpu:.2f} / {wall:.2f} s", f"<= 1.5 s (before {BEFORE_EXPORT_S[0]}-{BEFORE_EXPORT_S[1]})", cpu <= 1.5))
+        batch_commands(path)
     close = _spawn("close", n=YEAR_1M, closes=300)
     print(_row("live: close a bar on a year of 1m history (history + engine), median",
                f"{close['close_median_ms']:.2f} ms", "<= 1 ms", close["close_median_ms"] <= 1.0))

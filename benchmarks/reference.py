@@ -15,6 +15,9 @@ Per bar, in order:
 
 Only the model's *inputs* come from the engine: the Bars columns, the ladder and the margin brackets
 (tables of numbers). The formulas are re-derived here from the exchanges' published ones.
+
+At the end, a second kind of reference: the zone protocol's scoring one window at a time (numpy per
+window), as it was before the engine did every window in whole-array passes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.model import Bars, ModelParams
 
@@ -252,3 +256,83 @@ def run_reference(bars: Bars, params: ModelParams, column_times: list[int] | Non
 
     mode = "oi" if (bars_vol == 0 and bars_oi > 0) else "volume" if bars_oi == 0 else "hybrid"
     return ReferenceResult(time, realised_long, realised_short, mode, books, snapshot(), step)
+
+
+# ---- the zone protocol, one window at a time ---------------------------------------------------------
+def zone_protocol_one_by_one(
+    est: Any, events: Any, horizon_hours: float = 4.0, step_s: int = 3600, bucket_pct: float = 0.25,
+    span_pct: float = 10.0, top: float = 0.1, min_events: int = 10, coverage: tuple[float, float] | None = None,
+    rank: str = "usd",
+) -> Any:
+    """engine.model.scoring.zone_protocol as it was written before it went whole-array: the same books
+    and touch probabilities, then a loop over the windows choosing each one's buckets and bucketing its
+    events with numpy calls per window. The engine must give the same ZoneScore to the last bit
+    (tests/analytics/test_backtest_scoring.py); benchmarks/bench_peers.py times the two side by side."""
+    import numpy as np
+
+    from engine.model.accuracy import touch_matrix
+    from engine.model.scoring import ZoneScore, effective_n, est_window_books, wilson_lower
+
+    start, end = coverage or events.span
+    h = int(round(horizon_hours * 3600))
+    bars = est.bars
+    first = max(math.ceil(start / step_s) * step_s, int(bars.close_time[0]))
+    times = np.arange(first, int(end) - h + 1, step_s, dtype=np.int64)
+    nb = max(2, int(round(2 * math.log1p(span_pct / 100) / math.log1p(bucket_pct / 100))))
+    hit_usd = tot_usd = rand_usd = near_usd = 0.0
+    per_window: list[dict[str, float]] = []
+    weight_per_event = np.zeros(len(events))
+    n_closed_all = np.searchsorted(bars.close_time, times, side="right")
+    lo_ev = np.searchsorted(events.time, times, side="right")
+    hi_ev = np.searchsorted(events.time, times + h, side="right")
+    has_bars = n_closed_all > 0
+    enough = (hi_ev - lo_ev) >= min_events
+    excluded = int((has_bars & ~enough).sum())
+    kept = has_bars & enough
+    books = est_window_books(est, times[kept], bucket_pct, span_pct)
+    preds = books.usd.sum(axis=(0, 2))
+    if rank == "risk" and len(books.times):
+        preds = preds * touch_matrix(bars, books, horizon_hours)
+    for j, t in enumerate(books.times):
+        a, b_ = int(lo_ev[kept][j]), int(hi_ev[kept][j])
+        sel = slice(a, b_)
+        price = float(books.price[j])
+        edges = books.edges[j]
+        pred = preds[j]
+        k = max(1, math.ceil(top * nb))
+        order = np.argsort(-pred, kind="stable")
+        chosen = order[:k][pred[order[:k]] > 0]
+        centers = np.sqrt(edges[1:] * edges[:-1])
+        nearest = np.argsort(np.abs(np.log(centers / price)), kind="stable")[: len(chosen)]
+        b = np.searchsorted(edges, events.price[sel], side="right") - 1
+        inside = (b >= 0) & (b < nb)
+        b = np.where(inside, b, nb)
+        is_chosen = np.zeros(nb + 1, dtype=bool)
+        is_chosen[chosen] = True
+        is_near = np.zeros(nb + 1, dtype=bool)
+        is_near[nearest] = True
+        w = events.usd[sel]
+        total = float(w.sum())
+        in_range = float(w[inside].sum())
+        hit = float(w[is_chosen[b]].sum())
+        near = float(w[is_near[b]].sum())
+        rand = in_range * len(chosen) / nb
+        hit_usd += hit
+        tot_usd += total
+        rand_usd += rand
+        near_usd += near
+        weight_per_event[sel] += w
+        per_window.append(
+            {"time": int(t), "price": price, "events": int(b_ - a), "usd": total, "precision": hit / total,
+             "random": rand / total, "nearest": near / total, "buckets_chosen": int(len(chosen))}
+        )
+    precision = hit_usd / tot_usd
+    random = rand_usd / tot_usd
+    n_eff = effective_n(weight_per_event[weight_per_event > 0])
+    lo = wilson_lower(precision, n_eff)
+    return ZoneScore(
+        rank, horizon_hours, bucket_pct, span_pct, len(per_window), excluded, int((weight_per_event > 0).sum()),
+        tot_usd, precision, random, precision / random if random > 0 else math.nan, lo,
+        lo / random if random > 0 else math.nan, n_eff, near_usd / tot_usd,
+        (near_usd / tot_usd) / random if random > 0 else math.nan, tuple(per_window),
+    )

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from importlib.metadata import entry_points
+
+# One BLAS thread unless the user asks for more (set before numpy loads OpenBLAS). liqheat's matrix
+# products are small (a ladder's 5-6 weights times a window x bucket table); OpenBLAS's helper threads
+# spin-wait around each one and cost ~25x its CPU time (6 ms instead of 0.2 ms per product, measured on a
+# shared 2-core machine), which made them most of `backtest --suite`'s ladder search. The results are the
+# same: each output element is the same dot product either way.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # name -> module, imported lazily (ccxt and textual are slow to import)
 ENGINE_COMMANDS: dict[str, str] = {
@@ -23,6 +30,8 @@ ENGINE_COMMANDS: dict[str, str] = {
 
 
 def _commands() -> dict[str, str]:
+    from importlib.metadata import entry_points  # scanning the installed packages costs ~50 ms
+
     found = dict(ENGINE_COMMANDS)
     for ep in entry_points(group="liqheat.commands"):
         found[ep.name] = ep.value.split(":")[0]
@@ -35,14 +44,15 @@ def _load(module: str):  # type: ignore[no-untyped-def]
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = _commands()
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    # a batch command of the engine needs no look at the installed faces (serve, tui, worker)
+    commands = dict(ENGINE_COMMANDS) if chosen in ENGINE_COMMANDS else _commands()
     parser = argparse.ArgumentParser(
         prog="liqheat",
         description="Estimated liquidation levels for crypto perpetual futures (an estimate, not a fact).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only the chosen command's module is imported; the others are listed by name.
-    chosen = next((a for a in argv if not a.startswith("-")), None)
     modules = {}
     for name, module in sorted(commands.items()):
         if name == chosen:

@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from engine.feeds.base import FeedError, Liquidation
 from engine.model import Bars, BarsError
 
+# pyarrow.parquet and pyarrow.compute are imported where they are used: together they add about a tenth
+# of a second to the start of a command that only reads a CSV.
 STORE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -122,12 +122,20 @@ def _one_line(exc: BaseException) -> str:
 
 def _from_arrow(col: Any) -> np.ndarray:
     """An Arrow column as float64 (numbers, nulls as NaN; timestamps as epoch ms) or object (text)."""
+    if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
+        # straight to numpy (nulls become NaN): Arrow's cast would load pyarrow.compute (~50 ms) for it
+        arr = np.asarray(col.to_numpy(zero_copy_only=False))
+        if arr.dtype.kind == "f" or len(arr) == 0 or int(np.abs(arr).max()) <= 2**53:
+            return np.asarray(arr, dtype=np.float64)
+        # integers a float64 cannot hold exactly: Arrow's checked cast refuses them, as it always has
     if pa.types.is_timestamp(col.type):
         col = col.cast(pa.timestamp("ms", tz=col.type.tz)).cast(pa.int64())
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type):
         return np.asarray(col.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
     if pa.types.is_boolean(col.type):
         return np.asarray(col.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if pa.types.is_string(col.type):  # already text: no cast (which would load pyarrow.compute)
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
     return np.asarray(col.cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
 
 
@@ -204,6 +212,8 @@ def _find_short_row(p: Path, label: str, gz: bool) -> None:
 
 
 def _read_parquet(p: Path, label: str) -> _Table:
+    import pyarrow.parquet as pq
+
     try:
         table = pq.read_table(p)
     except (pa.ArrowException, OSError) as exc:
@@ -283,6 +293,8 @@ def _numbers(t: _Table, name: str) -> np.ndarray:
     raw = t.columns[name]
     if raw.dtype != object:
         return np.asarray(raw, dtype=np.float64)
+    import pyarrow.compute as pc
+
     text = pc.utf8_trim_whitespace(pa.array(raw, type=pa.string()))
     text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
     try:
@@ -635,6 +647,8 @@ def write_table(
 
     def write(tmp: Path) -> None:
         if suffix in PARQUET_SUFFIXES:
+            import pyarrow.parquet as pq
+
             table = pa.table({k: pa.array(v.tolist() if v.dtype == object else v, from_pandas=True) for k, v in columns.items()})
             pq.write_table(table.replace_schema_metadata(parquet_meta or {}), tmp)
         elif suffix == ".json":
@@ -659,11 +673,40 @@ def write_csv_stream(
     names = list(columns)
     f.write(",".join(names) + "\n")
     n = len(columns[names[0]]) if names else 0
+    specs = [_printf_spec(columns[k], (formats or {}).get(k), k == "timestamp_ms") for k in names]
+    row_format = ",".join(specs) + "\n"
     for lo in range(0, n, chunk):
-        cells = [_csv_cells(columns[k][lo : lo + chunk], (formats or {}).get(k), k == "timestamp_ms") for k in names]
-        f.write("".join(",".join(row) + "\n" for row in zip(*cells, strict=True)))
+        parts = [columns[k][lo : lo + chunk] for k in names]
+        if _no_empty_cells(parts):
+            # one printf over the whole chunk: the same text as cell by cell, in about 60% of the time
+            m = len(parts[0])
+            grid = np.empty((m, len(parts)), dtype=object)
+            for j, part in enumerate(parts):
+                grid[:, j] = part.tolist()
+            f.write((row_format * m) % tuple(grid.ravel().tolist()))
+        else:  # NaN / None become empty cells
+            cells = [_csv_cells(part, (formats or {}).get(k), k == "timestamp_ms") for k, part in zip(names, parts, strict=True)]
+            f.write("".join(",".join(row) + "\n" for row in zip(*cells, strict=True)))
         if progress is not None:
             progress(min(lo + chunk, n) / max(n, 1))
+
+
+def _printf_spec(arr: np.ndarray, fmt: str | None, integer: bool) -> str:
+    """The printf conversion that writes a column's cells as :func:`_csv_cells` does."""
+    if arr.dtype.kind in "iu" or integer:
+        return "%d"
+    if arr.dtype.kind != "f":
+        return "%s"
+    return "%r" if fmt is None else fmt
+
+
+def _no_empty_cells(parts: list[np.ndarray]) -> bool:
+    for part in parts:
+        if part.dtype.kind == "f" and not np.isfinite(part).all():
+            return False  # NaN (and inf, whose text the cell-by-cell path owns)
+        if part.dtype == object and any(v is None for v in part.tolist()):
+            return False
+    return True
 
 
 def _csv_cells(arr: np.ndarray, fmt: str | None, integer: bool = False) -> list[str]:
@@ -711,6 +754,21 @@ def _atomic_write(p: Path, write: Callable[[Path], None]) -> None:
 
 
 # ---- liquidations -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LiquidationColumns:
+    """Liquidation events as columns, oldest first (what scoring reads: no object per event)."""
+
+    time_ms: np.ndarray  # int64
+    long: np.ndarray  # bool: True = a long position was liquidated
+    price: np.ndarray
+    base: np.ndarray  # size in base coin
+    usd: np.ndarray
+    symbol: str
+
+    def __len__(self) -> int:
+        return len(self.time_ms)
+
+
 def read_liquidations_file(
     path: str | os.PathLike[str],
     *,
@@ -725,6 +783,21 @@ def read_liquidations_file(
     ``notional_usd`` and/or ``base`` (base coin); with only ``contracts``, base = notional / price.
     A ``coin`` column (several coins in one file, like OKX's dump) is filtered with ``coin=``; the symbol
     defaults to ``COIN/USDT:USDT``."""
+    c = read_liquidation_columns(path, symbol=symbol, coin=coin, venue=venue, market=market)
+    side = np.where(c.long, "long", "short").tolist()
+    ms_l, p_l, b_l, u_l = c.time_ms.tolist(), c.price.tolist(), c.base.tolist(), c.usd.tolist()
+    return [Liquidation(ms_l[i], exchange, c.symbol, side[i], p_l[i], b_l[i], u_l[i]) for i in range(len(c))]
+
+
+def read_liquidation_columns(
+    path: str | os.PathLike[str],
+    *,
+    symbol: str | None = None,
+    coin: str | None = None,
+    venue: str | None = None,
+    market: str | None = None,
+) -> LiquidationColumns:
+    """:func:`read_liquidations_file` as columns, validated the same way (one line naming the row)."""
     table, _, found_coin = _filter_market(read_table(path), venue, coin, market)
     t = table
     if _first_present(t, _TIME_COLUMNS) is None:
@@ -739,8 +812,10 @@ def read_liquidations_file(
     if missing:
         raise BadFile(f"{t.path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     assert side_col is not None and price_col is not None
+    sym = symbol or (f"{found_coin.upper()}/USDT:USDT" if found_coin else Path(str(path)).name.split(".")[0])
     if len(t) == 0:
-        return []
+        empty = np.zeros(0)
+        return LiquidationColumns(np.zeros(0, np.int64), np.zeros(0, bool), empty, empty, empty, sym)
     ms = _times_ms(t)
     price = _numbers(t, price_col)
     usd = _numbers(t, usd_col) if usd_col else None
@@ -750,22 +825,27 @@ def read_liquidations_file(
         base = usd / price
     if usd is None:
         usd = base * price
-    sides = []
-    for i, v in enumerate(t.columns[side_col]):
-        s = str(v).strip().lower() if v is not None else ""
-        if s not in ("long", "short"):
-            raise BadFile(
-                f"{t.where(i)}: {side_col} must be long or short (the position liquidated), got {str(v)[:20]!r}"
-            )
-        sides.append(s)
+    long = _sides(t, side_col)
     for name, arr in ((price_col, price), ("size", base), ("notional", usd)):
         bad = ~(np.isfinite(arr) & (arr > 0))
         if bad.any():
             raise BadFile(f"{t.where(int(np.flatnonzero(bad)[0]))}: {name} must be a positive number")
-    sym = symbol or (f"{found_coin.upper()}/USDT:USDT" if found_coin else Path(str(path)).name.split(".")[0])
     order = np.argsort(ms, kind="stable")
-    ms_l, side_l, p_l, b_l, u_l = ms.tolist(), sides, price.tolist(), base.tolist(), usd.tolist()
-    return [Liquidation(ms_l[i], exchange, sym, side_l[i], p_l[i], b_l[i], u_l[i]) for i in order.tolist()]
+    return LiquidationColumns(ms[order], long[order], price[order], base[order], usd[order], sym)
+
+
+def _sides(t: _Table, side_col: str) -> np.ndarray:
+    """True where the row's side is ``long``, False for ``short`` (trimmed, any case); anything else is
+    refused naming its row. Each distinct cell is read once (a column holds a handful of spellings)."""
+    raw = t.columns[side_col]
+    cells = raw.tolist()
+    word = {v: str(v).strip().lower() if v is not None else "" for v in set(cells)}
+    code = {v: {"long": 1, "short": 0}.get(w, -1) for v, w in word.items()}
+    side = np.fromiter((code[v] for v in cells), dtype=np.int8, count=len(cells))
+    if (side < 0).any():
+        i = int(np.flatnonzero(side < 0)[0])
+        raise BadFile(f"{t.where(i)}: {side_col} must be long or short (the position liquidated), got {str(raw[i])[:20]!r}")
+    return side == 1
 
 
 def read_funding_file(

@@ -128,7 +128,7 @@ def load_demo(args: argparse.Namespace) -> tuple[Bars, Events, dict[str, Any]]:
 
 
 def load_inputs(args: argparse.Namespace) -> tuple[Bars, Events]:
-    from engine.formats import BadFile, read_bars_file, read_liquidations_file
+    from engine.formats import BadFile, read_bars_file, read_liquidation_columns
 
     if not args.bars or not args.liquidations:
         raise ScoringError("give --bars FILE and --liquidations FILE (or --feed demo)")
@@ -149,10 +149,10 @@ def load_inputs(args: argparse.Namespace) -> tuple[Bars, Events]:
         bars = bars.with_columns(**scaled)
     if args.timeframe:
         bars = bars.resample(timeframe_seconds(args.timeframe))
-    liqs = read_liquidations_file(args.liquidations, coin=args.coin)
-    if not liqs:
+    liqs = read_liquidation_columns(args.liquidations, coin=args.coin)  # columns: no object per event
+    if not len(liqs):
         raise ScoringError(f"{args.liquidations}: no liquidation events")
-    events = _events(liqs)
+    events = Events.from_arrays(liqs.time_ms / 1000.0, liqs.long, liqs.price, liqs.usd)
     venue = event_venue(args)
     if venue is not None and REPORTS_BANKRUPTCY_PRICE.get(venue, False):
         day = datetime.fromtimestamp(events.span[0], UTC).strftime("%Y-%m-%d")

@@ -264,15 +264,29 @@ def row_rank_corr(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _row_pearson(rx: np.ndarray, ry: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    n = mask.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mx = np.nansum(rx, axis=1) / n
-        my = np.nansum(ry, axis=1) / n
-        dx = np.where(mask, rx - mx[:, None], 0.0)
-        dy = np.where(mask, ry - my[:, None], 0.0)
-        den = np.sqrt((dx * dx).sum(axis=1) * (dy * dy).sum(axis=1))
-        r = (dx * dy).sum(axis=1) / den
-    return np.where((n >= 3) & (den > 0), r, np.nan)
+    return _PearsonY(ry, mask).corr(rx)
+
+
+class _PearsonY:
+    """Per-row Pearson correlation against one fixed ``ry``: its side of the sums worked out once (the
+    shuffled baseline correlates hundreds of shuffles against the same ranks)."""
+
+    def __init__(self, ry: np.ndarray, mask: np.ndarray) -> None:
+        self.mask = mask
+        self.n = mask.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            my = np.nansum(ry, axis=1) / self.n
+            self.dy = np.where(mask, ry - my[:, None], 0.0)
+        self.syy = (self.dy * self.dy).sum(axis=1)
+
+    def corr(self, rx: np.ndarray) -> np.ndarray:
+        mask, n = self.mask, self.n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mx = np.nansum(rx, axis=1) / n
+            dx = np.where(mask, rx - mx[:, None], 0.0)
+            den = np.sqrt((dx * dx).sum(axis=1) * self.syy)
+            r = (dx * self.dy).sum(axis=1) / den
+        return np.where((n >= 3) & (den > 0), r, np.nan)
 
 
 def shuffled_rank_corr_quantile(
@@ -284,14 +298,15 @@ def shuffled_rank_corr_quantile(
     x, y, mask = x[rows], y[rows], mask[rows]
     ry = row_ranks(y, mask)
     rx = row_ranks(x, mask)
+    against = _PearsonY(ry, mask)
+    order = np.argsort(np.where(mask, 0, 1), axis=1, kind="stable")  # masked positions, in place order
     means = np.empty(reps)
     for i in range(reps):
         key = np.where(mask, rng.random(mask.shape), np.inf)
         perm = np.argsort(key, axis=1)  # masked entries first, in random order
-        order = np.argsort(np.where(mask, 0, 1), axis=1, kind="stable")  # masked positions, in place order
         shuffled = np.full_like(rx, np.nan)
         np.put_along_axis(shuffled, order, np.take_along_axis(rx, perm, axis=1), axis=1)
-        means[i] = float(np.nanmean(_row_pearson(shuffled, ry, mask)))
+        means[i] = float(np.nanmean(against.corr(shuffled)))
     return float(np.quantile(means, q))
 
 

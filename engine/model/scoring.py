@@ -269,39 +269,22 @@ def zone_protocol(
             raise ScoringError("risk ranking needs at least 11 bars before the first window")
         # touch the bucket's near edge: the upper edge below the price, the lower edge above it
         preds = preds * touch_matrix(bars, books, horizon_hours)
-    for j, t in enumerate(books.times):
-        a, b_ = int(lo_ev[kept][j]), int(hi_ev[kept][j])
-        sel = slice(a, b_)
-        price = float(books.price[j])
-        edges = books.edges[j]
-        pred = preds[j]
-        k = max(1, math.ceil(top * nb))
-        order = np.argsort(-pred, kind="stable")
-        chosen = order[:k][pred[order[:k]] > 0]
-        centers = np.sqrt(edges[1:] * edges[:-1])
-        nearest = np.argsort(np.abs(np.log(centers / price)), kind="stable")[: len(chosen)]
-        b = np.searchsorted(edges, events.price[sel], side="right") - 1
-        inside = (b >= 0) & (b < nb)
-        b = np.where(inside, b, nb)  # one spare slot for events outside the buckets
-        is_chosen = np.zeros(nb + 1, dtype=bool)
-        is_chosen[chosen] = True
-        is_near = np.zeros(nb + 1, dtype=bool)
-        is_near[nearest] = True
-        w = events.usd[sel]
-        total = float(w.sum())
-        in_range = float(w[inside].sum())
-        hit = float(w[is_chosen[b]].sum())
-        near = float(w[is_near[b]].sum())
-        rand = in_range * len(chosen) / nb
+    lo_k, hi_k = lo_ev[kept], hi_ev[kept]
+    hits = _window_hits(books, preds, events, lo_k, hi_k, max(1, math.ceil(top * nb)))
+    # per window in order, so the running totals add up exactly as they always have
+    for j, t in enumerate(books.times.tolist()):
+        total, hit, near, rand = hits.total[j], hits.hit[j], hits.near[j], hits.rand[j]
         hit_usd += hit
         tot_usd += total
         rand_usd += rand
         near_usd += near
-        weight_per_event[sel] += w
         per_window.append(
-            {"time": int(t), "price": price, "events": int(b_ - a), "usd": total, "precision": hit / total,
-             "random": rand / total, "nearest": near / total, "buckets_chosen": int(len(chosen))}
+            {"time": int(t), "price": float(books.price[j]), "events": int(hi_k[j] - lo_k[j]), "usd": total,
+             "precision": hit / total, "random": rand / total, "nearest": near / total,
+             "buckets_chosen": int(hits.chosen[j])}
         )
+    # each event's weight: its USD once per window that saw it, added window by window
+    np.add.at(weight_per_event, hits.event, hits.usd)
     if not per_window:
         raise ScoringError(
             f"no {horizon_hours:g}h window has {min_events}+ recorded liquidations "
@@ -329,6 +312,72 @@ def zone_protocol(
         near_usd / tot_usd,
         (near_usd / tot_usd) / random if random > 0 else math.nan,
         tuple(per_window),
+    )
+
+
+@dataclass(frozen=True)
+class _Hits:
+    """Per window: recorded USD in the horizon, inside the chosen / nearest buckets, what random gets,
+    and how many buckets were chosen; ``event``/``usd`` list every (window, event) pair's event and USD."""
+
+    total: list[float]
+    hit: list[float]
+    near: list[float]
+    rand: list[float]
+    chosen: np.ndarray
+    event: np.ndarray
+    usd: np.ndarray
+
+
+def _window_hits(books: WindowBooks, preds: np.ndarray, events: Events, lo: np.ndarray, hi: np.ndarray, k: int) -> _Hits:
+    """Every window of the zone protocol at once: its top-``k`` non-empty buckets by ``preds``, as many
+    buckets nearest its price, and the events of its horizon bucketed on its own edges, as whole-array
+    numpy passes over all (window, event) pairs. Only the per-window sums stay a loop: each is taken over
+    the same values in the same order as one window at a time, so the figures are the same to the last bit."""
+    w, nb = preds.shape
+    order = np.argsort(-preds, axis=1, kind="stable")[:, :k]
+    top_pred = np.take_along_axis(preds, order, axis=1)
+    is_chosen = np.zeros((w, nb + 1), dtype=bool)  # one spare slot per window: events outside the buckets
+    np.put_along_axis(is_chosen, order, top_pred > 0, axis=1)
+    chosen = (top_pred > 0).sum(axis=1)
+    edges = books.edges
+    centers = np.sqrt(edges[:, 1:] * edges[:, :-1])
+    by_distance = np.argsort(np.abs(np.log(centers / books.price[:, None])), axis=1, kind="stable")
+    is_near = np.zeros((w, nb + 1), dtype=bool)
+    np.put_along_axis(is_near, by_distance, np.arange(nb)[None, :] < chosen[:, None], axis=1)
+    # (window, event) pairs, window by window, events in time order inside each
+    count = (hi - lo).astype(np.int64)
+    win = np.repeat(np.arange(w), count)
+    ev = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
+    price = events.price[ev]
+    # the bucket searchsorted(edges[win], price, "right") - 1 would give: from the log spacing, then
+    # made exact against the edges themselves (-1: below the first edge, nb: at or above the last)
+    e0 = np.log(edges[:, 0])
+    width = (np.log(edges[:, -1]) - e0) / nb
+    unordered = np.isnan(price)  # searchsorted puts NaN after everything: outside the buckets
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = (np.log(price) - e0[win]) / width[win]
+    b = np.clip(np.floor(np.nan_to_num(x, nan=nb)), -1, nb).astype(np.int64)
+    while True:
+        low_ok = (b < 0) | (edges[win, np.clip(b, 0, nb)] <= price) | unordered
+        high_ok = (b >= nb) | (price < edges[win, np.clip(b + 1, 0, nb)]) | unordered
+        if low_ok.all() and high_ok.all():
+            break
+        b = b - ~low_ok + ~high_ok
+    inside = (b >= 0) & (b < nb)
+    b = np.where(inside, b, nb)
+    usd = events.usd[ev]
+    masks = {"total": np.ones(len(ev), dtype=bool), "hit": is_chosen[win, b], "near": is_near[win, b], "inside": inside}
+    sums: dict[str, list[float]] = {}
+    for name, keep in masks.items():
+        # one small sum per window over its kept values, in order: what summing window by window gave
+        # (numpy's pairwise summation depends on where a run starts, so np.add.reduceat would differ in
+        # the last bits)
+        kept = usd[keep]
+        bounds = np.r_[0, np.cumsum(np.bincount(win[keep], minlength=w))].tolist()
+        sums[name] = [float(kept[bounds[j] : bounds[j + 1]].sum()) for j in range(w)]
+    return _Hits(
+        sums["total"], sums["hit"], sums["near"], (np.asarray(sums["inside"]) * chosen / nb).tolist(), chosen, ev, usd,
     )
 
 
