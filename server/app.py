@@ -219,7 +219,8 @@ def create_app(source: Hub | Sequence[Hub] | FeedSpec, config: ServerConfig | No
             started: list[Hub] = []
             try:
                 for hub in spec.build_hubs():
-                    await hub.start()
+                    # serving starts once the first market's recent days are in; the others load behind it
+                    await hub.start(wait_all=False)
                     started.append(hub)
                     markets.hubs.append(hub)
                 yield

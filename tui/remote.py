@@ -324,6 +324,9 @@ class RemoteSource:
     def markets(self) -> list[str]:
         return [m["key"] for m in self._markets]
 
+    def drawn(self) -> None:
+        """Nothing to do: the server loads its markets itself."""
+
     async def select(self, market: str) -> None:
         found = next((m for m in self._markets if market in (m["key"], m["symbol"], m["coin"])), None)
         if found is None:
@@ -452,6 +455,7 @@ class RemoteSource:
             seed_mode=str(self._model.get("seed_mode", info.get("seed_mode", ""))),
             daily_volume_usd=info.get("daily_volume_usd"),
             model=self._model,
+            history=dict(health.get("history") or {}),
         )
 
     async def _change(self, price: float) -> float | None:
