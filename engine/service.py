@@ -285,7 +285,7 @@ class MarketService:
     async def _backfill(self, since: int) -> None:
         """The second pass: the history before the recent window, merged in off the event loop. A feed
         error is shown in ``history_info()`` and retried with backoff; the recent views stay up meanwhile."""
-        delay = 2.0
+        delay = BACKFILL_RETRY_S
         while True:
             try:
                 await self._merge_older(since)
@@ -295,7 +295,7 @@ class MarketService:
             except Exception as exc:  # the recent views stay usable; say why the rest is missing
                 msg = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
                 log.warning("%s: backfill failed: %s", self.market.key, msg)
-                self._backfill_error = f"backfill failed (retrying in {delay:.0f}s): {msg}"
+                self._backfill_error = f"backfill failed (retrying in {delay:.0f}s): {msg}"  # until it works
                 self._publish("health", self.health_info())
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
@@ -726,6 +726,7 @@ class MarketService:
 # The first pass of a load: enough for the default views (200 columns of 5m is 17 hours; the 24h change
 # needs a day); the rest of the history is backfilled behind it.
 RECENT_DAYS = 2.0
+BACKFILL_RETRY_S = 2.0  # the first wait after a failed backfill (doubling, up to a minute)
 _SNAPSHOT_EVERY = 300  # seconds: 5m, 15m, 1h, 4h, 1d and 1w candles all close on 5-minute boundaries
 _SNAPSHOTS_KEPT = 24
 _RECENT_KEPT = 16  # every base bar, so 1m views also grow column by column
