@@ -210,6 +210,7 @@ class MarketService:
         self.complete = asyncio.Event()  # the whole history is in
         self._backfill_task: asyncio.Task[None] | None = None
         self._backfill_error = ""
+        self._epoch = 0  # bumps when a history is installed (the first pass, the backfill)
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def load(self, recent_days: float | None = None) -> None:
@@ -266,6 +267,7 @@ class MarketService:
         self._cache.clear()
         self._closed_hm.clear()
         self._zones_key = ()
+        self._epoch += 1
         self._version += 1
         self._live_version += 1
 
@@ -604,9 +606,10 @@ class MarketService:
             est = self._estimate
             bars = self.bars
         if est is None or int(est.bars.close_time[-1]) < cover_until <= int(bars.close_time[-1]):
-            est = estimate(bars, self.params)
+            old, est = est, estimate(bars, self.params)
             with self._lock:
-                self._estimate = est
+                if self._estimate is old:  # not replaced meanwhile (a backfill swapped the whole history in)
+                    self._estimate = est
         return est
 
     def heatmap(
@@ -643,8 +646,12 @@ class MarketService:
         closes = candles.time + tf
         with self._lock:
             last_closed = int(self.bars.close_time[-1])
+            epoch = self._epoch
         closed_cols = closes[closes <= last_closed]
-        closed = self._closed_columns(closed_cols, edges, (tf, bins, lo, hi, log, spread)) if len(closed_cols) else None
+        # keyed by the history's epoch too: columns a thread computed from the recent window while the
+        # backfill was swapped in must never be served after it
+        grid = (epoch, tf, bins, lo, hi, log, spread)
+        closed = self._closed_columns(closed_cols, edges, grid) if len(closed_cols) else None
         t = len(self.params.ladder.leverage)
         longs = [closed.long_usd] if closed is not None else [np.zeros((0, bins, t))]
         shorts = [closed.short_usd] if closed is not None else [np.zeros((0, bins, t))]
