@@ -112,7 +112,7 @@ def open_feed(spec: str, **options: Any) -> Feed:
 
 @dataclass(frozen=True)
 class ServiceEvent:
-    kind: str  # bar | realised | book | zones | health | liquidation
+    kind: str  # bar | realised | book | zones | health | liquidation | alert | history (backfill done: views changed)
     data: dict[str, Any]
     seq: int
 
@@ -205,35 +205,134 @@ class MarketService:
         self._recent_books: OrderedDict[int, LevelBook] = OrderedDict()  # book at the last few bar closes
         self._closed_hm: ByteLRU[Heatmap] = ByteLRU(f"{market.key} closed columns", DEFAULT_CACHE_BYTES * 2 // 3)
         self._zones_running = False
-        self.loaded = asyncio.Event()
+        self.load_phase = "loading"  # then "recent" (recent window only, backfilling) and "complete"
+        self.loaded = asyncio.Event()  # the views work (the recent window at least)
+        self.complete = asyncio.Event()  # the whole history is in
+        self._backfill_task: asyncio.Task[None] | None = None
+        self._backfill_error = ""
+        self._epoch = 0  # bumps when a history is installed (the first pass, the backfill)
 
     # ---- lifecycle ----------------------------------------------------------------------------------
-    async def load(self) -> None:
-        """History from the feed, then one batch estimate seeds the incremental engine."""
-        since = int(time.time() - self.history_days * 86_400) if self.history_days > 0 else None
-        bars = await self._history(since)
+    async def load(self, recent_days: float | None = None) -> None:
+        """History in two passes. First the recent window (``recent_days``, default RECENT_DAYS): one
+        batch estimate of it seeds the incremental engine, and the map, zones and views publish at once
+        (``load_phase`` "recent", ``history_info()`` in the health says so). Then, in a background task, the
+        rest of the history: fetched, estimated over the whole in a worker thread, and swapped in with
+        the bars that closed meanwhile appended — the same state a one-pass load would have reached
+        (``load_phase`` "complete", a ``history`` event, zones republished). A feed that hands out
+        everything at once (or a history no longer than the window) loads in one pass."""
+        recent = RECENT_DAYS if recent_days is None else recent_days
+        now = self._feed_now()
+        since = int(now - self.history_days * 86_400) if self.history_days > 0 else None
+        two_pass = since is not None and 0 < recent < self.history_days
+        first_since = int(now - recent * 86_400) if two_pass else since
+        bars, fell_back = await self._history(first_since)
         if len(bars) == 0:
             raise FeedError(f"{self.market.key}: the feed returned no history")
+        # complete when the feed gave more than the window (it ignores since, or replays on its own clock)
+        complete = not two_pass or fell_back or int(bars.time[0]) <= int(since or 0) + self.base_timeframe
         loop = asyncio.get_running_loop()
         est = await loop.run_in_executor(None, estimate, bars, self.params)
         with self._lock:
-            keep = int(self.history_days * 86_400 / self.base_timeframe)
-            self._history_kept = BarHistory(bars, keep=keep if keep > 0 else None)  # appends copy no history
-            self._bars = bars
-            self._estimate = est
-            self._engine = IncrementalEngine.from_estimate(est)
-            self._version += 1
-            self._live_version += 1
+            self._install(bars, est)
+            self.load_phase = "complete" if complete else "recent"
         self.health_reason = ""
         self.last_update = time.time()
         self.loaded.set()
+        if complete:
+            self.complete.set()
+        else:
+            assert since is not None
+            self._backfill_task = asyncio.create_task(self._backfill(since), name=f"backfill {self.market.key}")
 
-    async def _history(self, since: int | None) -> Bars:
+    def _feed_now(self) -> float:
+        """The feed's clock (the demo runs its own, maybe sped up or fixed), else the wall clock."""
+        clock = getattr(self.feed, "now", None) or getattr(self.feed, "clock", None)
+        if callable(clock):
+            with contextlib.suppress(Exception):
+                return float(clock())
+        return time.time()
+
+    def _install(self, bars: Bars, est: Estimate) -> None:
+        """A new history and the engine seeded from its batch estimate (under the lock). Everything
+        derived from the old one goes: cached views, closed columns, book snapshots, the zones key."""
+        keep = int(self.history_days * 86_400 / self.base_timeframe)
+        self._history_kept = BarHistory(bars, keep=keep if keep > 0 else None)  # appends copy no history
+        self._bars = self._history_kept.bars
+        self._estimate = est
+        self._engine = IncrementalEngine.from_estimate(est)
+        self._live_book = None
+        self._books.clear()
+        self._recent_books.clear()
+        self._cache.clear()
+        self._closed_hm.clear()
+        self._zones_key = ()
+        self._epoch += 1
+        self._version += 1
+        self._live_version += 1
+
+    def history_loaded_days(self) -> float:
+        bars = self._bars
+        return 0.0 if bars is None or len(bars) == 0 else (int(bars.close_time[-1]) - int(bars.time[0])) / 86_400
+
+    def history_info(self) -> dict[str, Any]:
+        """How much of the history the views stand on: ``phase`` "loading", "recent" (the recent window
+        only, the rest backfilling) or "complete"; the days loaded and the days asked for."""
+        info: dict[str, Any] = {"phase": self.load_phase, "days": round(self.history_loaded_days(), 2),
+                                "wanted_days": self.history_days}
+        if self._backfill_error:
+            info["error"] = self._backfill_error
+        return info
+
+    async def _backfill(self, since: int) -> None:
+        """The second pass: the history before the recent window, merged in off the event loop. A feed
+        error is shown in ``history_info()`` and retried with backoff; the recent views stay up meanwhile."""
+        delay = BACKFILL_RETRY_S
+        while True:
+            try:
+                await self._merge_older(since)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the recent views stay usable; say why the rest is missing
+                msg = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+                log.warning("%s: backfill failed: %s", self.market.key, msg)
+                self._backfill_error = f"backfill failed (retrying in {delay:.0f}s): {msg}"  # until it works
+                self._publish("health", self.health_info())
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        self._backfill_error = ""
+        self.complete.set()
+        self._publish("history", self.history_info())
+        self._publish("health", self.health_info())
+        self._schedule_zones()
+
+    async def _merge_older(self, since: int) -> None:
+        assert self._bars is not None
+        first = int(self._bars.time[0])
+        older = await self.feed.history(self.market.symbol, since=since, until=first)
+        older = older.slice(0, int(np.searchsorted(older.time, first, side="left")))  # a feed that ignores until
+        with self._lock:
+            merged = older.concat(self._bars) if len(older) else self._bars.concat(self._bars.slice(0, 0))  # a copy
+        loop = asyncio.get_running_loop()
+        est = await loop.run_in_executor(None, estimate, merged, self.params)
+        # Back on the loop (no await from here on, so no bar can close in between): the bars that closed
+        # while the estimate ran are appended to the new engine, as they were to the old one.
+        with self._lock:
+            assert self._bars is not None
+            newer = self._bars.slice(int(np.searchsorted(self._bars.time, int(merged.time[-1]), side="right")))
+            self._install(merged, est)
+            for i in range(len(newer)):
+                self._append_closed(newer.slice(i, i + 1))
+            self.load_phase = "complete"
+
+    async def _history(self, since: int | None) -> tuple[Bars, bool]:
+        """The feed's history since ``since``, and whether it fell back to everything it has."""
         bars = await self.feed.history(self.market.symbol, since=since)
         # Replayed files run on their own clock: if nothing is recent, take what they have.
         if len(bars) == 0 and since is not None:
-            bars = await self.feed.history(self.market.symbol)
-        return bars
+            return await self.feed.history(self.market.symbol), True
+        return bars, False
 
     async def run(self) -> None:
         """Consume the feed's live stream until cancelled."""
@@ -270,12 +369,8 @@ class MarketService:
             if t <= last_closed:
                 return  # a replay of a bar we already closed
             if update.closed:
-                self._history_kept.append(bar)
-                self._bars = self._history_kept.bars
-                r = self._engine.append(bar)
-                self._snapshot_book(int(bar.close_time[0]))
+                r = self._append_closed(bar)
                 self._forming = None
-                self._version += 1
                 realised = {"time": t, "long_usd": float(r.long_usd[-1]), "short_usd": float(r.short_usd[-1])}
             else:
                 self._forming = bar
@@ -290,6 +385,16 @@ class MarketService:
         self._publish("book", {"time": t, "price": float(bar.close[0])})
         if update.closed:
             self._schedule_zones()
+
+    def _append_closed(self, bar: Bars) -> Realised:
+        """One closed base bar into the history and the engine (under the lock)."""
+        assert self._history_kept is not None and self._engine is not None
+        self._history_kept.append(bar)
+        self._bars = self._history_kept.bars
+        r = self._engine.append(bar)
+        self._snapshot_book(int(bar.close_time[0]))
+        self._version += 1
+        return r
 
     def _snapshot_book(self, close_time: int) -> None:
         """Keep the book as it stood at recent closes — every bar for the last few minutes, and every
@@ -398,7 +503,8 @@ class MarketService:
 
     def health_info(self) -> dict[str, Any]:
         age = time.time() - self.last_update
-        info = {"state": self.health.value, "reason": self.health_reason, "last_update": self.last_update, "age_s": round(age, 3)}
+        info = {"state": self.health.value, "reason": self.health_reason, "last_update": self.last_update, "age_s": round(age, 3),
+                "history": self.history_info()}
         oi_source = getattr(self.feed, "oi_source", None)  # which venue fields the OI comes from (exchange feeds)
         if callable(oi_source):
             info["oi_source"] = oi_source(self.market.symbol)
@@ -500,9 +606,10 @@ class MarketService:
             est = self._estimate
             bars = self.bars
         if est is None or int(est.bars.close_time[-1]) < cover_until <= int(bars.close_time[-1]):
-            est = estimate(bars, self.params)
+            old, est = est, estimate(bars, self.params)
             with self._lock:
-                self._estimate = est
+                if self._estimate is old:  # not replaced meanwhile (a backfill swapped the whole history in)
+                    self._estimate = est
         return est
 
     def heatmap(
@@ -539,8 +646,12 @@ class MarketService:
         closes = candles.time + tf
         with self._lock:
             last_closed = int(self.bars.close_time[-1])
+            epoch = self._epoch
         closed_cols = closes[closes <= last_closed]
-        closed = self._closed_columns(closed_cols, edges, (tf, bins, lo, hi, log, spread)) if len(closed_cols) else None
+        # keyed by the history's epoch too: columns a thread computed from the recent window while the
+        # backfill was swapped in must never be served after it
+        grid = (epoch, tf, bins, lo, hi, log, spread)
+        closed = self._closed_columns(closed_cols, edges, grid) if len(closed_cols) else None
         t = len(self.params.ladder.leverage)
         longs = [closed.long_usd] if closed is not None else [np.zeros((0, bins, t))]
         shorts = [closed.short_usd] if closed is not None else [np.zeros((0, bins, t))]
@@ -619,6 +730,10 @@ class MarketService:
         return Realised(out.time[sel], out.long_usd[sel], out.short_usd[sel])
 
 
+# The first pass of a load: enough for the default views (200 columns of 5m is 17 hours; the 24h change
+# needs a day); the rest of the history is backfilled behind it.
+RECENT_DAYS = 2.0
+BACKFILL_RETRY_S = 2.0  # the first wait after a failed backfill (doubling, up to a minute)
 _SNAPSHOT_EVERY = 300  # seconds: 5m, 15m, 1h, 4h, 1d and 1w candles all close on 5-minute boundaries
 _SNAPSHOTS_KEPT = 24
 _RECENT_KEPT = 16  # every base bar, so 1m views also grow column by column
@@ -691,8 +806,17 @@ class Hub:
         self.alert_settings = alerts
         self.webhook_url = webhook or (alerts.webhook if alerts is not None else None)
         self.webhook: WebhookSender | None = None
+        self._others_go = asyncio.Event()
 
-    async def start(self) -> None:
+    async def start(self, first: str | None = None, wait_all: bool = True, defer_others: bool = False) -> None:
+        """Open the markets and start streaming. Each market loads its recent window first and backfills
+        the rest of its history in the background (``MarketService.load``). ``first`` (the market a face
+        shows; default the first chosen) loads before the others. With ``wait_all`` every market's recent
+        window is in when this returns (all loading at once, as exchange fetches overlap); without it only
+        ``first``'s is, and the others load one after another in the background (``svc.loaded``), so the
+        face's market is not slowed by theirs (the demo's simulations share one interpreter);
+        ``defer_others`` holds them until the face calls ``load_others()`` (once its first picture is
+        drawn) or OTHERS_AFTER_S have passed."""
         markets = await self.feed.markets()
         by_name = {m.symbol: m for m in markets}
         if self.symbols:
@@ -708,12 +832,51 @@ class Hub:
         for m in chosen:
             params = dataclasses.replace(self.params, coin=m.coin, exchange=exchange if exchange in ("binance", "bybit", "okx") else "binance")
             self.services[m.key] = MarketService(self.feed, m, params, self.history_days)
-        await asyncio.gather(*(s.load() for s in self.services.values()))
+        order = list(self.services.values())
+        if first is not None:
+            lead = self.get(first)
+            order = [lead] + [s for s in order if s is not lead]
+        if wait_all:
+            await asyncio.gather(*(s.load() for s in order))
+        else:
+            await order[0].load()
         await self._start_analytics()
+        if not defer_others:
+            self.load_others()
+        if not wait_all and len(order) > 1:
+            self._tasks.append(asyncio.create_task(self._load_rest(order[1:]), name="load markets"))
         for s in self.services.values():
             self._tasks.append(asyncio.create_task(self._run(s), name=f"stream {s.market.key}"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="staleness watchdog"))
         self._tasks.append(asyncio.create_task(self._alert_loop(), name="alerts"))
+
+    async def _load_rest(self, services: list[MarketService]) -> None:
+        """The markets behind the first, one at a time; a failure is shown as that market's health and
+        retried with backoff (the others carry on)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._others_go.wait(), OTHERS_AFTER_S)
+        for svc in services:
+            delay = 2.0
+            while not svc.loaded.is_set():
+                try:
+                    await svc.load()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # one market's history must not stop the others
+                    msg = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+                    log.warning("%s: loading failed: %s", svc.market.key, msg)
+                    svc._set_health(Health.RECONNECTING, f"loading history failed: {msg}")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 60.0)
+
+    def load_others(self) -> None:
+        """Let the markets behind the first load now (``start(defer_others=True)``)."""
+        self._others_go.set()
+
+    async def ready(self, complete: bool = False) -> None:
+        """Wait until every market's views work (``complete``: until their whole history is in)."""
+        for s in list(self.services.values()):
+            await (s.complete if complete else s.loaded).wait()
 
     async def _run(self, svc: MarketService) -> None:
         """Keep a market streaming: a feed error is shown as health, and the stream is retried."""
@@ -790,6 +953,7 @@ class Hub:
         raise UnknownSymbol(f"unknown symbol {name!r}; this server has {', '.join(self.services) or 'none'}")
 
     async def stop(self) -> None:
+        self._tasks.extend(s._backfill_task for s in self.services.values() if s._backfill_task is not None)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -801,6 +965,9 @@ class Hub:
             await self.webhook.close()
             self.webhook = None
         await self.feed.close()
+
+
+OTHERS_AFTER_S = 5.0  # the markets behind the first start loading by then even if the face never says so
 
 
 def _match(markets: list[Market], name: str) -> Market | None:

@@ -143,7 +143,7 @@ def market_info(svc: MarketService) -> dict[str, Any]:
         "name": compact_ticker(m),
         "linear": m.linear,
         "tick": m.tick,
-        "price": json_number(svc.last_price),
+        "price": json_number(svc.last_price) if svc.loaded.is_set() else None,  # a market still loading
         "tiers": list(svc.params.ladder.labels),
         "health": svc.health_info(),
     }

@@ -219,7 +219,10 @@ def create_app(source: Hub | Sequence[Hub] | FeedSpec, config: ServerConfig | No
             started: list[Hub] = []
             try:
                 for hub in spec.build_hubs():
-                    await hub.start()
+                    # serving starts once the first market's recent days are in; the others load behind it,
+                    # once a client asks for one of them (Markets.resolve) or a few seconds on, so they do
+                    # not slow the first page's requests
+                    await hub.start(wait_all=False, defer_others=True)
                     started.append(hub)
                     markets.hubs.append(hub)
                 yield

@@ -449,13 +449,15 @@ class MarketChannel:
         self.events_seen += len(batch)
         self.last_event_time = time.time()
         kinds = {e.kind for e in batch}
-        if kinds & {"bar", "book", "realised"}:
+        if kinds & {"bar", "book", "realised", "history"}:
             self.markets.bump(self.svc.market.key)
-        if lost:
-            # We fell behind the engine itself: every view starts again from a snapshot.
+        if lost or "history" in kinds:
+            # We fell behind the engine itself, or the rest of its history came in (backfill): every view
+            # starts again from a snapshot.
+            reason = "overflow" if lost else "history"
             for view in list(self.views.values()):
                 for s in list(view.subscribers):
-                    s.conn.send(dumps({"type": "resync", "sub": s.id, "reason": "overflow", "dropped": lost}))
+                    s.conn.send(dumps({"type": "resync", "sub": s.id, "reason": reason, "dropped": lost}))
                     self.request_snapshot(s, "overflow")
             return
         # Market-wide messages: serialised once, sent to every subscription of this market.

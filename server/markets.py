@@ -99,7 +99,18 @@ class Markets:
         return [svc for hub in self.hubs for svc in hub.services.values()]
 
     def resolve(self, name: str) -> MarketService:
-        """A market key (``demo:BTC/USDT:USDT``), a unified symbol, a coin, or a UDF name (``DEMO:BTCUSDT``)."""
+        """A market key (``demo:BTC/USDT:USDT``), a unified symbol, a coin, or a UDF name (``DEMO:BTCUSDT``).
+        A market still loading is returned too (its views answer 503 "still loading") and its hub starts
+        loading the markets behind the first now, if it was holding them back."""
+        svc = self._resolve(name)
+        if not svc.loaded.is_set():
+            for hub in self.hubs:
+                load_others = getattr(hub, "load_others", None)
+                if callable(load_others):
+                    load_others()
+        return svc
+
+    def _resolve(self, name: str) -> MarketService:
         name = name.strip()
         if not name:
             raise UnknownSymbol("symbol must not be empty")

@@ -43,7 +43,9 @@ def heatmap_view(svc: MarketService, spec: ViewSpec, since: int | None = None, u
                      price_high=spec.price_high, log=spec.log, since=since, until=until, columns=spec.columns,
                      spread=True)
     out = heatmap_payload(hm, spec.tf, tier_name(spec.tier, svc.params.ladder.labels), encoding)
-    out.update({"symbol": svc.market.key, "timeframe": spec.timeframe, "log": spec.log, "estimate": True})
+    # "recent" while the rest of the history is backfilling: a long range is not the whole story yet
+    out.update({"symbol": svc.market.key, "timeframe": spec.timeframe, "log": spec.log, "estimate": True,
+                "history": svc.history_info()})
     return out
 
 

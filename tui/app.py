@@ -342,6 +342,7 @@ class LiqheatApp(App[int]):
         self._refresh_header()
         # the table waits until the new map is on the screen (its numpy work would slow this frame)
         self.call_after_refresh(self._start_slow)
+        self.call_after_refresh(source.drawn)
 
     def _start_failed(self, new: Source, msg: str) -> None:
         with_old = self.source is not None
@@ -372,6 +373,9 @@ class LiqheatApp(App[int]):
         if self.paused:
             return
         now = time.monotonic()
+        if "history" in self._dirty:  # the rest of the history came in: the map redraws on all of it
+            self._dirty.discard("history")
+            self.request_reload()
         if not self._busy and (bool(self._dirty & {"book", "bar", "market"}) or now - self._last_live >= 1.0):
             self._busy = True
             self._dirty -= {"book", "bar", "market"}

@@ -95,6 +95,8 @@ class MarketHeader(TextPanel):
         line2.append(f" {state.upper()} ", style=HEALTH_STYLE.get(state, "bold reverse"))
         if facts.health_reason and state not in ("live", "demo"):
             line2.append(f" {facts.health_reason[:40]}", style="italic")
+        if facts.backfilling:  # the views stand on the recent days only until the rest is in
+            line2.append(f" BACKFILLING {facts.backfilling} ", style=HEALTH_STYLE["loading"])
         line2.append("  ")
         line2.append(" ESTIMATED ", style="bold black on yellow")
         line2.append(f"  {timeframe} · {tier_label} · ladder {facts.ladder}")

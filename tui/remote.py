@@ -254,7 +254,7 @@ class RemoteSource:
         self._zones = [RankedZone.from_dict(z, i + 1) for i, z in enumerate(m.get("zones", []))]
         self._model = m.get("model", {})
         if "health" in m:
-            self._health = dict(m["health"])
+            self._new_health(dict(m["health"]))
         self.tiers = tuple(self._model.get("tiers") and [f"{t['leverage']:g}x" for t in self._model["tiers"]] or sub.tiers)
         sub.ready.set()
         self._changes.put_nowait("book")
@@ -294,8 +294,14 @@ class RemoteSource:
             level = "info" if info.get("state") in ("live", "demo", "replay", "loading") else "warning"
             reason = f": {info.get('reason')}" if info.get("reason") else ""
             self._push_alert(Alert(time.time(), "health", f"feed {info.get('state')}{reason}", level))
-        self._health = info
+        self._new_health(info)
         self._changes.put_nowait("health")
+
+    def _new_health(self, info: dict[str, Any]) -> None:
+        was = (self._health.get("history") or {}).get("phase")
+        self._health = info
+        if was == "recent" and (info.get("history") or {}).get("phase") == "complete":
+            self._changes.put_nowait("history")  # the server's backfill landed: the map redraws
 
     def _push_alert(self, alert: Alert) -> None:
         self._alerts.append(alert)
@@ -323,6 +329,9 @@ class RemoteSource:
     # ---- Source -------------------------------------------------------------------------------------
     def markets(self) -> list[str]:
         return [m["key"] for m in self._markets]
+
+    def drawn(self) -> None:
+        """Nothing to do: the server loads its markets itself."""
 
     async def select(self, market: str) -> None:
         found = next((m for m in self._markets if market in (m["key"], m["symbol"], m["coin"])), None)
@@ -452,6 +461,7 @@ class RemoteSource:
             seed_mode=str(self._model.get("seed_mode", info.get("seed_mode", ""))),
             daily_volume_usd=info.get("daily_volume_usd"),
             model=self._model,
+            history=dict(health.get("history") or {}),
         )
 
     async def _change(self, price: float) -> float | None:

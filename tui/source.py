@@ -112,6 +112,15 @@ class Facts:
     seed_mode: str = ""
     daily_volume_usd: float | None = None
     model: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, Any] = field(default_factory=dict)  # phase recent|complete, days, wanted_days
+
+    @property
+    def backfilling(self) -> str:
+        """"2.0/30d" while only the recent window is in (the rest loading behind it), else ""."""
+        h = self.history
+        if h.get("phase") != "recent":
+            return ""
+        return f"{float(h.get('days') or 0):.1f}/{float(h.get('wanted_days') or 0):g}d"
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,7 @@ class Source(Protocol):
     async def stop(self) -> None: ...
     def markets(self) -> list[str]: ...
     async def select(self, market: str) -> None: ...
+    def drawn(self) -> None: ...  # the first map is on the screen (a local source loads other markets now)
     async def backdrop(self, view: View) -> Backdrop: ...
     async def pulse(self, backdrop: Backdrop) -> Pulse: ...
     async def facts(self) -> Facts: ...
@@ -218,7 +228,9 @@ class LocalSource:
                 speed=self.speed, seed=self.seed, now=self.now, alerts=self.alert_settings,
             )
             try:
-                await self.hub.start()
+                # this market first (its recent days, the rest backfilling); the others load behind it
+                # (after this face's first map: backdrop() lets them go)
+                await self.hub.start(first=self.symbol, wait_all=False, defer_others=True)
             except BaseException:
                 await self.hub.stop()
                 raise
@@ -240,6 +252,7 @@ class LocalSource:
 
     async def select(self, market: str) -> None:
         svc = self.hub.get(market)
+        await svc.loaded.wait()  # a market behind the first may still be loading its recent window
         if self._sub is not None:
             self._sub.close()
         if self._pump is not None:
@@ -277,6 +290,12 @@ class LocalSource:
     # ---- views ------------------------------------------------------------------------------------
     async def backdrop(self, view: View) -> Backdrop:
         return await asyncio.to_thread(self._backdrop, view)
+
+    def drawn(self) -> None:
+        """The app's map is on the screen: the other markets may load now without competing with the
+        first picture for the interpreter."""
+        if self.hub is not None and self._own_hub:
+            self.hub.load_others()
 
     def _backdrop(self, view: View) -> Backdrop:
         svc = self.svc
@@ -354,6 +373,7 @@ class LocalSource:
             seed_mode=svc.seed_mode,
             daily_volume_usd=svc.daily_volume_usd(),
             model=model,
+            history=dict(health.get("history") or {}),
         )
 
     def _change(self, price: float) -> float | None:

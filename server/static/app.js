@@ -96,7 +96,9 @@ function healthBadge(h) {
   if (!h) return;
   const state = typeof h === "string" ? h : h.state;
   el.className = "badge " + state.split(":")[0];
-  el.textContent = state;
+  // the recent days are in, the rest of the history is still loading behind them
+  const backfill = typeof h === "object" && h.history && h.history.phase === "recent";
+  el.textContent = backfill ? `${state} · backfilling ${h.history.days}/${h.history.wanted_days}d` : state;
   el.title = typeof h === "string" ? h : `${h.state}${h.reason ? ": " + h.reason : ""} (updated ${Math.round(h.age_s)}s ago)`;
 }
 
@@ -377,6 +379,10 @@ function rangeNote(s) {
     const better = TIMEFRAMES.find((t) => fits(state.range, t));
     notes.push(`${tf} shows at most ${MAX_COLUMNS.toLocaleString("en-US")} candles (${spanText(MAX_COLUMNS * TF_SECONDS[tf])}) of the ${want} range` +
                (better ? ` — pick ${better} for all of it` : ""));
+  }
+  const hist = s && s.health ? s.health.history : null;
+  if (hist && hist.phase === "recent") {
+    notes.push(`backfilling: ${hist.days} of ${hist.wanted_days} days of history loaded so far, the chart fills in when the rest arrives`);
   }
   const t = s && s.candles ? s.candles.t : null;
   if (t && t.length) {
