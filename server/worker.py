@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.config import ConfigError, load_config
 from engine.service import (
     BarsError,
     FeedError,
@@ -329,7 +330,10 @@ async def owned_hubs(spec: FeedSpec, shard: tuple[int, int], store: Any = None) 
         if mine:
             if store is not None:
                 feed = RecordingFeed(feed, store)
-            hubs.append(Hub(feed, symbols=mine, params=spec.params(), history_days=spec.history_days))
+            # alerts are computed here, by the one worker that owns the market: each fires (and is POSTed
+            # to the webhook) once per cluster, however many replicas show it
+            hubs.append(Hub(feed, symbols=mine, params=spec.params(), history_days=spec.history_days,
+                            alerts=spec.alerts, webhook=spec.webhook))
     return hubs
 
 
@@ -340,13 +344,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", default="0/1", metavar="I/N", help="own the markets shard I of N picks (default 0/1: all)")
     parser.add_argument("--speed", type=float, default=None, help="demo/replay speed, x real time")
     parser.add_argument("--seed", type=int, default=None, help="demo market random seed")
-    parser.add_argument("--history-days", type=float, default=30.0, help="history to load per market (default 30)")
+    parser.add_argument("--history-days", type=float, default=None, help="history to load per market (default 30)")
     parser.add_argument("--ladder", default=None, metavar="NAME|JSON", help="leverage ladder (as for serve)")
     parser.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
                         help="internal REST address replicas forward to (default 127.0.0.1 on a free port)")
     parser.add_argument("--advertise", default=None, metavar="HOST",
                         help="host name replicas reach this worker by (default: the --listen host)")
     parser.add_argument("--id", default=None, help="worker id on the bus (default: hostname-pid)")
+    parser.add_argument("--webhook", default=None, metavar="URL",
+                        help="POST every alert of this worker's markets as JSON to this URL (once per cluster: "
+                             "the owning worker sends it, never the replicas)")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="config file for the alert thresholds and webhook (as for serve); flags override it")
     parser.add_argument("--store", default=None, metavar="DB|postgresql://...",
                         help="read history from this store first and record the markets into it (SQLite file or PostgreSQL)")
 
@@ -354,9 +363,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def serve_worker(args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
 
+    from .cli import _spec  # the markets, ladder, alert thresholds and webhook, read as `serve` reads them
+
     shard = bus.parse_shard(args.shard)
-    spec = FeedSpec(feeds=tuple(args.feed or ["demo"]), symbols=tuple(args.symbols) if args.symbols else None,
-                    speed=args.speed, ladder=args.ladder, history_days=args.history_days, seed=args.seed)
+    try:
+        spec = _spec(args, load_config(args.config))
+    except (ConfigError, LadderError, ValueError) as exc:
+        print(f"liqheat worker: {exc}", file=sys.stderr)
+        return 2
     store = None
     if args.store:
         try:
