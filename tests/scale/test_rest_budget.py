@@ -117,3 +117,19 @@ async def test_a_429_pauses_every_worker_on_the_egress(fake, workers):
     assert gap >= 0.7 and start < 0.5, [round(x - t, 3) for x in after]
     stats = [a.rest_budget.stats(), b.rest_budget.stats()]  # type: ignore[union-attr]
     assert sum(s["rate_limited"] for s in stats) == 1 and all(s["shared"] for s in stats)
+
+
+async def test_without_redis_a_worker_paces_itself_and_says_so(caplog):
+    from real_servers import free_port
+
+    r = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    budget = RestBudget(r, BINANCE, "host-a", RATE)
+    try:
+        t0 = time.monotonic()
+        for _ in range(3):
+            await budget.acquire(5)
+        assert time.monotonic() - t0 < 3.0  # not stalled: ccxt's own limiter is what is left
+        assert budget.stats()["shared"] is False
+        assert sum("shared REST budget unavailable" in m for m in caplog.messages) == 1  # said once
+    finally:
+        await r.aclose()
