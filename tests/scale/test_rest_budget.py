@@ -133,3 +133,21 @@ async def test_without_redis_a_worker_paces_itself_and_says_so(caplog):
         assert sum("shared REST budget unavailable" in m for m in caplog.messages) == 1  # said once
     finally:
         await r.aclose()
+
+
+def test_a_worker_gives_each_exchange_feed_its_egress_budget():
+    """`liqheat worker` hands open_feed one budget per exchange (server/worker.py); the demo has no REST."""
+    from engine.service import open_feed
+
+    made: dict[str, RestBudget] = {}
+
+    def budget(exchange: str) -> RestBudget:
+        return made.setdefault(exchange, RestBudget(None, exchange, "host-a"))
+
+    single = open_feed("binance", rest_budget=budget)
+    assert isinstance(single, ExchangeFeed) and single.rest_budget is made["binanceusdm"]
+    agg = open_feed("bybit+okx", rest_budget=budget)
+    assert [f.rest_budget for f in agg.feeds] == [made["bybit"], made["okx"]]  # type: ignore[attr-defined]
+    assert made["okx"].key == "liqheat:rest:okx:host-a"
+    open_feed("demo", rest_budget=budget)
+    assert sorted(made) == ["binanceusdm", "bybit", "okx"]
