@@ -116,6 +116,76 @@ async def latency_and_costs(redis_url: str, tmp: Path, clients: int) -> dict[str
         w.stop()
 
 
+# Eight demo markets the rendezvous hash splits four and four between shards 0/2 and 1/2.
+SCALE_SYMBOLS = ["BTC", "XRP", "ADA", "LINK", "ETH", "SOL", "DOGE", "BNB"]
+
+
+async def worker_scaling(redis_url: str, tmp: Path, workers: int, speed: float) -> dict[str, Any]:
+    """``workers`` workers sharing the eight markets (shards i/N), one replica, one client per market;
+    the demo runs at ``speed`` x so that one worker has more than a core of work. Counts the closed bars
+    the clients receive and the workers' CPU."""
+    port = free_port()
+    ws = [Proc(f"w{workers}-{i}", ["worker", "--bus", redis_url, "--feed", "demo", "--seed", "7", "--speed", str(speed),
+                                   "--history-days", "1", "--symbols", *SCALE_SYMBOLS, "--shard", f"{i}/{workers}"], tmp).start()
+          for i in range(workers)]
+    r = Proc(f"r{workers}", ["serve", "--bus", redis_url, "--port", str(port)], tmp).start()
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # every market owned (the workers load their history first)
+            h = await wait_healthy(port, [*ws, r])
+            if sum(len(w.get("markets", [])) for w in h.get("workers", [])) >= len(SCALE_SYMBOLS):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not every market owned: {h.get('workers')}")
+            await asyncio.sleep(0.5)
+        stop = asyncio.Event()
+        seen: list[list[tuple[float, str]]] = [[] for _ in SCALE_SYMBOLS]
+        tasks = [asyncio.ensure_future(follow(f"http://127.0.0.1:{port}/api/v1/ws", sym, seen[i], stop))
+                 for i, sym in enumerate(SCALE_SYMBOLS)]
+        await asyncio.sleep(4.0)  # snapshots and warm-up
+        pids = [w.p.pid for w in ws if w.p is not None]
+        c0, t0 = sum(cpu_seconds(pid) for pid in pids), time.monotonic()
+        await asyncio.sleep(SECONDS)
+        wall = time.monotonic() - t0
+        cores = (sum(cpu_seconds(pid) for pid in pids) - c0) / wall
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        closed = sum(1 for v in seen for t, body in v if t0 <= t < t0 + wall and '"closed": true' in body
+                     and '"type": "bar"' in body)
+        return {"workers": workers, "bars_per_s": closed / wall, "cores": cores, "wanted": len(SCALE_SYMBOLS) * speed / 60}
+    finally:
+        r.stop()
+        for w in ws:
+            w.stop()
+
+
+async def scaling_only() -> None:
+    """``python -m benchmarks.bench_scale workers``: 1 -> 2 workers on the same eight markets."""
+    tmp = Path(tempfile.mkdtemp(prefix="liqheat-bench-scale-"))
+    redis = RedisServer()
+    redis.start()
+    try:
+        await print_worker_scaling(redis.url, tmp)
+    finally:
+        redis.close()
+
+
+async def print_worker_scaling(redis_url: str, tmp: Path, speed: float = 1800.0) -> None:
+    print(f"\n1 -> 2 workers: {len(SCALE_SYMBOLS)} demo markets at {speed / 60:g} bars/s each "
+          f"({len(SCALE_SYMBOLS) * speed / 60:g} closed bars/s wanted), one client per market on one replica, "
+          f"{SECONDS:.0f} s; os.cpu_count() = {os.cpu_count()}, shared with other jobs")
+    print(f"  {'workers':>8} {'closed bars/s':>14} {'of wanted':>10} {'worker cores':>13} {'core-ms per bar':>16} "
+          f"{'markets/worker':>15}")
+    rows = [await worker_scaling(redis_url, tmp, n, speed) for n in (1, 2)]
+    for row in rows:
+        per_bar = row["cores"] / row["bars_per_s"] * 1000 if row["bars_per_s"] else float("nan")
+        print(f"  {row['workers']:>8} {row['bars_per_s']:>14.1f} {row['bars_per_s'] / row['wanted']:>10.0%} "
+              f"{row['cores']:>13.2f} {per_bar:>16.1f} {len(SCALE_SYMBOLS) / row['workers']:>15.0f}")
+    print(f"  2 workers / 1 worker: {rows[1]['bars_per_s'] / max(rows[0]['bars_per_s'], 1e-9):.2f}x the closed bars "
+          f"delivered, {rows[1]['cores'] / max(rows[0]['cores'], 1e-9):.2f}x the CPU; the replica, Redis, the "
+          "clients and the other jobs share the same 2 cores, so this bounds the gain from below")
+
+
 async def recovery(redis: RedisServer, tmp: Path) -> dict[str, float]:
     p_a, p_b = free_port(), free_port()
     w = Proc("rw", ["worker", "--bus", redis.url, *DEMO, "--symbols", "BTC"], tmp).start()
@@ -218,8 +288,7 @@ async def run_all() -> None:
         big = results[-1]
         print(f"  replica: {big['replica_core'] / big['clients']:.3%} of a core per client of a 1 bar/s view "
               f"(the benchmark's own clients share these 2 cores: past ~50 they, not the replica, fall behind)")
-        print("  1 -> 2 replicas / workers: they share nothing but Redis, so each carries half; on 2 shared cores "
-              "the per-core costs above are the figure to scale by")
+        await print_worker_scaling(redis.url, tmp)
 
         print("\nrecovery to a live view (seconds; goal <= 5)")
         for what, secs in (await recovery(redis, tmp)).items():
@@ -230,7 +299,7 @@ async def run_all() -> None:
 
 
 def main() -> None:
-    asyncio.run(run_all())
+    asyncio.run(scaling_only() if "workers" in sys.argv[1:] else run_all())
 
 
 if __name__ == "__main__":

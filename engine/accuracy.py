@@ -176,12 +176,21 @@ def coinalyze(data: Path) -> tuple[dict[str, dict[int, float]], dict[str, dict[i
     return out[0], out[1]
 
 
-def load_sets(data: Path, which: tuple[str, ...] | None = None, sim_days: float = 14.0) -> list[DataSet]:
-    known = ("bybit-15m", "binance-5m", "okx-1h", "simulated")
-    want = which or known
-    unknown = [w for w in want if w not in known]
+SETS = ("bybit-15m", "binance-5m", "okx-1h", "simulated")  # the suite's order
+FITTED_ON_BYBIT = ("okx-1h",)  # too short to fit on: scored with the Bybit set's fit
+
+
+def set_keys(which: tuple[str, ...] | None = None) -> list[str]:
+    """The sets asked for, checked, in the suite's order."""
+    want = which or SETS
+    unknown = [w for w in want if w not in SETS]
     if unknown:
-        raise SuiteError(f"unknown set {unknown[0]!r}; sets: {', '.join(known)}")
+        raise SuiteError(f"unknown set {unknown[0]!r}; sets: {', '.join(SETS)}")
+    return [k for k in SETS if k in want]
+
+
+def load_sets(data: Path, which: tuple[str, ...] | None = None, sim_days: float = 14.0) -> list[DataSet]:
+    want = set_keys(which)
     sets: list[DataSet] = []
     need_bybit = any(k in want for k in ("bybit-15m", "binance-5m"))
     ev = bybit_events(data) if need_bybit else None
@@ -765,25 +774,63 @@ class SuiteReport:
         }
 
 
-def run_suite(data: Path | None = None, which: tuple[str, ...] | None = None, reps: int = 100) -> SuiteReport:
+@dataclass
+class BybitFit:
+    """What the Bybit set fits on all its weeks: the shipped preset, its seed scale, and the scale rows."""
+
+    final: Candidate
+    scale: float
+    span: str
+    scale_rows: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SetJob:
+    data: Path
+    key: str
+    reps: int
+    fit: BybitFit | None = None  # the Bybit fit, for the sets scored with it
+
+
+def score_one_set(job: SetJob) -> tuple[SetResult, BybitFit | None]:
+    """One set, loaded, prepared and scored (in a pool process under ``--jobs``); the Bybit set also
+    returns its fit for the sets scored with it."""
+    pp = prepare(load_sets(job.data, (job.key,))[0])
+    fit = job.fit
+    if job.key == "bybit-15m":
+        final = choose(pp, pp.valid[FIT_HORIZON])
+        span = f"Bybit BTCUSDT liquidations {_day(pp.ds.events.span[0])} → {_day(pp.ds.events.span[1])} (15m candles)"
+        fit = BybitFit(final, seed_scale(pp, final), span, scale_rows(job.data, pp))
+    fixed = None if pp.ds.walk_forward else (fit.final if fit else DEFAULT_CANDIDATE)
+    return score_set(pp, fixed, job.reps, fit.scale if fit else None), fit if job.key == "bybit-15m" else None
+
+
+def run_suite(data: Path | None = None, which: tuple[str, ...] | None = None, reps: int = 100,
+              jobs: int = 1) -> SuiteReport:
+    """Every set asked for; ``jobs`` > 1 scores the sets in that many processes side by side. The sets are
+    independent except that okx-1h is scored with the Bybit fit, so it starts once the Bybit set is done;
+    the figures are the same for any ``jobs`` (the same functions on the same data, in the same order)."""
+    from engine.batch import side_by_side
+
     started = time.perf_counter()
     data = data or DEFAULT_DATA_DIR
-    sets = load_sets(data, which)
-    prepared = {ds.key: prepare(ds) for ds in sets}
-    results = []
-    final = DEFAULT_CANDIDATE
-    span = ""
-    final_scale = None
-    if "bybit-15m" in prepared:
-        by = prepared["bybit-15m"]
-        final = choose(by, by.valid[FIT_HORIZON])
-        final_scale = seed_scale(by, final)
-        span = f"Bybit BTCUSDT liquidations {_day(by.ds.events.span[0])} → {_day(by.ds.events.span[1])} (15m candles)"
-    for pp in prepared.values():
-        fixed = None if pp.ds.walk_forward else final
-        results.append(score_set(pp, fixed, reps, final_scale))
-    scale = scale_rows(data, prepared.get("bybit-15m")) if any(k in prepared for k in ("bybit-15m",)) else {}
-    return SuiteReport(results, scale, time.perf_counter() - started, final, span, final_scale)
+    keys = set_keys(which)
+    first = [k for k in keys if k not in FITTED_ON_BYBIT]
+    results: dict[str, SetResult] = {}
+    fit: BybitFit | None = None
+    for key, (res, got) in zip(first, side_by_side(score_one_set, [SetJob(data, k, reps) for k in first], jobs),
+                                strict=True):
+        results[key], fit = res, got or fit
+    # A walk-forward set that found no week to score falls back on the Bybit seed scale (score_set):
+    # with the fit known now, it is scored again with it, as a one-process run would have.
+    again = [k for k in first if fit is not None and k != "bybit-15m" and not results[k].extra["picks"]]
+    later = [k for k in keys if k in FITTED_ON_BYBIT] + again
+    for key, (res, _) in zip(later, side_by_side(score_one_set, [SetJob(data, k, reps, fit) for k in later], jobs),
+                             strict=True):
+        results[key] = res
+    final = fit.final if fit else DEFAULT_CANDIDATE
+    return SuiteReport([results[k] for k in keys], fit.scale_rows if fit else {}, time.perf_counter() - started,
+                       final, fit.span if fit else "", fit.scale if fit else None)
 
 
 def _day(t: float) -> str:

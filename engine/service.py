@@ -85,10 +85,13 @@ def open_feed(spec: str, **options: Any) -> Feed:
         from engine.feeds.demo import DemoFeed
 
         return DemoFeed(**{k: v for k, v in options.items() if k in ("seed", "speed", "symbols", "history_days", "now")})
+    # rest_budget: exchange id -> its shared REST budget (engine/rest_budget.py), for cluster workers
+    budget = options.get("rest_budget") or (lambda _exchange: None)
     if spec in ("binanceusdm", "binance", "bybit", "okx"):
         from engine.feeds.exchange import ExchangeFeed
 
-        return ExchangeFeed("binanceusdm" if spec == "binance" else spec)
+        name = "binanceusdm" if spec == "binance" else spec
+        return ExchangeFeed(name, rest_budget=budget(name))
     if spec == "all" or ("+" in spec and not spec.startswith("file:")):
         # One coin summed across venues ("binanceusdm+bybit+okx", or "all" of them): each venue keeps its
         # own ccxt feed and the aggregate combines their bars (engine/feeds/aggregate.py).
@@ -99,7 +102,7 @@ def open_feed(spec: str, **options: Any) -> Feed:
         unknown = [n for n in names if n not in VENUES]
         if unknown:
             raise FeedError(f"unknown exchange {unknown[0]!r} in {spec!r}; join some of {', '.join(VENUES)} with +")
-        return AggregateFeed([ExchangeFeed(n) for n in names])
+        return AggregateFeed([ExchangeFeed(n, rest_budget=budget(n)) for n in names])
     if spec.startswith("file:"):
         path = spec[len("file:") :]
         if not path:

@@ -24,6 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.config import ConfigError, load_config
+from engine.rest_budget import RestBudget
 from engine.service import (
     BarsError,
     FeedError,
@@ -159,6 +161,7 @@ class Worker:
         self.publisher = Publisher(redis, self.epoch_ms)
         self.conns: dict[str, BusConnection] = {}
         self.started = time.time()
+        self.budgets: dict[str, RestBudget] = {}  # exchange -> the REST budget shared on this egress
 
     @property
     def live(self) -> LiveHub:
@@ -256,6 +259,7 @@ class Worker:
                                  "coin": svc.market.coin, **svc.health_info()} for svc in self.app[MARKETS].services()],
                     "views": sum(len(c.subs) for c in self.conns.values()),
                     "recording": [h.feed.stats() for h in self.app[MARKETS].hubs if hasattr(h.feed, "stats")],
+                    "rest_budget": [b.stats() for b in self.budgets.values()],
                     "published": self.publisher.published, "dropped": self.publisher.dropped,
                     "waiting": len(self.publisher.pending),
                 }
@@ -307,12 +311,13 @@ def _one_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
-async def owned_hubs(spec: FeedSpec, shard: tuple[int, int], store: Any = None) -> list[Hub]:
+async def owned_hubs(spec: FeedSpec, shard: tuple[int, int], store: Any = None, rest_budget: Any = None) -> list[Hub]:
     """The feed's markets (the --symbols ones, else its main ones), kept when this shard owns them. With a
-    store, history is read from it first and what the feed streams is recorded (engine/worker.py)."""
+    store, history is read from it first and what the feed streams is recorded (engine/worker.py).
+    ``rest_budget``: exchange id -> the REST budget shared with the other workers on this egress."""
     hubs = []
     for feed_spec in spec.feeds:
-        opts: dict[str, Any] = {"history_days": spec.history_days}
+        opts: dict[str, Any] = {"history_days": spec.history_days, "rest_budget": rest_budget}
         if spec.speed is not None:
             opts["speed"] = spec.speed
         if spec.seed is not None:
@@ -329,7 +334,10 @@ async def owned_hubs(spec: FeedSpec, shard: tuple[int, int], store: Any = None) 
         if mine:
             if store is not None:
                 feed = RecordingFeed(feed, store)
-            hubs.append(Hub(feed, symbols=mine, params=spec.params(), history_days=spec.history_days))
+            # alerts are computed here, by the one worker that owns the market: each fires (and is POSTed
+            # to the webhook) once per cluster, however many replicas show it
+            hubs.append(Hub(feed, symbols=mine, params=spec.params(), history_days=spec.history_days,
+                            alerts=spec.alerts, webhook=spec.webhook))
     return hubs
 
 
@@ -340,13 +348,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", default="0/1", metavar="I/N", help="own the markets shard I of N picks (default 0/1: all)")
     parser.add_argument("--speed", type=float, default=None, help="demo/replay speed, x real time")
     parser.add_argument("--seed", type=int, default=None, help="demo market random seed")
-    parser.add_argument("--history-days", type=float, default=30.0, help="history to load per market (default 30)")
+    parser.add_argument("--history-days", type=float, default=None, help="history to load per market (default 30)")
     parser.add_argument("--ladder", default=None, metavar="NAME|JSON", help="leverage ladder (as for serve)")
     parser.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
                         help="internal REST address replicas forward to (default 127.0.0.1 on a free port)")
     parser.add_argument("--advertise", default=None, metavar="HOST",
                         help="host name replicas reach this worker by (default: the --listen host)")
     parser.add_argument("--id", default=None, help="worker id on the bus (default: hostname-pid)")
+    parser.add_argument("--webhook", default=None, metavar="URL",
+                        help="POST every alert of this worker's markets as JSON to this URL (once per cluster: "
+                             "the owning worker sends it, never the replicas)")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="config file for the alert thresholds and webhook (as for serve); flags override it")
+    parser.add_argument("--egress-id", default=None, metavar="NAME",
+                        help="workers with the same egress id (one public IP) share each exchange's REST budget "
+                             "in Redis (default: this host's name)")
+    parser.add_argument("--rest-budget", type=float, default=None, metavar="WEIGHT/S",
+                        help="REST request weight per second all workers on this egress may spend per exchange "
+                             "(ccxt's units: Binance request weight; default: ccxt's own pace for the venue, "
+                             "e.g. binanceusdm 20, bybit 50, okx 9)")
     parser.add_argument("--store", default=None, metavar="DB|postgresql://...",
                         help="read history from this store first and record the markets into it (SQLite file or PostgreSQL)")
 
@@ -354,9 +374,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def serve_worker(args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
 
+    from .cli import _spec  # the markets, ladder, alert thresholds and webhook, read as `serve` reads them
+
     shard = bus.parse_shard(args.shard)
-    spec = FeedSpec(feeds=tuple(args.feed or ["demo"]), symbols=tuple(args.symbols) if args.symbols else None,
-                    speed=args.speed, ladder=args.ladder, history_days=args.history_days, seed=args.seed)
+    try:
+        spec = _spec(args, load_config(args.config))
+    except (ConfigError, LadderError, ValueError) as exc:
+        print(f"liqheat worker: {exc}", file=sys.stderr)
+        return 2
     store = None
     if args.store:
         try:
@@ -364,9 +389,8 @@ async def serve_worker(args: argparse.Namespace) -> int:
         except StoreError as exc:
             print(f"liqheat worker: {exc}", file=sys.stderr)
             return 1
-    hubs = await owned_hubs(spec, shard, store)
-    if not hubs:
-        print(f"liqheat worker: shard {args.shard} owns none of the markets", file=sys.stderr)
+    if args.rest_budget is not None and not (0 < args.rest_budget < 1e6):
+        print("liqheat worker: --rest-budget must be a positive weight per second", file=sys.stderr)
         return 2
     redis = aioredis.from_url(args.bus, socket_timeout=5, socket_connect_timeout=5, decode_responses=True)
     try:
@@ -374,6 +398,17 @@ async def serve_worker(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001
         print(f"liqheat worker: cannot reach the bus {args.bus}: {_one_line(exc)}", file=sys.stderr)
         return 1
+    egress = args.egress_id or socket.gethostname()
+    budgets: dict[str, RestBudget] = {}
+
+    def rest_budget(exchange: str) -> RestBudget:
+        return budgets.setdefault(exchange, RestBudget(redis, exchange, egress, args.rest_budget))
+
+    hubs = await owned_hubs(spec, shard, store, rest_budget)
+    if not hubs:
+        print(f"liqheat worker: shard {args.shard} owns none of the markets", file=sys.stderr)
+        await redis.aclose()
+        return 2
     for hub in hubs:
         await hub.start()
     host, _, port = args.listen.rpartition(":")
@@ -385,6 +420,7 @@ async def serve_worker(args: argparse.Namespace) -> int:
     bound = site._server.sockets[0].getsockname()[1] if getattr(site, "_server", None) else int(port)  # type: ignore[union-attr]
     http = f"http://{args.advertise or host or '127.0.0.1'}:{bound}"
     worker = Worker(redis, app, args.id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}", shard, http)
+    worker.budgets = budgets
     print(f"liqheat worker {worker.id}: shard {args.shard} owns {', '.join(worker.markets())}; REST at {http}; "
           f"publishing to {args.bus}", flush=True)
     try:

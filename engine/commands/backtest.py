@@ -3,6 +3,7 @@
     liqheat backtest --bars candles.csv.gz --venue okx --coin BTC --contract-size 0.01 \\
                      --liquidations okx_liquidations.csv.gz --horizon-hours 4
     liqheat backtest --feed demo --days 14        # the simulated market: its events, and its true book
+    liqheat backtest --store history.sqlite --market all --jobs 4   # every recorded market, 4 at a time
 
 Prints, over the bars the recording covers: rank correlation per bar (estimated vs recorded realised
 liquidations) and the share of recorded USD in the model's top-decile bars, the same for a no-levels
@@ -86,6 +87,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--event-venue", choices=["binance", "bybit", "okx"],
                    help="venue that printed the events: Bybit and OKX print bankruptcy prices, moved one maintenance "
                         "margin nearer the entry before scoring (default: --exchange/--venue, else the file name)")
+    p.add_argument("--store", metavar="DB",
+                   help="instead of files: bars and liquidations recorded in a liqheat store (SQLite file or postgresql://...)")
+    p.add_argument("--market", metavar="EXCHANGE:SYMBOL",
+                   help="--store: which market, several comma-separated, or 'all' (every market with bars and events)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="several markets (--store) or --suite sets: score N at a time in separate processes (default 1); "
+                        "the report is the same, in the same order")
     p.add_argument("--suite", action="store_true",
                    help="the accuracy suite: every real set in --data-dir and the simulated market, in and out of sample")
     p.add_argument("--data-dir", metavar="DIR", help="--suite: where the shared data files are (default ../shared/data)")
@@ -127,9 +135,34 @@ def load_demo(args: argparse.Namespace) -> tuple[Bars, Events, dict[str, Any]]:
     return bars, _events(liqs), {"prices": truth.prices, "usd": truth.long_usd + truth.short_usd, "time": truth.time}
 
 
+def load_stored(args: argparse.Namespace) -> tuple[Bars, Events]:
+    """One market of a store: its finest bars and its recorded events (already at liquidation prices:
+    the recorder moves Bybit/OKX bankruptcy prints when it stores them)."""
+    from engine.store import StoreError, parse_market_key
+    from engine.stores import open_store
+
+    if args.bars or args.liquidations or args.feed:
+        raise ScoringError("--store replaces --bars/--liquidations/--feed: give one source")
+    try:
+        exchange, symbol = parse_market_key(args.market)
+        with open_store(args.store, create=False) as store:
+            bars = store.read_bars(args.market)
+            liqs = store.read_liquidations(args.market)
+    except StoreError as exc:
+        raise ScoringError(str(exc)) from exc
+    if not liqs:
+        raise ScoringError(f"{args.market}: no liquidation events stored")
+    args.exchange = args.exchange or exchange
+    args.coin = args.coin or symbol.split("/")[0].split(":")[0].split("-")[0]
+    args.event_prices = "as stored (liquidation prices)"
+    return bars, _events(liqs)
+
+
 def load_inputs(args: argparse.Namespace) -> tuple[Bars, Events]:
     from engine.formats import BadFile, read_bars_file, read_liquidation_columns
 
+    if args.store:
+        return load_stored(args)
     if not args.bars or not args.liquidations:
         raise ScoringError("give --bars FILE and --liquidations FILE (or --feed demo)")
     try:
@@ -386,7 +419,9 @@ def run_suite_command(args: argparse.Namespace) -> int:
 
     try:
         which = tuple(x.strip() for x in args.sets.split(",")) if args.sets else None
-        rep = run_suite(Path(args.data_dir) if args.data_dir else DEFAULT_DATA_DIR, which)
+        if args.jobs < 1:
+            raise SuiteError("--jobs must be at least 1")
+        rep = run_suite(Path(args.data_dir) if args.data_dir else DEFAULT_DATA_DIR, which, jobs=args.jobs)
     except (SuiteError, FeedError, BarsError, ScoringError, ValueError, OSError) as exc:
         return _fail(str(exc))
     if args.json:
@@ -411,23 +446,38 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+def report(args: argparse.Namespace) -> dict[str, Any]:
+    """The backtest of one input (files, the simulated market or one stored market); the scoring errors
+    are raised, one line each."""
+    ladder = load_ladder(args.ladder)
+    truth = None
+    if args.feed == "demo" and not args.store:
+        bars, events, truth = load_demo(args)
+        args.coin = args.coin or args.symbol.split("/")[0]
+    else:
+        bars, events = load_inputs(args)
+    coin = args.coin or "BTC"
+    params = ModelParams(ladder=ladder, exchange=args.exchange or args.venue or "binance", coin=coin)
+    if args.horizon_hours <= 0 or args.bucket_pct <= 0 or args.span_pct <= 0 or args.min_events < 1:
+        raise ScoringError("--horizon-hours, --bucket-pct, --span-pct and --min-events must be positive")
+    return run_backtest(bars, events, params, args, truth)
+
+
+ERRORS = (FeedError, BarsError, LadderError, ScoringError, CalibrationError, ValueError)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.suite:
         return run_suite_command(args)
+    if args.jobs < 1:
+        return _fail("--jobs must be at least 1")
+    if args.store and not args.market:
+        return _fail("--store needs --market EXCHANGE:SYMBOL, several comma-separated, or all")
+    if args.store and ("," in args.market or args.market == "all"):
+        return run_many(args)
     try:
-        ladder = load_ladder(args.ladder)
-        truth = None
-        if args.feed == "demo":
-            bars, events, truth = load_demo(args)
-            args.coin = args.coin or args.symbol.split("/")[0]
-        else:
-            bars, events = load_inputs(args)
-        coin = args.coin or "BTC"
-        params = ModelParams(ladder=ladder, exchange=args.exchange or args.venue or "binance", coin=coin)
-        if args.horizon_hours <= 0 or args.bucket_pct <= 0 or args.span_pct <= 0 or args.min_events < 1:
-            raise ScoringError("--horizon-hours, --bucket-pct, --span-pct and --min-events must be positive")
-        rep = run_backtest(bars, events, params, args, truth)
-    except (FeedError, BarsError, LadderError, ScoringError, CalibrationError, ValueError) as exc:
+        rep = report(args)
+    except ERRORS as exc:
         return _fail(str(exc))
     cal_json = rep.pop("_calibration_json", None)
     if cal_json is not None:
@@ -440,3 +490,50 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(rep))
     return 0
+
+
+def backtest_one_market(args: argparse.Namespace) -> tuple[str, dict[str, Any] | None, str]:
+    """One market of a many-market backtest (in a pool process under --jobs): (market, report, error)."""
+    try:
+        return args.market, report(args), ""
+    except ERRORS as exc:
+        return args.market, None, " ".join(str(exc).split())
+
+
+def run_many(args: argparse.Namespace) -> int:
+    """Markets are independent: scored side by side (``--jobs``) and printed in the order asked ('all':
+    the store's order); a market that fails is one line on stderr and sets the status, the others print."""
+    from engine.batch import side_by_side
+    from engine.store import StoreError
+    from engine.stores import open_store
+
+    if args.calibrate:
+        return _fail("--calibrate writes one ladder: give one --market")
+    if args.market == "all":
+        try:
+            with open_store(args.store, create=False) as store:
+                wanted = [m.key for m in store.markets() if m.bars and m.liquidations]
+        except StoreError as exc:
+            return _fail(str(exc))
+        if not wanted:
+            return _fail(f"{args.store} holds no market with both bars and liquidations")
+    else:
+        wanted = list(dict.fromkeys(m.strip() for m in args.market.split(",") if m.strip()))
+    jobs = []
+    for market in wanted:
+        one = argparse.Namespace(**vars(args))
+        one.market = market
+        jobs.append(one)
+    worst = 0
+    docs: dict[str, Any] = {}
+    for market, rep, error in side_by_side(backtest_one_market, jobs, args.jobs):
+        if rep is None:
+            worst = max(worst, _fail(f"{market}: {error}"))
+            continue
+        if args.json:
+            docs[market] = rep
+        else:
+            print(f"== {market}\n{render(rep)}\n", flush=True)
+    if args.json:
+        print(json.dumps(docs, default=float))
+    return worst

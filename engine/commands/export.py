@@ -129,8 +129,7 @@ def _export_one(args: argparse.Namespace) -> tuple[str, int, float]:
 def _run_many(args: argparse.Namespace) -> int:
     """Markets are independent: a process pool exports them side by side (``--jobs``), each market's
     failure is its own line and sets the exit status, the others are still written."""
-    from concurrent.futures import ProcessPoolExecutor
-
+    from engine.batch import processes_used, side_by_side
     from engine.stores import open_store
 
     if "{market}" not in args.out:
@@ -158,13 +157,12 @@ def _run_many(args: argparse.Namespace) -> int:
         jobs.append(one)
     t0 = wallclock.perf_counter()
     worst = 0
-    with ProcessPoolExecutor(max_workers=min(args.jobs, len(jobs))) as pool:
-        for market, code, secs in pool.map(_export_one, jobs):
-            worst = max(worst, code)
-            if not args.quiet:
-                print(f"  {market}: {'written' if code == 0 else 'FAILED'} in {secs:.1f} s", file=sys.stderr)
+    for market, code, secs in side_by_side(_export_one, jobs, args.jobs):
+        worst = max(worst, code)
+        if not args.quiet:
+            print(f"  {market}: {'written' if code == 0 else 'FAILED'} in {secs:.1f} s", file=sys.stderr)
     if not args.quiet:
-        print(f"liqheat export: {len(jobs)} markets with {min(args.jobs, len(jobs))} processes in "
+        print(f"liqheat export: {len(jobs)} markets with {processes_used(args.jobs, len(jobs))} processes in "
               f"{wallclock.perf_counter() - t0:.1f} s", file=sys.stderr)
     return worst
 

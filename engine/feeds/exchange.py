@@ -30,7 +30,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 
@@ -68,6 +68,9 @@ from engine.feeds.normalise import (
 )
 from engine.feeds.retry import Backoff, RetryPolicy, as_feed_error, is_temporary, one_line, retry
 from engine.model import Bars
+
+if TYPE_CHECKING:
+    from engine.rest_budget import RestBudget
 
 T = TypeVar("T")
 DEFAULT_BACKOFF = Backoff()
@@ -179,6 +182,7 @@ def _client_class(pro: Any, exchange_id: str) -> Any:
         return cls
     base = getattr(pro, exchange_id)
     bad_response = pro.BadResponse
+    rate_limited = pro.DDoSProtection  # Binance 429/418; RateLimitExceeded (Bybit, OKX) is one
 
     class LiqheatClient(base):  # type: ignore[misc, valid-type]
         timeout_on_exit = 50  # ms; ccxt's 250 ms pause on close() adds up over many feeds
@@ -187,6 +191,28 @@ def _client_class(pro: Any, exchange_id: str) -> Any:
             super().__init__(config)
             self.liqheat_listeners: list[Callable[[str, Any, Any], None]] = []
             self._liqheat_parsed: tuple[str, Any] | None = None
+            self.liqheat_budget: Any = None  # engine.rest_budget.RestBudget: shared with other workers
+
+        async def fetch2(self, path: Any, api: Any = None, method: str = "GET", params: Any = None,
+                         config: Any = None) -> Any:
+            """Every REST request first takes its weight from the shared budget (when there is one); a
+            429/418 answer pauses every worker behind the same egress."""
+            api = ["public"] if api is None else api
+            params = {} if params is None else params
+            config = {} if config is None else config
+            budget = self.liqheat_budget
+            if budget is None:
+                return await super().fetch2(path, api, method, params, config)
+            await budget.acquire(self.calculate_rate_limiter_cost(api, method, path, params, config))
+            try:
+                out = await super().fetch2(path, api, method, params, config)
+            except rate_limited:
+                headers = self.last_response_headers or {}
+                retry_after = next((v for k, v in dict(headers).items() if str(k).lower() == "retry-after"), None)
+                await budget.rate_limited(retry_after)
+                raise
+            budget.succeeded()
+            return out
 
         def on_rest_response(self, code: Any, reason: Any, url: Any, method: Any, response_headers: Any,
                              response_body: Any, request_headers: Any, request_body: Any) -> Any:
@@ -300,6 +326,7 @@ class ExchangeFeed:
         max_backfill_s: float = 86_400.0,
         progress: ProgressCallback | None = None,
         seed: int | None = None,
+        rest_budget: RestBudget | None = None,
     ) -> None:
         if exchange_id not in VENUES:
             raise FeedError(f"unknown exchange {exchange_id!r}; use one of {', '.join(VENUES)}")
@@ -314,6 +341,7 @@ class ExchangeFeed:
         self._route_through = route_through
         self._markets_given = markets
         self._rate_limit = rate_limit
+        self.rest_budget = rest_budget
         self._timeout_s = timeout_s
         self._history_ms = int(history_days * DAY_MS)
         self._concurrency = max(1, concurrency)
@@ -484,6 +512,9 @@ class ExchangeFeed:
                         client.urls["api"] = loopback_urls(client.urls["api"], self._route_through)
                     if self._api_overrides:
                         client.urls["api"] = _deep_merge(client.urls["api"], self._api_overrides)
+                    if self.rest_budget is not None:
+                        client.liqheat_budget = self.rest_budget
+                        self.rest_budget.use_default_rate(1000.0 / float(client.rateLimit))
                     if self._markets_given is not None:
                         given = self._markets_given
                         client.set_markets(list(given.values()) if isinstance(given, Mapping) else list(given))

@@ -25,6 +25,7 @@ import copy
 import functools
 import gzip
 import json
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,6 +262,7 @@ class Request:
     route: str
     params: dict[str, str]
     status: int
+    at: float = field(default_factory=time.monotonic)  # when it was answered (rate tests)
 
 
 @dataclass
