@@ -261,7 +261,7 @@ class Estimate:
         else:
             lut_bin = bin_of(edges, self.grid.price(np.arange(kmin, kmax + 1)))[:, None]
             lut_share = np.ones(lut_bin.shape)
-        # per piece: the level's cell (side * nb + bin, -1: none) and share, as contiguous columns
+        # per piece: each level's display bin (-1: none) and its share of the level, as contiguous columns
         luts = [(np.ascontiguousarray(lut_bin[:, j]).astype(np.int32), np.ascontiguousarray(lut_share[:, j]))
                 for j in range(lut_bin.shape[1])]
         H = self.F[:, np.maximum(closed - 1, 0)]  # (T, C): each tier's log survival at each column
