@@ -125,7 +125,7 @@ def _from_arrow(col: Any) -> np.ndarray:
     if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
         # straight to numpy (nulls become NaN): Arrow's cast would load pyarrow.compute (~50 ms) for it
         arr = np.asarray(col.to_numpy(zero_copy_only=False))
-        if arr.dtype.kind == "f" or len(arr) == 0 or int(np.abs(arr).max()) <= 2**53:
+        if arr.dtype.kind == "f" or len(arr) == 0 or (int(arr.min()) >= -(2**53) and int(arr.max()) <= 2**53):
             return np.asarray(arr, dtype=np.float64)
         # integers a float64 cannot hold exactly: Arrow's checked cast refuses them, as it always has
     if pa.types.is_timestamp(col.type):
