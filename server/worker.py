@@ -25,13 +25,13 @@ from typing import Any
 from aiohttp import web
 
 from engine.config import ConfigError, load_config
-from engine.rest_budget import RestBudget
 from engine.service import (
     BarsError,
     FeedError,
     Hub,
     LadderError,
     RecordingFeed,
+    RestBudget,
     StoreError,
     UnknownSymbol,
     ViewError,
