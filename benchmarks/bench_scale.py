@@ -144,15 +144,19 @@ async def worker_scaling(redis_url: str, tmp: Path, workers: int, speed: float) 
                  for i, sym in enumerate(SCALE_SYMBOLS)]
         await asyncio.sleep(4.0)  # snapshots and warm-up
         pids = [w.p.pid for w in ws if w.p is not None]
-        c0, t0 = sum(cpu_seconds(pid) for pid in pids), time.monotonic()
+        assert r.p is not None
+        c0, r0, t0 = sum(cpu_seconds(pid) for pid in pids), cpu_seconds(r.p.pid), time.monotonic()
         await asyncio.sleep(SECONDS)
         wall = time.monotonic() - t0
         cores = (sum(cpu_seconds(pid) for pid in pids) - c0) / wall
+        replica_core = (cpu_seconds(r.p.pid) - r0) / wall
+        load = os.getloadavg()[0]
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         closed = sum(1 for v in seen for t, body in v if t0 <= t < t0 + wall and '"closed": true' in body
                      and '"type": "bar"' in body)
-        return {"workers": workers, "bars_per_s": closed / wall, "cores": cores, "wanted": len(SCALE_SYMBOLS) * speed / 60}
+        return {"workers": workers, "bars_per_s": closed / wall, "cores": cores, "replica_core": replica_core,
+                "load": load, "wanted": len(SCALE_SYMBOLS) * speed / 60}
     finally:
         r.stop()
         for w in ws:
@@ -175,12 +179,13 @@ async def print_worker_scaling(redis_url: str, tmp: Path, speed: float = 1800.0)
           f"({len(SCALE_SYMBOLS) * speed / 60:g} closed bars/s wanted), one client per market on one replica, "
           f"{SECONDS:.0f} s; os.cpu_count() = {os.cpu_count()}, shared with other jobs")
     print(f"  {'workers':>8} {'closed bars/s':>14} {'of wanted':>10} {'worker cores':>13} {'core-ms per bar':>16} "
-          f"{'markets/worker':>15}")
+          f"{'markets/worker':>15} {'replica core':>13} {'load avg':>9}")
     rows = [await worker_scaling(redis_url, tmp, n, speed) for n in (1, 2)]
     for row in rows:
         per_bar = row["cores"] / row["bars_per_s"] * 1000 if row["bars_per_s"] else float("nan")
         print(f"  {row['workers']:>8} {row['bars_per_s']:>14.1f} {row['bars_per_s'] / row['wanted']:>10.0%} "
-              f"{row['cores']:>13.2f} {per_bar:>16.1f} {len(SCALE_SYMBOLS) / row['workers']:>15.0f}")
+              f"{row['cores']:>13.2f} {per_bar:>16.1f} {len(SCALE_SYMBOLS) / row['workers']:>15.0f} "
+              f"{row['replica_core']:>13.2f} {row['load']:>9.1f}")
     print(f"  2 workers / 1 worker: {rows[1]['bars_per_s'] / max(rows[0]['bars_per_s'], 1e-9):.2f}x the closed bars "
           f"delivered, {rows[1]['cores'] / max(rows[0]['cores'], 1e-9):.2f}x the CPU; the replica, Redis, the "
           "clients and the other jobs share the same 2 cores, so this bounds the gain from below")

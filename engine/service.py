@@ -64,6 +64,7 @@ from engine.model.cascade import CascadeError
 from engine.model.risk import RiskError
 from engine.model.touch import TouchError
 from engine.model.views import ViewError
+from engine.rest_budget import RestBudget  # noqa: F401
 from engine.store import StoreError  # noqa: F401
 from engine.stores import open_store  # noqa: F401
 from engine.worker import RecordingFeed  # noqa: F401

@@ -25,13 +25,13 @@ from typing import Any
 from aiohttp import web
 
 from engine.config import ConfigError, load_config
-from engine.rest_budget import RestBudget
 from engine.service import (
     BarsError,
     FeedError,
     Hub,
     LadderError,
     RecordingFeed,
+    RestBudget,
     StoreError,
     UnknownSymbol,
     ViewError,
@@ -158,10 +158,10 @@ class Worker:
         self.shard = shard
         self.http = http
         self.epoch_ms = int(time.time() * 1000)
+        self.budgets: dict[str, RestBudget] = {}  # exchange -> the REST budget shared on this egress
         self.publisher = Publisher(redis, self.epoch_ms)
         self.conns: dict[str, BusConnection] = {}
         self.started = time.time()
-        self.budgets: dict[str, RestBudget] = {}  # exchange -> the REST budget shared on this egress
 
     @property
     def live(self) -> LiveHub:
@@ -259,9 +259,9 @@ class Worker:
                                  "coin": svc.market.coin, **svc.health_info()} for svc in self.app[MARKETS].services()],
                     "views": sum(len(c.subs) for c in self.conns.values()),
                     "recording": [h.feed.stats() for h in self.app[MARKETS].hubs if hasattr(h.feed, "stats")],
-                    "rest_budget": [b.stats() for b in self.budgets.values()],
                     "published": self.publisher.published, "dropped": self.publisher.dropped,
                     "waiting": len(self.publisher.pending),
+                    "rest_budget": [b.stats() for b in self.budgets.values()],
                 }
                 pipe = self.redis.pipeline(transaction=True)
                 pipe.set(bus.worker_key(self.id), dumps(meta), ex=bus.WORKER_TTL_S)

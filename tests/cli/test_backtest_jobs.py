@@ -12,6 +12,7 @@ import pytest
 
 from engine.feeds.demo import DemoFeed
 from engine.store import Store
+from engine.stores import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / ".." / "shared" / "data"
@@ -23,16 +24,20 @@ def backtest(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+def record(s) -> None:
+    """Three simulated markets recorded as a recorder would: 4 days of 1m bars and every liquidation."""
+    feed = DemoFeed(seed=3, history_days=4, now=1_772_323_200)
+    for key in MARKETS:
+        bars = feed.history_now(key.split(":", 1)[1])
+        s.write_bars(key, bars)
+        s.write_liquidations(feed.liquidations(key.split(":", 1)[1], until_ms=int(bars.close_time[-1]) * 1000))
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Three simulated markets recorded as a recorder would: 4 days of 1m bars and every liquidation."""
     db = tmp_path_factory.mktemp("bt") / "history.sqlite"
-    feed = DemoFeed(seed=3, history_days=4, now=1_772_323_200)
     with Store(db) as s:
-        for key in MARKETS:
-            bars = feed.history_now(key.split(":", 1)[1])
-            s.write_bars(key, bars)
-            s.write_liquidations(feed.liquidations(key.split(":", 1)[1], until_ms=int(bars.close_time[-1]) * 1000))
+        record(s)
     return db
 
 
@@ -50,6 +55,15 @@ def test_all_markets_with_two_processes_match_one_process_and_each_market_alone(
         assert doc[m]["recorded"]["events"] > 100 and doc[m]["recorded"]["prices"].startswith("as stored")
     # the markets are not copies of one another
     assert len({doc[m]["recorded"]["usd"] for m in MARKETS}) == 3
+
+
+def test_a_postgresql_store_gives_the_same_reports_as_sqlite(store, postgres_url):
+    with open_store(postgres_url) as s:
+        record(s)
+    pg = backtest("--store", postgres_url, "--market", "all", "--jobs", "2", "--json")
+    lite = backtest("--store", store, "--market", "all", "--json")
+    assert pg.returncode == 0 == lite.returncode, pg.stderr + lite.stderr
+    assert json.loads(pg.stdout) == json.loads(lite.stdout)
 
 
 def test_the_text_report_names_each_market_in_the_order_asked(store):

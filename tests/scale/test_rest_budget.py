@@ -27,6 +27,9 @@ pytestmark = pytest.mark.timeout(120)
 
 RATE = 20.0  # weight a second for the whole egress (ccxt's own pace for Binance USD-M, per process)
 SYMBOL = "BTC/USDT:USDT"
+# One klines page's weight: the loopback server logs a request when it answers it, a little after the
+# budget let it go, so a page can land in the next second's count.
+SLACK = 10.0
 # ccxt's own weight of each route the feed calls on the (fake) Binance: (api, path)
 ROUTES = {"markets": ("fapiPublic", "exchangeInfo"), "klines": ("fapiPublic", "klines"),
           "oi": ("fapiData", "openInterestHist"), "funding": ("fapiPublic", "fundingRate")}
@@ -76,7 +79,7 @@ async def test_two_workers_together_stay_within_the_egress_budget(fake, workers)
     free = [workers(budget=False), workers(budget=False)]
     await asyncio.gather(*(f.history(SYMBOL) for f in free))
     unpaced = list(fake.requests)
-    assert busiest_second(unpaced) > 2 * RATE  # the bound the paced pair must keep, below
+    assert busiest_second(unpaced) > 2 * RATE + SLACK  # the bound the paced pair must keep, below
     fake.requests.clear()
 
     paced = [workers(), workers()]
@@ -88,10 +91,9 @@ async def test_two_workers_together_stay_within_the_egress_budget(fake, workers)
     total = sum(weight(r) for r in reqs)
     assert total > 3 * RATE  # enough requests that the budget, not the burst, decides
     # the bucket holds one second of budget: no second ever sees more than that plus a second's refill
-    assert busiest_second(reqs) <= 2 * RATE
-    # and overall the pair spent at the budget's pace, not faster (the burst, plus one klines page of
-    # slack: the server logs a request when it answers it, a little after the budget let it go)
-    assert total <= RATE * (reqs[-1].at - reqs[0].at) + RATE + 10
+    assert busiest_second(reqs) <= 2 * RATE + SLACK
+    # and overall the pair spent at the budget's pace, not faster
+    assert total <= RATE * (reqs[-1].at - reqs[0].at) + RATE + SLACK
     assert took >= (total - RATE) / RATE * 0.9
     waited = [f.rest_budget.stats()["waited_s"] for f in paced if f.rest_budget is not None]
     assert min(waited) > 0  # both took turns, neither ran alone
