@@ -12,6 +12,7 @@ import ctypes.util
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 log = logging.getLogger("liqheat.server.budget")
@@ -123,6 +124,27 @@ def tune_malloc() -> bool:
     ok &= bool(lib.mallopt(_M_TRIM_THRESHOLD, 4 * 1024 * 1024))
     ok &= bool(lib.mallopt(_M_ARENA_MAX, 4))
     return ok
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def malloc_stats() -> dict[str, int] | None:
+    """What the C allocator holds (glibc ``mallinfo2``): ``heap`` bytes taken from the system by the
+    heaps and arenas (``in_use`` of them by live blocks, ``free`` waiting for reuse: what a trim can
+    give back), ``mmapped`` by large blocks with their own mapping. Python's small objects live in
+    their own arenas, counted here by ``python_blocks``. None off glibc."""
+    lib = _glibc()
+    fn = getattr(lib, "mallinfo2", None) if lib is not None else None
+    if fn is None:
+        return None
+    fn.restype = _MallInfo2
+    m = fn()
+    return {"heap": int(m.arena), "in_use": int(m.uordblks), "free": int(m.fordblks), "mmapped": int(m.hblkhd),
+            "python_blocks": sys.getallocatedblocks()}
 
 
 def trim() -> None:

@@ -74,16 +74,22 @@ class Markets:
         for svc in services:
             svc.set_memory_budget(self.budget.engine_caches // max(1, len(services)))
 
-    def prune(self, idle_s: float = 60.0) -> None:
+    def prune(self, idle_s: float = 60.0, answers_idle_s: float | None = None) -> None:
         """Free what cannot be asked for again: answers of an older market generation (kept only while
-        stale-while-revalidate may hand them out), and anything unused for ``idle_s``."""
+        stale-while-revalidate may hand them out), and anything unused for ``idle_s`` (answers: for
+        ``answers_idle_s`` if given)."""
         gens = dict(self.generation)
-        self._cache.prune(lambda key: key[2] < gens.get(key[0], 0) - 1, idle_s)  # type: ignore[index]
+        answers_idle = idle_s if answers_idle_s is None else answers_idle_s
+        self._cache.prune(lambda key: key[2] < gens.get(key[0], 0) - 1, answers_idle)  # type: ignore[index]
         self._latest.prune(lambda key: False, idle_s)
         self._memo.prune(lambda key: False, idle_s)
         self._calls.prune(lambda key: False, idle_s)
         for svc in self.services():
             svc.prune_caches(idle_s)
+
+    def cache_bytes(self) -> int:
+        """Bytes in all of this server's answer caches and the markets' view caches."""
+        return sum(c["bytes"] for c in self.memory()["caches"].values())
 
     def memory(self) -> dict[str, Any]:
         """Bytes held per cache (what /api/v1/health reports)."""
