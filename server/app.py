@@ -256,6 +256,7 @@ def create_app(source: Hub | Sequence[Hub] | FeedSpec, config: ServerConfig | No
 
     async def run_live(app: web.Application) -> AsyncIterator[None]:
         markets.apply_budget()
+        markets.loop_watch.start()
         await app[LIVE].start()
         # Everything alive now (imported modules, loaded markets) lives as long as the server: keep it out
         # of the cyclic collector's full passes, which otherwise stalled the loop 15-65 ms at a time with
