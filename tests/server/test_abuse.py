@@ -414,3 +414,30 @@ async def test_when_the_total_send_budget_is_full_the_greediest_client_gives_way
     assert greedy.closed and greedy.queued_bytes == 0 and greedy_ws.closed_with == 1008
     assert not normal.closed and normal.pending() == 3
     assert hub.queued_bytes == normal.queued_bytes
+
+
+async def test_a_batch_job_does_not_start_while_live_work_computes():
+    """Live first: the heavy lane holds a job back while live deltas compute (the markets' live count),
+    and never longer than MAX_DEFER_S (batch work still progresses when live work never pauses)."""
+    from server.limits import Lane
+
+    lane = Lane("heavy", 1, 8, 2, duty=0.5)
+    order: list[str] = []
+    live_busy = True
+    lane.defer = lambda: live_busy
+
+    async def live_work() -> None:
+        nonlocal live_busy
+        await asyncio.sleep(0.1)
+        order.append("live done")
+        live_busy = False
+
+    try:
+        await asyncio.gather(lane.run("a", order.append, "batch job"), live_work())
+        assert order == ["live done", "batch job"]
+        lane.defer = lambda: True  # live work that never ends does not starve the batch lane for good
+        async with asyncio.timeout(5):
+            await lane.run("a", order.append, "second job")
+        assert order[-1] == "second job" and lane.stats()["deferred_s"] > 0
+    finally:
+        lane.close()
