@@ -82,6 +82,8 @@ def server_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+        if proc.stdout is not None:  # else a ResourceWarning (an error under -W error) lands on a later test
+            proc.stdout.close()
 
 
 @pytest.fixture(scope="module")

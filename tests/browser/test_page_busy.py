@@ -33,7 +33,8 @@ def flood(base: str, stop: threading.Event, worker: int) -> None:
             with urllib.request.urlopen(url, timeout=60) as r:  # loopback only
                 r.read()
         except urllib.error.HTTPError as exc:  # 429: this address has its share waiting; ask again
-            exc.read()
+            with exc:  # its body is an open response: close it (ResourceWarning otherwise)
+                exc.read()
         except OSError:
             return
 
