@@ -88,7 +88,8 @@ async def _serve_async(port_q: Any, stop_q: Any, tick_s: float | None) -> None:
 
     hub = Hub(BenchFeed(), history_days=0)
     await hub.start()
-    runner = web.AppRunner(create_app(hub, ServerConfig(queue_size=512, heartbeat_s=30.0, max_clients=4 * WS_CLIENTS)), access_log=None)
+    runner = web.AppRunner(create_app(hub, ServerConfig(queue_size=512, heartbeat_s=30.0, max_clients=4 * WS_CLIENTS,
+                                                          max_clients_per_ip=4 * WS_CLIENTS)), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=2048)
     await site.start()

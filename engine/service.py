@@ -628,10 +628,13 @@ class MarketService:
         until: int | None = None,
         columns: int | None = None,
         spread: bool = False,
+        keep: bool = True,
     ) -> Heatmap:
         """One column per candle of ``timeframe``: the book at the candle's close (the forming candle's
         column is the live book). ``times`` are the column times (candle close). ``spread``: levels split
-        over the bins they overlap (what the chart page draws: no striping)."""
+        over the bins they overlap (what the chart page draws: no striping). ``keep=False``: compute
+        without caching this grid (a batch-sized one-off request: tens of MB that would evict the grids
+        the live views use every bar)."""
         tf = timeframe_seconds(timeframe)
         if tf < self.base_timeframe or tf % self.base_timeframe:
             raise ViewError(f"timeframe must be a multiple of the {self.base_timeframe}s base bars")
@@ -655,7 +658,7 @@ class MarketService:
         # keyed by the history's epoch too: columns a thread computed from the recent window while the
         # backfill was swapped in must never be served after it
         grid = (epoch, tf, bins, lo, hi, log, spread)
-        closed = self._closed_columns(closed_cols, edges, grid) if len(closed_cols) else None
+        closed = self._closed_columns(closed_cols, edges, grid, keep) if len(closed_cols) else None
         t = len(self.params.ladder.leverage)
         longs = [closed.long_usd] if closed is not None else [np.zeros((0, bins, t))]
         shorts = [closed.short_usd] if closed is not None else [np.zeros((0, bins, t))]
@@ -669,10 +672,11 @@ class MarketService:
         if tier is not None:  # copies: a cached slice would pin the whole all-tier grid
             long_usd, short_usd, tiers = owned(long_usd[:, :, tier : tier + 1]), owned(short_usd[:, :, tier : tier + 1]), (tiers[tier],)
         out = Heatmap(closes, edges, long_usd, short_usd, tiers)
-        self._cache.put(key, out)
+        if keep:
+            self._cache.put(key, out)
         return out
 
-    def _closed_columns(self, times: np.ndarray, edges: np.ndarray, grid_key: tuple[Any, ...]) -> Heatmap:
+    def _closed_columns(self, times: np.ndarray, edges: np.ndarray, grid_key: tuple[Any, ...], keep: bool = True) -> Heatmap:
         """Columns at closed candle times. Closed columns never change (no look-ahead), so the newest set
         for this grid is kept and only columns it lacks are added — from the book snapshots when they
         are at the end, else from one batch estimate."""
@@ -699,6 +703,8 @@ class MarketService:
                     return Heatmap(times, edges, prev.long_usd[sel], prev.short_usd[sel], prev.tiers)
         est = self._current_estimate(int(times[-1]))
         out = est.heatmap(times=times, edges=edges, spread=grid_key[-1])
+        if not keep:
+            return out
         self._closed_hm.put(grid_key, Heatmap(owned(out.times), owned(out.edges), owned(out.long_usd),
                                               owned(out.short_usd), out.tiers))
         return out

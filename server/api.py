@@ -23,7 +23,7 @@ from engine.analytics import AnalyticsError, PositionSpec
 from engine.service import MarketService, bucket_start, timeframe_seconds
 
 from . import __version__
-from .budget import BYTES_PER_CELL_TIER, rss_bytes
+from .budget import BYTES_PER_CELL_TIER, malloc_stats, rss_bytes
 from .config import API_TIMEFRAMES
 from .encoding import candles_payload, json_number, map_payload, realised_payload
 from .limits import HEAVY_CELLS
@@ -156,7 +156,7 @@ def memory_info(request: web.Request) -> dict[str, Any]:
     out["caches"].update(live.cache_stats())
     out["cache_bytes"] = sum(c["bytes"] for c in out["caches"].values())
     out.update({"budget_bytes": request.app[CONFIG].memory_budget, "send_queue_bytes": live.queued_bytes,
-                "rss_bytes": rss_bytes()})
+                "rss_bytes": rss_bytes(), "malloc": malloc_stats()})
     return out
 
 
@@ -265,7 +265,8 @@ async def heatmap(request: web.Request) -> web.Response:
     encoding = q.choice("encoding", "sqrt-u8", ("sqrt-u8", "json"))
     q.done()
     return await _cached(request, svc, ("heatmap", spec, since, until, encoding),
-                         lambda: heatmap_view(svc, spec, since, until, encoding), cells=spec.bins * spec.columns)
+                         lambda: heatmap_view(svc, spec, since, until, encoding, keep=spec.bins * spec.columns <= HEAVY_CELLS),
+                         cells=spec.bins * spec.columns)
 
 
 @routes.get("/api/v1/heatmap/cell")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -171,19 +172,43 @@ async def vendor_missing(request: web.Request) -> web.Response:
     )
 
 
-async def _trim_memory(app: web.Application, every_s: float = 5.0) -> None:
-    """Now and then: drop cache entries nobody can ask for any more (an older book, unused for a minute)
-    and give freed heap pages back to the system (in a thread: it can take milliseconds), so the process
-    shrinks after an attack or a burst of big answers."""
+async def _trim_memory(app: web.Application) -> None:
+    """Now and then: drop cache entries nobody can ask for any more (an older book, unused for
+    ``cache_idle_s``) and give freed heap pages back to the system (in a thread: it can take
+    milliseconds), so the process shrinks after an attack or a burst of big answers.
+
+    Batch-sized work (the heavy lane) leaves big serialised answers and snapshots behind: within
+    ``cache_idle_s`` of it those go once unused for ``burst_idle_s``, and when the lane has been quiet
+    for ``burst_quiet_s`` the heap is trimmed at once. (The engine's grids of batch-sized requests are
+    not kept at all, and the live views' grids keep the normal idle time: they are used once a bar.)
+    Before, an attack's memory stayed a full minute after it."""
     loop = asyncio.get_running_loop()
+    markets, live, config = app[MARKETS], app[LIVE], app[CONFIG]
+    every_s = config.prune_every_s
     rounds = 0
+    heavy_done = markets.heavy.done
+    heavy_seen = -math.inf  # last time the heavy lane was seen working
+    burst = False  # heavy work ran since the heap was last trimmed for it
     while True:
         await asyncio.sleep(every_s)
         rounds += 1
         try:
-            app[MARKETS].prune(app[CONFIG].cache_idle_s)
-            app[LIVE].snapshots.prune(lambda key: False, app[CONFIG].cache_idle_s)
-            if rounds % 6 == 0:  # malloc_trim holds the allocator's locks while it walks the heap: not often
+            now = time.monotonic()
+            if markets.heavy.admitted or markets.heavy.done != heavy_done:
+                heavy_done, heavy_seen, burst = markets.heavy.done, now, True
+            answers_idle = config.cache_idle_s
+            if now - heavy_seen < config.cache_idle_s:
+                answers_idle = min(answers_idle, config.burst_idle_s)
+            went_quiet = burst and now - heavy_seen >= config.burst_quiet_s
+            before = markets.cache_bytes() + live.snapshots.bytes
+            markets.prune(config.cache_idle_s, answers_idle)
+            live.snapshots.prune(lambda key: False, answers_idle)
+            freed = before - markets.cache_bytes() - live.snapshots.bytes
+            # malloc_trim holds the allocator's locks while it walks the heap: not every round, but at once
+            # when a burst ended or a prune freed a lot (the point is to hand that back)
+            if went_quiet or freed >= 16 * 2**20 or rounds % max(1, round(30 / every_s)) == 0:
+                burst = burst and not went_quiet
+                gc.collect(1)  # cycles of the burst's requests (young objects) hold buffers too
                 await loop.run_in_executor(None, budget.trim)
         except Exception as exc:  # housekeeping must never end
             log.warning("memory trim failed: %s", _one_line(exc))
@@ -234,6 +259,7 @@ def create_app(source: Hub | Sequence[Hub] | FeedSpec, config: ServerConfig | No
 
     async def run_live(app: web.Application) -> AsyncIterator[None]:
         markets.apply_budget()
+        markets.loop_watch.start()
         await app[LIVE].start()
         # Everything alive now (imported modules, loaded markets) lives as long as the server: keep it out
         # of the cyclic collector's full passes, which otherwise stalled the loop 15-65 ms at a time with

@@ -78,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory for caches, send queues and work in flight, e.g. 512MB (default 1GB)")
     parser.add_argument("--max-clients", type=_positive, default=1000, metavar="N",
                         help="WebSocket connections at once (default 1000); more get 503 + Retry-After")
+    parser.add_argument("--max-clients-per-ip", type=_positive, default=100, metavar="N",
+                        help="WebSocket connections one address may hold (default 100; raise it behind a reverse "
+                             "proxy); more get 429 + Retry-After")
     parser.add_argument("--allow-host", action="append", default=[], metavar="HOST",
                         help="another Host name to answer on loopback (default: localhost, 127.0.0.1, [::1])")
     parser.add_argument("--bus", default=None, metavar="redis://HOST:PORT/DB",
@@ -158,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(host=args.host, port=args.port, allow_origins=tuple(args.allow_origin),
                           risk_limit=file_config.risk_limit,
                           memory_budget=args.memory_budget, max_clients=args.max_clients,
+                          max_clients_per_ip=args.max_clients_per_ip,
                           allow_hosts=tuple(args.allow_host))
     tune_malloc()  # freed buffers go back to the system, so the process shrinks after a burst
     # Numpy work in the lanes' threads holds the interpreter lock between array operations; the event

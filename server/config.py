@@ -44,6 +44,9 @@ class ServerConfig:
     memory_budget: int = 1024**3
     # WebSocket connections open at once (`--max-clients`); past it the upgrade gets 503 + Retry-After.
     max_clients: int = 1000
+    # WebSocket connections one peer address may hold (`--max-clients-per-ip`); past it the upgrade gets
+    # 429 + Retry-After. Behind a reverse proxy every client has the proxy's address: raise it there.
+    max_clients_per_ip: int = 100
     # Bytes one WebSocket connection may have waiting to be sent (a snapshot must fit: ~4 MB at most).
     ws_queue_bytes: int = 16 * 1024 * 1024
     # Subscribe/unsubscribe/resync per connection: this many a second on average, bursts of ws_churn_burst.
@@ -68,6 +71,12 @@ class ServerConfig:
     # Seconds a cached answer, view or snapshot may go unused before it is dropped (memory returns to
     # the system after a burst instead of staying at the budget).
     cache_idle_s: float = 60.0
+    # After batch-sized work stops (no heavy request for burst_quiet_s), entries unused for burst_idle_s
+    # go at once: an attack's big answers do not stay a full cache_idle_s after it.
+    burst_quiet_s: float = 5.0
+    burst_idle_s: float = 10.0
+    # Seconds between two of those checks (and cache prunes).
+    prune_every_s: float = 5.0
     # Host header values accepted when the server listens on loopback only (besides localhost,
     # 127.0.0.1 and [::1]): a DNS-rebinding page reaches a loopback server under its own name.
     allow_hosts: tuple[str, ...] = ()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -25,6 +25,39 @@ T = TypeVar("T")
 
 # A heatmap (or snapshot) above this many cells is batch-sized: the page's default is 300 x 200.
 HEAVY_CELLS = 120_000
+# Longest a batch job waits for live work to finish before it starts anyway (batch work must progress).
+MAX_DEFER_S = 0.5
+# Event-loop lateness at which the live pages count as hurting (heavy lane at its lowest duty).
+LOOP_LAG_FULL_MS = 50.0
+
+
+class LoopWatch:
+    """How late the event loop runs (a timer that should fire every ``every_s``): the live pages' bars
+    go out on this loop, so its lateness is what they feel. ``pressure()`` is the worst of the last
+    ~2 s, scaled to [0, 1] at LOOP_LAG_FULL_MS."""
+
+    def __init__(self, every_s: float = 0.05, window: int = 40) -> None:
+        self.every_s = every_s
+        self.late_ms: deque[float] = deque(maxlen=window)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop watch")
+
+    async def _run(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(self.every_s)
+            self.late_ms.append(max(0.0, (time.perf_counter() - t0 - self.every_s) * 1000))
+
+    def pressure(self) -> float:
+        return min(1.0, max(self.late_ms, default=0.0) / LOOP_LAG_FULL_MS)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
 
 class Busy(Exception):
@@ -46,6 +79,11 @@ class Lane:
         # t * (1/duty - 1)). Numpy work in a thread still holds the interpreter lock much of the time, so a
         # lane busy back to back slows the event loop (and every live page) down; a pause gives it back.
         self.duty = duty
+        # Live first (set by server.markets): while ``defer()`` is true a job waits to start (at most
+        # MAX_DEFER_S), and ``pressure()`` in [0, 1] (how late the live pages are) lowers the duty further.
+        self.defer: Callable[[], bool] = lambda: False
+        self.pressure: Callable[[], float] = lambda: 0.0
+        self.deferred_s = 0.0
         self._gate = asyncio.Lock() if duty < 1.0 else None
         self._next_start = 0.0
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"liqheat-{name}")
@@ -83,12 +121,17 @@ class Lane:
                 return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
             async with self._gate:  # one at a time, with a pause after each
                 await asyncio.sleep(max(0.0, self._next_start - time.monotonic()))
+                waited = time.monotonic()
+                while self.defer() and time.monotonic() - waited < MAX_DEFER_S:  # noqa: ASYNC110 - a condition, not an event
+                    await asyncio.sleep(0.005)  # live work is computing: do not start a batch against it
                 started = time.monotonic()
+                self.deferred_s += started - waited
                 try:
                     return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
                 finally:
                     ended = time.monotonic()
-                    self._next_start = ended + (ended - started) * (1.0 / self.duty - 1.0)
+                    duty = self.duty * (1.0 - 0.8 * min(1.0, max(0.0, self.pressure())))
+                    self._next_start = ended + (ended - started) * (1.0 / duty - 1.0)
         finally:
             self.admitted -= 1
             self.bytes_in_flight -= cost_bytes
@@ -100,7 +143,7 @@ class Lane:
     def stats(self) -> dict[str, Any]:
         return {"workers": self.workers, "admitted": self.admitted, "max_waiting": self.max_waiting,
                 "per_client": self.per_client, "bytes_in_flight": self.bytes_in_flight, "refused": self.refused,
-                "done": self.done}
+                "done": self.done, "deferred_s": round(self.deferred_s, 3)}
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -379,7 +379,7 @@ class MarketChannel:
         cost = cells * len(self.svc.params.ladder.leverage) * BYTES_PER_CELL_TIER
 
         def build() -> tuple[ViewSpec, str, int, int]:
-            body = snapshot_body(self.svc, spec)
+            body = snapshot_body(self.svc, spec, keep=cells <= HEAVY_CELLS)  # batch-sized: not kept in the engine
             heat = body["heatmap"]
             fixed = replace(spec, price_low=heat["edges"][0], price_high=heat["edges"][-1])
             last_bar = body["candles"]["t"][-1] if body["candles"]["t"] else 0

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from engine.service import ByteLRU, Hub, Market, MarketService, UnknownSymbol, nbytes
 
 from .budget import MemoryBudget
-from .limits import Lane
+from .limits import Lane, LoopWatch
 
 T = TypeVar("T")
 
@@ -50,6 +50,12 @@ class Markets:
         self.heavy = Lane("heavy", heavy_workers, heavy_waiting, heavy_per_client, work_bytes=self.budget.work,
                           duty=heavy_duty)
         self.executor = self.live.executor
+        # Live first: a batch job does not start while live work computes, and runs less while the loop
+        # (where the live pages' bars go out) is late.
+        self.live_inflight = 0
+        self.loop_watch = LoopWatch()
+        self.heavy.defer = lambda: self.live_inflight > 0
+        self.heavy.pressure = self.loop_watch.pressure
         self.cache_entries = cache_entries  # kept for callers; the bound is in bytes now
         # (market, key, generation) -> answer, at most the budget's share of bytes (least recently used go)
         self._cache: ByteLRU[Any] = ByteLRU("answers", self.budget.answers)
@@ -74,16 +80,22 @@ class Markets:
         for svc in services:
             svc.set_memory_budget(self.budget.engine_caches // max(1, len(services)))
 
-    def prune(self, idle_s: float = 60.0) -> None:
+    def prune(self, idle_s: float = 60.0, answers_idle_s: float | None = None) -> None:
         """Free what cannot be asked for again: answers of an older market generation (kept only while
-        stale-while-revalidate may hand them out), and anything unused for ``idle_s``."""
+        stale-while-revalidate may hand them out), and anything unused for ``idle_s`` (answers: for
+        ``answers_idle_s`` if given)."""
         gens = dict(self.generation)
-        self._cache.prune(lambda key: key[2] < gens.get(key[0], 0) - 1, idle_s)  # type: ignore[index]
+        answers_idle = idle_s if answers_idle_s is None else answers_idle_s
+        self._cache.prune(lambda key: key[2] < gens.get(key[0], 0) - 1, answers_idle)  # type: ignore[index]
         self._latest.prune(lambda key: False, idle_s)
         self._memo.prune(lambda key: False, idle_s)
         self._calls.prune(lambda key: False, idle_s)
         for svc in self.services():
             svc.prune_caches(idle_s)
+
+    def cache_bytes(self) -> int:
+        """Bytes in all of this server's answer caches and the markets' view caches."""
+        return sum(c["bytes"] for c in self.memory()["caches"].values())
 
     def memory(self) -> dict[str, Any]:
         """Bytes held per cache (what /api/v1/health reports)."""
@@ -92,7 +104,8 @@ class Markets:
             for name, st in svc.cache_stats().items():
                 caches[f"{svc.market.key} {name}"] = st
         return {"caches": caches, "cache_bytes": sum(c["bytes"] for c in caches.values()),
-                "lanes": {lane.name: lane.stats() for lane in (self.live, self.light, self.heavy)}}
+                "lanes": {lane.name: lane.stats() for lane in (self.live, self.light, self.heavy)},
+                "loop_late_ms": round(max(self.loop_watch.late_ms, default=0.0), 1)}
 
     # ---- lookup -------------------------------------------------------------------------------------
     def services(self) -> list[MarketService]:
@@ -160,7 +173,12 @@ class Markets:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Live work (the fan-out, alerts): its own threads, never behind a client's request."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.live.executor, fn, *args)
+        self.live_inflight += 1
+        try:
+            return await loop.run_in_executor(self.live.executor, fn, *args)
+        finally:
+            self.live_inflight -= 1
+            self.live.done += 1
 
     def lane(self, name: str) -> Lane:
         return {"live": self.live, "light": self.light, "heavy": self.heavy}[name]
@@ -218,6 +236,7 @@ class Markets:
             self._latest.put((market, key), (time.monotonic(), full), 256)
 
     def close(self) -> None:
+        self.loop_watch.stop()
         for lane in (self.live, self.light, self.heavy):
             lane.close()
 

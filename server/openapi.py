@@ -57,11 +57,30 @@ def document(example_symbol: str = "demo:BTC/USDT:USDT") -> dict[str, Any]:
     def ok(schema: str, description: str) -> dict[str, Any]:
         return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
 
-    def op(summary: str, params: list[dict[str, Any]], schema: str, description: str = "", symbol_errors: bool = True) -> dict[str, Any]:
-        responses: dict[str, Any] = {"200": ok(schema, summary), "400": err}
+    retry_after = {"Retry-After": {"description": "Seconds to wait before asking again.", "required": True,
+                                   "schema": {"type": "integer", "minimum": 1}}}
+    # Host is checked on loopback only (DNS rebinding); work is admitted per lane (server.limits).
+    wrong_host = {"description": "The Host header does not name this server (it listens on loopback; see "
+                                 "`--allow-host`)", "content": {"application/json": {"schema": _ref("Error")}}}
+    too_many = {"description": "This client (address) already has its share of requests of this kind waiting; "
+                               "retry after `Retry-After` seconds",
+                "headers": retry_after, "content": {"application/json": {"schema": _ref("Error")}}}
+    busy_or_loading = {"description": "The market is still loading, or the server is busy with requests of this "
+                                      "kind (then with `Retry-After`: retry after that many seconds)",
+                       "headers": {"Retry-After": {**retry_after["Retry-After"], "required": False}},
+                       "content": {"application/json": {"schema": _ref("Error")}}}
+
+    def op(summary: str, params: list[dict[str, Any]], schema: str, description: str = "", symbol_errors: bool = True,
+           busy: bool | None = None) -> dict[str, Any]:
+        """``busy``: the answer is computed in a work lane, so it may be refused with 429/503 + Retry-After
+        (default: the market endpoints)."""
+        responses: dict[str, Any] = {"200": ok(schema, summary), "400": err, "421": wrong_host}
         if symbol_errors:
             responses["404"] = missing
             responses["503"] = loading
+        if symbol_errors if busy is None else busy:
+            responses["429"] = too_many
+            responses["503"] = busy_or_loading
         return {"get": {"summary": summary, "description": description, "parameters": params, "responses": responses}}
 
     health_obj = _obj({"state": {"type": "string", "enum": ["live", "delayed", "reconnecting", "stale", "demo", "replay"]},
@@ -194,9 +213,9 @@ def document(example_symbol: str = "demo:BTC/USDT:USDT") -> dict[str, Any]:
             "Liquidation events reported by the feed",
             [symbol, _param("since_ms", {"type": "integer", "minimum": 0, "maximum": MAX_TIME * 1000}, "UNIX ms."),
              _param("limit", {"type": "integer", "minimum": 1, "maximum": 5000, "default": 500}, "Newest N events.")],
-            "Liquidations",
+            "Liquidations", busy=False,
         ),
-        "/api/v1/model": op("The model's parameters (every assumption behind the estimate)", [symbol], "Model"),
+        "/api/v1/model": op("The model's parameters (every assumption behind the estimate)", [symbol], "Model", busy=False),
         "/api/v1/cascade": op("Cascade simulation both ways from the nearest strong zone", [symbol], "Cascade"),
         "/api/v1/risk": op(
             "One position, or a portfolio, against the estimate",
@@ -225,7 +244,7 @@ def document(example_symbol: str = "demo:BTC/USDT:USDT") -> dict[str, Any]:
         "/api/v1/alerts": op(
             "Recent alerts (price near a strong zone, zone upgraded, large cascade risk)",
             [symbol, _param("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}, "Newest N.")],
-            "Alerts",
+            "Alerts", busy=False,
         ),
     }
     return {

@@ -38,10 +38,12 @@ def map_span(price: float, low: float, high: float) -> float:
 
 
 def heatmap_view(svc: MarketService, spec: ViewSpec, since: int | None = None, until: int | None = None,
-                 encoding: str = "sqrt-u8") -> dict[str, Any]:
+                 encoding: str = "sqrt-u8", keep: bool = True) -> dict[str, Any]:
+    """``keep=False`` for batch-sized grids: the engine computes them without caching (see
+    MarketService.heatmap); the serialised answer is still cached and shared."""
     hm = svc.heatmap(spec.timeframe, tier=spec.tier, bins=spec.bins, price_low=spec.price_low,
                      price_high=spec.price_high, log=spec.log, since=since, until=until, columns=spec.columns,
-                     spread=True)
+                     spread=True, keep=keep)
     out = heatmap_payload(hm, spec.tf, tier_name(spec.tier, svc.params.ladder.labels), encoding)
     # "recent" while the rest of the history is backfilling: a long range is not the whole story yet
     out.update({"symbol": svc.market.key, "timeframe": spec.timeframe, "log": spec.log, "estimate": True,
@@ -49,10 +51,10 @@ def heatmap_view(svc: MarketService, spec: ViewSpec, since: int | None = None, u
     return out
 
 
-def snapshot_body(svc: MarketService, spec: ViewSpec) -> dict[str, Any]:
+def snapshot_body(svc: MarketService, spec: ViewSpec, keep: bool = True) -> dict[str, Any]:
     """Everything a chart needs for one view, consistent with itself (one moment)."""
     candles = svc.candles(spec.timeframe, limit=spec.columns)
-    heat = heatmap_view(svc, spec)
+    heat = heatmap_view(svc, spec, keep=keep)
     lo, hi = heat["edges"][0], heat["edges"][-1]
     price = svc.last_price
     lmap = svc.liquidation_map(bins=spec.bins, span=map_span(price, lo, hi), log=spec.log, spread=True)

@@ -58,11 +58,17 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return web.Response(status=503, text=dumps({"error": f"the server has {cfg.max_clients} clients, its limit; "
                                                              "retry later"}),
                             content_type="application/json", headers={"Retry-After": "5"})
+    client = request.remote or "?"
+    if sum(1 for c in live.connections if c.client == client) >= cfg.max_clients_per_ip:
+        # before the upgrade: one address (one page opening sockets in a loop) cannot take every slot
+        return web.Response(status=429, text=dumps({"error": f"this address has {cfg.max_clients_per_ip} WebSocket "
+                                                             "connections open, its limit; retry later"}),
+                            content_type="application/json", headers={"Retry-After": "5"})
     batch = request.query.get("batch", "0") in ("1", "true", "yes")
     await ws.prepare(request)
     sock = request.transport.get_extra_info("socket") if request.transport is not None else None
     conn = Connection(ws, cfg.queue_size, batch=batch, sock=sock, max_bytes=cfg.ws_queue_bytes, hub=live,
-                      transport=request.transport, client=request.remote or "?")
+                      transport=request.transport, client=client)
     live.connections.add(conn)
     messages = TokenBucket(cfg.ws_msg_rate, cfg.ws_msg_burst)
     churn = TokenBucket(cfg.ws_churn_rate, cfg.ws_churn_burst)

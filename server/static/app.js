@@ -13,6 +13,20 @@ const MAX_COLUMNS = 2000;
 const RANGES = [["12h", 43200], ["1d", 86400], ["3d", 259200], ["7d", 604800], ["30d", 2592000],
                 ["90d", 7776000], ["6m", 15724800], ["1y", 31536000]];
 const $ = (id) => document.getElementById(id);
+
+// GET a JSON answer; when the server is busy (429/503 with Retry-After) wait as it says and ask again,
+// a few times, before handing back its answer (an {error}) like any other.
+async function getJSON(url, tries = 3) {
+  for (let i = 0; ; i++) {
+    const r = await fetch(url);
+    const after = Number(r.headers.get("Retry-After"));
+    if ((r.status === 429 || r.status === 503) && after > 0 && i < tries) {
+      await new Promise((done) => setTimeout(done, Math.min(30, after) * 1000));
+      continue;
+    }
+    return r.json();
+  }
+}
 const params = new URLSearchParams(location.search);
 
 const state = {
@@ -193,7 +207,7 @@ function refreshZones() {
   clearTimeout(zonesTimer);
   zonesTimer = setTimeout(async () => {
     try {
-      const r = await (await fetch("/api/v1/zones?" + new URLSearchParams({ symbol: state.symbol, weight: state.weight }))).json();
+      const r = await getJSON("/api/v1/zones?" + new URLSearchParams({ symbol: state.symbol, weight: state.weight }));
       if (!r.error && r.symbol === state.symbol && (r.weight || "touch") === state.weight) { state.zones = r.zones; state.zonesWeight = r.weight; renderZones(); }
     } catch (e) { /* keep the zones we have */ }
   }, 250);
@@ -202,7 +216,7 @@ function refreshZones() {
 async function refreshStats() {
   if (!state.symbol) return;
   try {
-    const m = await (await fetch("/api/v1/market?" + new URLSearchParams({ symbol: state.symbol }))).json();
+    const m = await getJSON("/api/v1/market?" + new URLSearchParams({ symbol: state.symbol }));
     if (m.error) return;
     const f = m.funding || {};
     const rows = [
@@ -221,11 +235,11 @@ async function refreshStats() {
 async function loadLiquidations() {
   $("events").innerHTML = "";
   try {
-    const a = await (await fetch("/api/v1/alerts?" + new URLSearchParams({ symbol: state.symbol, limit: 20 }))).json();
+    const a = await getJSON("/api/v1/alerts?" + new URLSearchParams({ symbol: state.symbol, limit: 20 }));
     for (const x of a.alerts || []) addEvent(`⚠ ${escapeText(x.message)}`, "alert");
   } catch (e) { /* alerts also arrive live */ }
   try {
-    const r = await (await fetch("/api/v1/liquidations?" + new URLSearchParams({ symbol: state.symbol, limit: 40 }))).json();
+    const r = await getJSON("/api/v1/liquidations?" + new URLSearchParams({ symbol: state.symbol, limit: 40 }));
     $("liq-source").textContent = r.source ? `(${r.source})` : "";
     for (const e of r.events || []) addEvent(liquidationLine(e));
   } catch (e) { /* live events still arrive */ }
@@ -334,7 +348,7 @@ function renderControls() {
 
 async function main() {
   window.liqheat = { chart, candles, realisedLong, realisedShort, heat: null, ready: false };
-  const res = await (await fetch("/api/v1/symbols")).json();
+  const res = await getJSON("/api/v1/symbols");
   state.symbols = res.symbols;
   const found = state.symbols.find((m) => m.key === state.symbol || m.coin === state.symbol || m.symbol === state.symbol);
   state.symbol = found ? found.key : state.symbols.length ? state.symbols[0].key : null;
@@ -417,7 +431,7 @@ function emptyHint() {
 // comes from; nothing is shown when the server has none.
 async function refreshAccuracy() {
   let m;
-  try { m = await (await fetch("/api/v1/model?" + new URLSearchParams({ symbol: state.symbol }))).json(); } catch (e) { return; }
+  try { m = await getJSON("/api/v1/model?" + new URLSearchParams({ symbol: state.symbol })); } catch (e) { return; }
   const el = $("accuracy");
   if (!el || !m || m.error || !m.accuracy) return;
   const a = m.accuracy;
@@ -435,7 +449,7 @@ let funding = null;
 async function refreshSessions() {
   if (!state.symbol) return;
   let r;
-  try { r = await (await fetch("/api/v1/sessions?" + new URLSearchParams({ symbol: state.symbol }))).json(); } catch (e) { return; }
+  try { r = await getJSON("/api/v1/sessions?" + new URLSearchParams({ symbol: state.symbol })); } catch (e) { return; }
   if (!r || r.error || r.symbol !== state.symbol) return;
   $("sessions-section").hidden = false;
   $("sessions").querySelector("tbody").innerHTML = r.sessions.map((x) =>
@@ -478,7 +492,7 @@ function switchMarket() {
 async function setupRisk() {
   // Shown only when the server offers the position-risk endpoint (the analytics module).
   try {
-    const doc = await (await fetch("/api/v1/openapi.json")).json();
+    const doc = await getJSON("/api/v1/openapi.json");
     if (!doc.paths || !doc.paths["/api/v1/risk"]) return;
   } catch (e) { return; }
   $("risk-section").hidden = false;
@@ -486,7 +500,7 @@ async function setupRisk() {
     ev.preventDefault();
     const f = new FormData(ev.target);
     const q = new URLSearchParams({ symbol: state.symbol, side: f.get("side"), entry: f.get("entry"), leverage: f.get("leverage"), size: f.get("size") });
-    const r = await (await fetch("/api/v1/risk?" + q)).json();
+    const r = await getJSON("/api/v1/risk?" + q);
     $("risk-out").innerHTML = r.error ? `<span class="short">${escapeText(r.error)}</span>` : renderRisk(r);
   };
   const entry = document.querySelector("#risk-form [name=entry]");
@@ -557,7 +571,7 @@ async function refreshPortfolio() {
   const np = formPosition();
   if (np.leverage >= 1 && np.size > 0) q.set("new", JSON.stringify(np.entry > 0 ? np : { ...np, entry: undefined }));
   let r;
-  try { r = await (await fetch("/api/v1/risk?" + q)).json(); } catch (e) { return; }
+  try { r = await getJSON("/api/v1/risk?" + q); } catch (e) { return; }
   if (seq !== portfolioSeq) return; // a newer request is on its way
   if (r.error) { out.innerHTML = `<span class="short">${escapeText(r.error)}</span>`; return; }
   body.innerHTML = r.positions.map((x, i) => {

@@ -98,6 +98,15 @@ function formatPrice(p) {
   return p.toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d });
 }
 
+// Seconds the server asked us to wait (HTTP 429/503 with Retry-After: busy, or too many requests from
+// this address), or null for any other answer.
+function busyDelay(response) {
+  if (response.status !== 429 && response.status !== 503) return null;
+  const after = Number(response.headers.get("Retry-After"));
+  return Number.isFinite(after) && after > 0 ? Math.min(60, after) : null;
+}
+class BusyError extends Error {}
+
 function b64ToBytes(s) {
   const bin = atob(s);
   const out = new Uint8Array(bin.length);
@@ -305,6 +314,7 @@ class LiquidationHeatmap {
     this.stats = {
       draws: 0, lastDrawMs: 0, totalDrawMs: 0, imageBuilds: 0, columnUpdates: 0, snapshots: 0, deltas: 0,
       resyncs: 0, gaps: 0, messages: 0, lastSeq: null, lastMessageAt: 0, transport: "none",
+      busy: 0, // answers "busy, retry after N s" (HTTP 429/503, or a snapshot the server could not take now)
     };
     // heatmap data
     this.times = [];
@@ -379,6 +389,7 @@ class LiquidationHeatmap {
     this._closeSocket();
     clearTimeout(this.pollTimer);
     clearTimeout(this.retryTimer);
+    clearTimeout(this.busyTimer);
     this.chart.unsubscribeCrosshairMove(this._onCrosshair);
     this.series.unsubscribeDataChanged(this._onData);
     try { this.series.detachPrimitive(this.primitive); } catch (e) { /* already gone */ }
@@ -492,6 +503,7 @@ class LiquidationHeatmap {
     if (ws) { ws.onclose = null; ws.onmessage = null; try { ws.close(); } catch (e) { /* closing anyway */ } }
   }
   _resubscribe() {
+    clearTimeout(this.busyTimer);
     const old = this.subId;
     this.subId = "h" + Math.random().toString(36).slice(2, 8);
     this.snapshot = null;
@@ -514,11 +526,18 @@ class LiquidationHeatmap {
     const o = this.opts;
     const q = new URLSearchParams({ symbol: o.symbol, timeframe: o.timeframe, tier: o.tier, bins: o.bins, columns: o.columns });
     if (o.priceLow != null && o.priceHigh != null) { q.set("price_low", o.priceLow); q.set("price_high", o.priceHigh); }
+    let wait = o.pollSeconds;
+    let busyAfter = null;
     try {
       const [hm, mp] = await Promise.all([
-        fetch(this._base() + "/api/v1/heatmap?" + q).then((r) => r.json()),
+        fetch(this._base() + "/api/v1/heatmap?" + q).then((r) => {
+          // busy (429/503 + Retry-After): come back when the server says, not after pollSeconds
+          busyAfter = busyDelay(r);
+          return r.json();
+        }),
         fetch(this._base() + "/api/v1/map?" + new URLSearchParams({ symbol: o.symbol, bins: o.bins })).then((r) => r.json()),
       ]);
+      if (busyAfter !== null) { wait = busyAfter; this._busy(wait); throw new BusyError(); }
       if (hm.error) throw new Error(hm.error);
       if (!this.polling) return; // the socket came back while this request was out
       this._loadHeatmap(hm);
@@ -527,9 +546,14 @@ class LiquidationHeatmap {
       this._emit("snapshot", { heatmap: hm, map: mp, polled: true });
     } catch (e) {
       // while the socket is being retried an unreachable server is a reconnect, not an error
-      this._status(this.wasLive ? "reconnecting" : "error: " + e.message);
+      if (!(e instanceof BusyError)) this._status(this.wasLive ? "reconnecting" : "error: " + e.message);
     }
-    if (this.polling) this.pollTimer = setTimeout(() => this._poll(), o.pollSeconds * 1000);
+    if (this.polling) this.pollTimer = setTimeout(() => this._poll(), wait * 1000);
+  }
+  // The server is busy and said when to come back: say so, and count it (the retry is the caller's).
+  _busy(seconds) {
+    this.stats.busy++;
+    this._status(`busy: retrying in ${seconds}s`);
   }
   _status(s) {
     this.status = s;
@@ -548,6 +572,19 @@ class LiquidationHeatmap {
       case "unsubscribed":
         return;
       case "error":
+        if (typeof m.retry_after === "number" && m.sub === this.subId) {
+          // The server could not take this view's snapshot now (busy): ask again when it says.
+          const sub = this.subId;
+          const seconds = Math.max(1, Math.min(60, m.retry_after));
+          this._busy(seconds);
+          clearTimeout(this.busyTimer);
+          this.busyTimer = setTimeout(() => {
+            if (sub === this.subId && this.ws && this.ws.readyState === WebSocket.OPEN) {
+              this.ws.send(JSON.stringify({ op: "resync", sub }));
+            }
+          }, seconds * 1000);
+          return;
+        }
         this._status("error: " + m.error);
         this._emit("error", m);
         return;

@@ -49,6 +49,42 @@ async def test_distinct_heatmaps_stay_within_the_cache_budget(aiohttp_client, hu
     assert sum(c["evictions"] + c["refused"] for c in engine) > 0
 
 
+async def test_batch_sized_grids_do_not_evict_the_live_views_grids(aiohttp_client, hub):
+    """A batch-sized heatmap (1,200 x 400: ~38 MB of grid) is computed without being kept in the engine's
+    caches: kept, each one evicted the grids the open pages' views reuse every bar (their next bar then
+    took the slow batch path). Its serialised answer is still cached and shared."""
+    client = await start(aiohttp_client, hub)
+
+    def engine_bytes(mem: dict) -> int:
+        return sum(c["bytes"] for name, c in mem["caches"].items() if name.endswith(("views", "closed_columns")))
+
+    page = {"symbol": "BTC", "timeframe": "1m", "columns": 300, "bins": 200}
+    assert (await client.get("/api/v1/heatmap", params=page)).status == 200
+    kept = engine_bytes(await memory(client))
+    assert kept > 1 * MB  # the page-sized grid is kept (300 x 200 x 5 tiers x 2 sides x 8 bytes)
+    for bins in (400, 401):
+        r = await client.get("/api/v1/heatmap", params={**page, "columns": 1200, "bins": bins})
+        assert r.status == 200
+    mem = await memory(client)
+    assert engine_bytes(mem) < kept + 2 * MB, mem["caches"]
+    assert mem["caches"]["answers"]["entries"] >= 3  # the answers themselves are cached
+
+
+async def test_what_a_burst_of_batch_work_cached_goes_soon_after_it_stops(aiohttp_client, hub):
+    """Once the heavy lane has been quiet for burst_quiet_s, answers unused for burst_idle_s are dropped,
+    though cache_idle_s (a minute) has not passed: the memory of an attack does not stay a minute after it."""
+    client = await start(aiohttp_client, hub, prune_every_s=0.2, burst_quiet_s=0.3, burst_idle_s=0.5)
+    for bins in (400, 401, 402):
+        r = await client.get("/api/v1/heatmap", params={"symbol": "BTC", "timeframe": "1m", "columns": 1200,
+                                                         "bins": bins})
+        assert r.status == 200
+    held = (await memory(client))["caches"]["answers"]["bytes"]
+    assert held > 1 * MB
+    async with asyncio.timeout(15):
+        while (await memory(client))["caches"]["answers"]["bytes"] > held // 4:  # noqa: ASYNC110 - polling the server's own accounting
+            await asyncio.sleep(0.1)
+
+
 async def test_a_cached_tier_slice_does_not_pin_the_whole_grid(hub):
     """A one-tier heatmap is a slice of the all-tier grid; cached as a view it kept the whole grid alive."""
     svc = hub.get("BTC")
@@ -86,6 +122,14 @@ async def test_heavy_requests_are_capped_per_client_and_never_delay_a_light_one(
         if r.status == 429:
             assert int(r.headers["Retry-After"]) >= 1
             assert "too many" in (await r.json())["error"]
+    # the API's description says so, as it does for every endpoint whose work is admitted by a lane
+    doc = await (await client.get("/api/v1/openapi.json")).json()
+    for path, item in doc["paths"].items():
+        responses = item["get"]["responses"]
+        assert "421" in responses, path  # the Host check on loopback answers every path
+        if path in ("/api/v1/heatmap", "/api/v1/map", "/api/v1/zones", "/api/v1/candles", "/api/v1/risk"):
+            assert responses["429"]["headers"]["Retry-After"]["required"] is True, path
+            assert "Retry-After" in responses["503"]["headers"], path
 
 
 async def test_oversized_work_is_refused_before_it_starts(aiohttp_client, hub):
@@ -162,6 +206,30 @@ async def test_total_connections_are_limited_and_released_after_close(aiohttp_cl
     assert json.loads((await c.receive(timeout=5)).data)["type"] == "hello"
     await b.close()
     await c.close()
+
+
+async def test_connections_per_address_are_limited_before_the_upgrade(aiohttp_client, hub):
+    """One address (a page opening sockets in a loop) cannot take every slot: its third socket gets 429
+    with Retry-After before the upgrade, while another address still connects; a closed socket frees a slot."""
+    client = await start(aiohttp_client, hub, max_clients_per_ip=2, max_clients=10)
+    a = await client.ws_connect("/api/v1/ws")
+    b = await client.ws_connect("/api/v1/ws")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect("/api/v1/ws")
+    assert refused.value.status == 429 and int(refused.value.headers["Retry-After"]) >= 1
+    # the same server from another loopback address (127.0.0.2 reaches 127.0.0.1 on Linux)
+    url = str(client.make_url("/api/v1/ws"))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as other:
+        async with other.ws_connect(url) as c:
+            assert json.loads((await c.receive(timeout=5)).data)["type"] == "hello"
+    await a.close()
+    async with asyncio.timeout(5):
+        while await _connections(client) > 1:  # noqa: ASYNC110 - polling the server's own count
+            await asyncio.sleep(0.02)
+    d = await client.ws_connect("/api/v1/ws")
+    assert json.loads((await d.receive(timeout=5)).data)["type"] == "hello"
+    await b.close()
+    await d.close()
 
 
 async def test_subscription_churn_is_rate_limited(aiohttp_client, hub):
@@ -346,3 +414,30 @@ async def test_when_the_total_send_budget_is_full_the_greediest_client_gives_way
     assert greedy.closed and greedy.queued_bytes == 0 and greedy_ws.closed_with == 1008
     assert not normal.closed and normal.pending() == 3
     assert hub.queued_bytes == normal.queued_bytes
+
+
+async def test_a_batch_job_does_not_start_while_live_work_computes():
+    """Live first: the heavy lane holds a job back while live deltas compute (the markets' live count),
+    and never longer than MAX_DEFER_S (batch work still progresses when live work never pauses)."""
+    from server.limits import Lane
+
+    lane = Lane("heavy", 1, 8, 2, duty=0.5)
+    order: list[str] = []
+    live_busy = True
+    lane.defer = lambda: live_busy
+
+    async def live_work() -> None:
+        nonlocal live_busy
+        await asyncio.sleep(0.1)
+        order.append("live done")
+        live_busy = False
+
+    try:
+        await asyncio.gather(lane.run("a", order.append, "batch job"), live_work())
+        assert order == ["live done", "batch job"]
+        lane.defer = lambda: True  # live work that never ends does not starve the batch lane for good
+        async with asyncio.timeout(5):
+            await lane.run("a", order.append, "second job")
+        assert order[-1] == "second job" and lane.stats()["deferred_s"] > 0
+    finally:
+        lane.close()
