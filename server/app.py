@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 
 from engine.analytics import AlertSettings, AnalyticsError
 from engine.service import (
@@ -246,9 +246,7 @@ def create_app(source: Hub | Sequence[Hub] | FeedSpec, config: ServerConfig | No
     app.cleanup_ctx.append(run_live)
 
     async def close_sockets(app: web.Application) -> None:
-        for conn in list(app[LIVE].connections):
-            conn.closed = True
-            await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+        await app[LIVE].close_all()
 
     app.on_shutdown.append(close_sockets)
 

@@ -41,9 +41,10 @@ from engine.service import (
 from .api import view_spec
 from .app import FeedSpec, create_app
 from .config import ServerConfig
-from .live import SNAPSHOT_BUFFER, LiveHub, MarketChannel, Subscriber
+from .live import LiveHub, MarketChannel
 from .markets import dumps
 from .params import BadRequest, Query
+from .sessions import SNAPSHOT_BUFFER, Subscriber
 from .state import CONFIG, LIVE, MARKETS
 
 log = logging.getLogger("liqheat.worker")
@@ -159,6 +160,7 @@ class Worker:
         self.publisher = Publisher(redis, self.epoch_ms)
         self.conns: dict[str, BusConnection] = {}
         self.started = time.time()
+        self.demands = 0  # replicas' requests answered (a replica asks once per new view, not per client)
 
     @property
     def live(self) -> LiveHub:
@@ -210,6 +212,7 @@ class Worker:
                 try:
                     req = json.loads(msg["data"])
                     answer = {"rid": req.get("rid")}
+                    self.demands += 1
                     try:
                         answer["ok"] = self.demand(str(req["market"]), dict(req["fields"]), str(req.get("reason", "resync")))
                     except (BadRequest, ViewError, BarsError, LadderError, FeedError, UnknownSymbol, ValueError, KeyError) as exc:
@@ -254,7 +257,7 @@ class Worker:
                     "http": self.http, "heartbeat": time.time(), "pid": os.getpid(),
                     "markets": [{"key": svc.market.key, "exchange": svc.market.exchange, "symbol": svc.market.symbol,
                                  "coin": svc.market.coin, **svc.health_info()} for svc in self.app[MARKETS].services()],
-                    "views": sum(len(c.subs) for c in self.conns.values()),
+                    "views": sum(len(c.subs) for c in self.conns.values()), "demands": self.demands,
                     "recording": [h.feed.stats() for h in self.app[MARKETS].hubs if hasattr(h.feed, "stats")],
                     "published": self.publisher.published, "dropped": self.publisher.dropped,
                     "waiting": len(self.publisher.pending),
@@ -377,7 +380,7 @@ async def serve_worker(args: argparse.Namespace) -> int:
     for hub in hubs:
         await hub.start()
     host, _, port = args.listen.rpartition(":")
-    app = create_app(hubs, ServerConfig(host=host or "127.0.0.1", port=int(port or 0)))
+    app = create_app(hubs, ServerConfig(host=host or "127.0.0.1", port=int(port or 0), trust_client_header=True))
     runner = web.AppRunner(app, access_log=None, handle_signals=True)
     await runner.setup()
     site = web.TCPSite(runner, host or "127.0.0.1", int(port or 0))
