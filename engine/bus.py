@@ -19,8 +19,10 @@ only the markets the new shard wins. This module is transport only: it never imp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 PREFIX = "liqheat"
@@ -95,3 +97,17 @@ def split_id(entry: str | bytes) -> tuple[int, int]:
     text = entry.decode() if isinstance(entry, bytes) else entry
     ms, _, n = text.partition("-")
     return int(ms), int(n)
+
+
+async def messages(redis: Any, channel: str) -> AsyncIterator[Any]:
+    """The messages of a pub/sub channel as they come; the subscription ends with the caller's loop."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(channel)
+    try:
+        while True:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is not None:
+                yield msg["data"]
+    finally:
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()

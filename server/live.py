@@ -381,7 +381,6 @@ class LiveHub(Sessions):
         super().__init__(config, markets.budget.send_queues)
         self.markets = markets
         self.channels: dict[str, MarketChannel] = {}
-        self._tasks: list[asyncio.Task[None]] = []
         self.snapshots: ByteLRU[str] = ByteLRU("snapshots", markets.budget.snapshots)
 
     def cache_stats(self) -> dict[str, dict[str, int]]:
@@ -409,11 +408,3 @@ class LiveHub(Sessions):
             except Exception as exc:  # keep streaming; subscribers resync from fresh snapshots
                 log.warning("%s: fan-out failed, restarting: %s", ch.svc.market.key, exc)
                 await asyncio.sleep(1.0)
-
-    async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks.clear()

@@ -99,7 +99,6 @@ class ReplicaHub(Sessions):
         self.owners: dict[str, str] = {}
         self.markets: dict[str, BusMarket] = {}
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self.bus_ok = False
         self.resyncs = 0
@@ -192,20 +191,11 @@ class ReplicaHub(Sessions):
             await self.refresh()
 
     async def _replies_loop(self) -> None:
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(bus.reply_channel(self.id))
-        try:
-            while True:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if msg is None:
-                    continue
-                answer = json.loads(msg["data"])
-                fut = self._replies.get(answer.get("rid"))
-                if fut is not None and not fut.done():
-                    fut.set_result(answer)
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+        async for data in bus.messages(self.redis, bus.reply_channel(self.id)):
+            answer = json.loads(data)
+            fut = self._replies.get(answer.get("rid"))
+            if fut is not None and not fut.done():
+                fut.set_result(answer)
 
     async def view_info(self, market: str, fields: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """(the owner's name and labels for the view these fields ask for, whether a request for it went to
@@ -506,14 +496,6 @@ class ReplicaHub(Sessions):
                 self.bus_ok = False
                 log.warning("bus: %s", one_line(exc))
                 await asyncio.sleep(0.5)
-
-    async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks.clear()
 
 
 REPLICA: web.AppKey[ReplicaHub] = web.AppKey("replica")

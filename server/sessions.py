@@ -301,6 +301,7 @@ class Sessions:
         self.connections: set[Connection] = set()
         self.queued_bytes = 0
         self.max_bytes = max_bytes
+        self._tasks: list[asyncio.Task[None]] = []  # background work of the owner (heartbeats, readers)
 
     async def heartbeats(self) -> None:
         """A `heartbeat` every ``heartbeat_s`` to idle connections (a busy one already shows it is alive)."""
@@ -310,6 +311,15 @@ class Sessions:
             for conn in list(self.connections):
                 if conn.pending() == 0:
                     conn.send(beat)
+
+    async def stop(self) -> None:
+        """End the background tasks (shutdown)."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
 
     async def close_all(self) -> None:
         """Server shutdown: every client gets 1001 (going away) and reconnects elsewhere."""

@@ -202,28 +202,19 @@ class Worker:
 
     async def _requests(self) -> None:
         """Answer replicas: a view (subscribe fields -> view key + a snapshot in the log) or a snapshot."""
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(bus.request_channel(self.id))
-        try:
-            while True:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if msg is None:
-                    continue
+        async for data in bus.messages(self.redis, bus.request_channel(self.id)):
+            try:
+                req = json.loads(data)
+                answer = {"rid": req.get("rid")}
+                self.demands += 1
                 try:
-                    req = json.loads(msg["data"])
-                    answer = {"rid": req.get("rid")}
-                    self.demands += 1
-                    try:
-                        answer["ok"] = self.demand(str(req["market"]), dict(req["fields"]), str(req.get("reason", "resync")))
-                    except (BadRequest, ViewError, BarsError, LadderError, FeedError, UnknownSymbol, ValueError, KeyError) as exc:
-                        answer["error"] = _one_line(exc)
-                    if req.get("replica"):
-                        await self.redis.publish(bus.reply_channel(str(req["replica"])), dumps(answer))
-                except (ValueError, TypeError) as exc:
-                    log.warning("bad request on the bus: %s", _one_line(exc))
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                    answer["ok"] = self.demand(str(req["market"]), dict(req["fields"]), str(req.get("reason", "resync")))
+                except (BadRequest, ViewError, BarsError, LadderError, FeedError, UnknownSymbol, ValueError, KeyError) as exc:
+                    answer["error"] = _one_line(exc)
+                if req.get("replica"):
+                    await self.redis.publish(bus.reply_channel(str(req["replica"])), dumps(answer))
+            except (ValueError, TypeError) as exc:
+                log.warning("bad request on the bus: %s", _one_line(exc))
 
     async def _restore_demand(self) -> None:
         """After a (re)start: the views replicas still demand are computed again without waiting for them."""
