@@ -250,13 +250,18 @@ def create_app(source: Hub | Sequence[Hub] | FeedSpec, config: ServerConfig | No
 
     app.on_shutdown.append(close_sockets)
 
-    app.router.add_get("/", index)
-    app.router.add_get("/example", example)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     app.router.add_get("/api/v1/ws", ws.handle)
     app.router.add_routes(api.routes)
     app.router.add_routes(udf.routes)
+    add_page(app)
+    return app
+
+
+def add_page(app: web.Application) -> None:
+    """The chart page, its embed example and static files (the same from a replica)."""
+    app.router.add_get("/", index)
+    app.router.add_get("/example", example)
     if not assets.script_path().is_file():
         app.router.add_get(f"/static/vendor/{assets.SCRIPT_NAME}", vendor_missing)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
-    return app

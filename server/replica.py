@@ -33,8 +33,8 @@ from aiohttp import web
 
 from engine.service import ByteLRU, bus
 
-from . import __version__, assets
-from .app import STATIC, cors, errors_as_json, example, host_allowed, index, vendor_missing
+from . import __version__
+from .app import add_page, cors, errors_as_json, host_allowed
 from .budget import MemoryBudget, rss_bytes
 from .config import ServerConfig
 from .limits import Busy
@@ -50,8 +50,8 @@ SNAPSHOT_RETRY_S = 2.0
 REQUEST_TIMEOUT_S = 3.0
 # How long a subscription waits for a market's owner during a failover before it is refused.
 OWNER_WAIT_S = 20.0
-# Snapshots seen in the log for views this replica does not follow (yet): the last few per market, so one
-# that arrives just before the owner's answer to our own request is not lost.
+# Snapshots seen in the log, while a request for a new view is out, for views this replica does not follow
+# yet: the last few per market, so one that arrives just before the owner's answer is not lost.
 UNCLAIMED_MAX = 32
 # The header a replica names the client in when it forwards a request (the owner counts work per client).
 CLIENT_HEADER = "X-Liqheat-Client"
@@ -272,7 +272,7 @@ class ReplicaHub(Sessions):
         kind, seq, body = raw[b"t"].decode(), int(raw[b"s"]), raw[b"b"].decode()
         view = bm.views.get(vkey)
         if view is None:
-            if kind == "snapshot":
+            if kind == "snapshot" and any(k[0] == bm.key for k in self._naming):
                 ckey = (bm.key, vkey, epoch, seq)
                 if self.snapshots.put(ckey, body, size=len(body)):
                     bm.unclaimed.pop(vkey, None)
@@ -483,19 +483,11 @@ class ReplicaHub(Sessions):
         with contextlib.suppress(Exception):
             await self.refresh()
         for job, name in ((self._reader, "bus reader"), (self._replies_loop, "bus replies"), (self._upkeep, "bus upkeep")):
-            self._tasks.append(asyncio.create_task(self._keep(job), name=name))
+            self._tasks.append(asyncio.create_task(bus.keep_going(job, log, self._bus_failed), name=name))
         self._tasks.append(asyncio.create_task(self.heartbeats(), name="ws heartbeat"))
 
-    async def _keep(self, job: Any) -> None:
-        while True:
-            try:
-                await job()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis restarting: read again from where we were
-                self.bus_ok = False
-                log.warning("bus: %s", one_line(exc))
-                await asyncio.sleep(0.5)
+    def _bus_failed(self) -> None:
+        self.bus_ok = False
 
 
 REPLICA: web.AppKey[ReplicaHub] = web.AppKey("replica")
@@ -611,14 +603,10 @@ def create_replica_app(bus_url: str, config: ServerConfig | None = None) -> web.
         await app[REPLICA].close_all()
 
     app.on_shutdown.append(close_sockets)
-    app.router.add_get("/", index)
-    app.router.add_get("/example", example)
     app.router.add_get("/api/v1/ws", ws_handle)
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/symbols", symbols)
     app.router.add_get("/api/v1/{tail:.*}", forward)
     app.router.add_get("/udf/{tail:.*}", forward)
-    if not assets.script_path().is_file():
-        app.router.add_get(f"/static/vendor/{assets.SCRIPT_NAME}", vendor_missing)
-    app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
+    add_page(app)
     return app

@@ -50,6 +50,8 @@ SNAPSHOT_BUFFER = 512
 # Messages per frame at most, for connections that asked for batched frames.
 BATCH_MAX = 64
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
+# Seconds a client we close has to read its close frame before it loses the TCP connection instead.
+CLOSE_GRACE_S = 2.0
 # Close tasks of aborted connections (kept referenced until done).
 _background: set[asyncio.Task[None]] = set()
 
@@ -115,6 +117,7 @@ class Connection:
         self.need_resync: list[Subscriber] = []
         self.sent = 0
         self.closed = False
+        self.closing: asyncio.Future[None] | None = None  # the 1008 close of abort(), while it is sent
 
     def _cork(self, on: bool) -> bool:
         """TCP_CORK on/off (Linux); False where the socket or the option is not available."""
@@ -183,7 +186,7 @@ class Connection:
 
     def abort(self, reason: str) -> None:
         """Close with 1008 (policy) and free the queue; a client that does not read the close frame
-        within 2 s loses the TCP connection."""
+        within CLOSE_GRACE_S loses the TCP connection."""
         if self.closed:
             return
         log.info("closing a WebSocket client: %s", reason)
@@ -191,13 +194,13 @@ class Connection:
 
         async def close() -> None:
             try:
-                async with asyncio.timeout(2.0):
+                async with asyncio.timeout(CLOSE_GRACE_S):
                     await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120])
             except (TimeoutError, ConnectionError, RuntimeError):
                 if self.transport is not None:
                     self.transport.abort()
 
-        task = asyncio.ensure_future(close())
+        task = self.closing = asyncio.ensure_future(close())
         _background.add(task)
         task.add_done_callback(_background.discard)
 
@@ -322,10 +325,19 @@ class Sessions:
         self._tasks.clear()
 
     async def close_all(self) -> None:
-        """Server shutdown: every client gets 1001 (going away) and reconnects elsewhere."""
-        for conn in list(self.connections):
+        """Server shutdown: every client gets 1001 (going away) and reconnects elsewhere; one that does not
+        read its close frame within 2 s loses the TCP connection (a shutdown never waits on a client)."""
+
+        async def bye(conn: Connection) -> None:
             conn.closed = True
-            await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+            try:
+                async with asyncio.timeout(CLOSE_GRACE_S):
+                    await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+            except (TimeoutError, ConnectionError, RuntimeError):
+                if conn.transport is not None:
+                    conn.transport.abort()
+
+        await asyncio.gather(*(bye(conn) for conn in list(self.connections)))
 
 
 def origin_ok(request: web.Request) -> bool:
@@ -413,6 +425,11 @@ async def serve_session(request: web.Request, sessions: Sessions, markets: Calla
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await writer
+        if conn.closing is not None:
+            # returning now would drop the socket under the close frame on its way: the client would see
+            # the connection lost (1006) instead of why (1008); abort() bounds this wait
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(conn.closing)
     return ws
 
 

@@ -272,7 +272,7 @@ class Worker:
             await self._restore_demand()
         except Exception as exc:  # noqa: BLE001
             log.warning("bus: cannot read the demanded views yet: %s", _one_line(exc))
-        tasks.append(asyncio.create_task(self._keep(self._requests), name="bus requests"))
+        tasks.append(asyncio.create_task(bus.keep_going(self._requests, log), name="bus requests"))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -284,16 +284,6 @@ class Worker:
                 mine = [k for k, wid in owners.items() if wid == self.id]
                 if mine:
                     await self.redis.hdel(bus.OWNERS, *mine)
-
-    async def _keep(self, job: Any) -> None:
-        while True:
-            try:
-                await job()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis restarted: subscribe again
-                log.warning("bus: %s", _one_line(exc))
-                await asyncio.sleep(0.5)
 
 
 def _one_line(exc: BaseException) -> str:
