@@ -191,6 +191,67 @@ async def print_worker_scaling(redis_url: str, tmp: Path, speed: float = 1800.0)
           "clients and the other jobs share the same 2 cores, so this bounds the gain from below")
 
 
+async def replica_scaling(redis_url: str, tmp: Path, replicas: int, clients: int) -> dict[str, Any]:
+    """``clients`` on one view spread over ``replicas`` replicas of one worker (one market at 1 bar/s):
+    each replica's CPU, the messages it forwards, the delay against a client on the worker's own socket,
+    and how many requests the replicas sent the owner for all those subscriptions (snapshot cache)."""
+    ports = [free_port() for _ in range(replicas)]
+    w = Proc("sw", ["worker", "--bus", redis_url, *DEMO, "--symbols", "BTC"], tmp).start()
+    rs = [Proc(f"sr{i}", ["serve", "--bus", redis_url, "--port", str(port)], tmp).start() for i, port in enumerate(ports)]
+    try:
+        h = await wait_healthy(ports[0], [w, *rs])
+        for port in ports[1:]:
+            await wait_healthy(port, [w, *rs])
+        stop = asyncio.Event()
+        direct: list[tuple[float, str]] = []
+        via: list[list[tuple[float, str]]] = [[] for _ in range(clients)]
+        tasks = [asyncio.ensure_future(follow(h["workers"][0]["http"] + "/api/v1/ws", "BTC", direct, stop))]
+        tasks += [asyncio.ensure_future(follow(f"http://127.0.0.1:{ports[i % replicas]}/api/v1/ws", "BTC", via[i], stop))
+                  for i in range(clients)]
+        await asyncio.sleep(3.0)
+        pids = [r.p.pid for r in rs if r.p is not None]
+        c0, t0 = [cpu_seconds(pid) for pid in pids], time.monotonic()
+        n0 = sum(len(v) for v in via)
+        await asyncio.sleep(SECONDS)
+        wall = time.monotonic() - t0
+        cores = [(cpu_seconds(pid) - c) / wall for pid, c in zip(pids, c0, strict=True)]
+        forwarded = sum(len(v) for v in via) - n0
+        healths = [await health_of(port) for port in ports]
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        delays = [d for v in via for d in matched_delays(direct, [(t, b) for t, b in v if t >= t0])]
+        return {"replicas": replicas, "clients": clients, "cores": cores, "wall": wall, "forwarded": forwarded,
+                "delays": delays, "owner_asks": sum(x["live"]["owner_asks"] for x in healths),
+                "snapshot_hits": sum(x["live"]["snapshot_hits"] for x in healths)}
+    finally:
+        for r in rs:
+            r.stop()
+        w.stop()
+
+
+async def health_of(port: int) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/api/v1/health") as r:
+        return dict(await r.json())
+
+
+def print_replica_scaling(rows: list[dict[str, Any]]) -> None:
+    print(f"  {'replicas':>8} {'clients':>8} {'p50 ms':>7} {'p99 ms':>7} {'replica cores (each)':>22} {'msgs/s out':>11} "
+          f"{'core-ms/1k msgs':>16} {'clients/core':>13} {'owner asks':>11} {'cache hits':>11}")
+    for res in rows:
+        rate = res["forwarded"] / res["wall"]
+        total = sum(res["cores"])
+        each = " + ".join(f"{c:.1%}" for c in res["cores"])
+        print(f"  {res['replicas']:>8} {res['clients']:>8} {pct(res['delays'], 50):>7.1f} {pct(res['delays'], 99):>7.1f} "
+              f"{each:>22} {rate:>11.0f} {total / rate * 1e6 if rate else float('nan'):>16.0f} "
+              f"{res['clients'] / total if total else float('nan'):>13.0f} {res['owner_asks']:>11} {res['snapshot_hits']:>11}")
+    if len(rows) == 2 and rows[0]["forwarded"] and rows[1]["forwarded"]:
+        per = [r["forwarded"] / r["wall"] / sum(r["cores"]) for r in rows]
+        print(f"  2 replicas / 1: messages out per replica core-second {per[1] / per[0]:.2f}x, messages out "
+              f"{rows[1]['forwarded'] / rows[1]['wall'] / (rows[0]['forwarded'] / rows[0]['wall']):.2f}x (same clients: "
+              "the same messages go out, split over two processes); the benchmark's clients, the worker and Redis "
+              "share the same 2 cores, so capacity can only be read per core")
+
+
 async def recovery(redis: RedisServer, tmp: Path) -> dict[str, float]:
     p_a, p_b = free_port(), free_port()
     w = Proc("rw", ["worker", "--bus", redis.url, *DEMO, "--symbols", "BTC"], tmp).start()
@@ -294,6 +355,9 @@ async def run_all() -> None:
         print(f"  replica: {big['replica_core'] / big['clients']:.3%} of a core per client of a 1 bar/s view "
               f"(the benchmark's own clients share these 2 cores: past ~50 they, not the replica, fall behind)")
         await print_worker_scaling(redis.url, tmp)
+        print(f"\n1 -> 2 replicas: 60 clients on one view (1 market at 1 bar/s), spread over the replicas; "
+              f"{SECONDS:.0f} s each; delays against a client on the worker's own socket")
+        print_replica_scaling([await replica_scaling(redis.url, tmp, n, 60) for n in (1, 2)])
 
         print("\nrecovery to a live view (seconds; goal <= 5)")
         for what, secs in (await recovery(redis, tmp)).items():
@@ -303,8 +367,25 @@ async def run_all() -> None:
         pg.close()
 
 
+async def run_replicas(clients: int = 60) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="liqheat-bench-scale-"))
+    redis = RedisServer()
+    redis.start()
+    try:
+        print(f"\n1 -> 2 replicas: {clients} clients on one view (1 market at 1 bar/s), spread over the replicas; "
+              f"{SECONDS:.0f} s each; delays against a client on the worker's own socket")
+        print_replica_scaling([await replica_scaling(redis.url, tmp, n, clients) for n in (1, 2)])
+    finally:
+        redis.close()
+
+
 def main() -> None:
-    asyncio.run(scaling_only() if "workers" in sys.argv[1:] else run_all())
+    if sys.argv[1:2] == ["replicas"]:  # python -m benchmarks.bench_scale replicas: only the 1 -> 2 replicas table
+        asyncio.run(run_replicas())
+    elif sys.argv[1:2] == ["workers"]:  # python -m benchmarks.bench_scale workers: only the 1 -> 2 workers table
+        asyncio.run(scaling_only())
+    else:
+        asyncio.run(run_all())
 
 
 if __name__ == "__main__":

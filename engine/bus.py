@@ -19,8 +19,12 @@ only the markets the new shard wins. This module is transport only: it never imp
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 PREFIX = "liqheat"
@@ -95,3 +99,34 @@ def split_id(entry: str | bytes) -> tuple[int, int]:
     text = entry.decode() if isinstance(entry, bytes) else entry
     ms, _, n = text.partition("-")
     return int(ms), int(n)
+
+
+async def messages(redis: Any, channel: str) -> AsyncIterator[Any]:
+    """The messages of a pub/sub channel as they come; the subscription ends with the caller's loop."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(channel)
+    try:
+        while True:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is not None:
+                yield msg["data"]
+    finally:
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
+
+
+async def keep_going(job: Callable[[], Awaitable[None]], log: logging.Logger,
+                     failed: Callable[[], None] | None = None) -> None:
+    """Run ``job`` (a reader or listener of the bus) again whenever it ends or fails: after a Redis restart
+    it subscribes or reads again from where it was. A failure is one log line, and ``failed()`` if given."""
+    while True:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Redis away or restarting: try again shortly
+            if failed is not None:
+                failed()
+            lines = str(exc).strip().splitlines()
+            log.warning("bus: %s", lines[0][:300] if lines else type(exc).__name__)
+            await asyncio.sleep(0.5)

@@ -91,7 +91,12 @@ async def _answer(request: web.Request, svc: MarketService, key: tuple[Any, ...]
 
 
 def client_of(request: web.Request) -> str:
-    """Whom a request's work is counted against: its peer address."""
+    """Whom a request's work is counted against: its peer address (on a cluster worker, the client the
+    forwarding replica names)."""
+    if request.app[CONFIG].trust_client_header:
+        named = request.headers.get("X-Liqheat-Client")
+        if named:
+            return named[:64]
     return request.remote or "?"
 
 

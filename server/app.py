@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 
 from engine.analytics import AlertSettings, AnalyticsError
 from engine.service import (
@@ -275,19 +275,22 @@ def create_app(source: Hub | Sequence[Hub] | FeedSpec, config: ServerConfig | No
     app.cleanup_ctx.append(run_live)
 
     async def close_sockets(app: web.Application) -> None:
-        for conn in list(app[LIVE].connections):
-            conn.closed = True
-            await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+        await app[LIVE].close_all()
 
     app.on_shutdown.append(close_sockets)
 
-    app.router.add_get("/", index)
-    app.router.add_get("/example", example)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     app.router.add_get("/api/v1/ws", ws.handle)
     app.router.add_routes(api.routes)
     app.router.add_routes(udf.routes)
+    add_page(app)
+    return app
+
+
+def add_page(app: web.Application) -> None:
+    """The chart page, its embed example and static files (the same from a replica)."""
+    app.router.add_get("/", index)
+    app.router.add_get("/example", example)
     if not assets.script_path().is_file():
         app.router.add_get(f"/static/vendor/{assets.SCRIPT_NAME}", vendor_missing)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
-    return app

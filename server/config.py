@@ -80,6 +80,9 @@ class ServerConfig:
     # Host header values accepted when the server listens on loopback only (besides localhost,
     # 127.0.0.1 and [::1]): a DNS-rebinding page reaches a loopback server under its own name.
     allow_hosts: tuple[str, ...] = ()
+    # A cluster worker's internal REST address: its requests come from replicas, which name the client in
+    # the X-Liqheat-Client header; work is counted per that client (never set on a public address).
+    trust_client_header: bool = False
     extra: dict[str, str] = field(default_factory=dict)  # free-form labels shown in /api/v1/health
 
     @property

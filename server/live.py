@@ -11,13 +11,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
-
-from aiohttp import WSCloseCode, web
 
 from engine.service import ByteLRU, MarketService, ServiceEvent, bucket_start
 
@@ -25,6 +22,12 @@ from .budget import BYTES_PER_CELL_TIER
 from .config import ServerConfig
 from .limits import HEAVY_CELLS, Busy
 from .markets import Markets, dumps
+
+# Subscriber and Connection (the bounded send queue) live in server/sessions.py, shared with the cluster
+# replica; the redundant aliases keep them importable from here.
+from .sessions import SNAPSHOT_BUFFER as SNAPSHOT_BUFFER
+from .sessions import Connection as Connection
+from .sessions import Sessions, Subscriber
 from .views import (
     ViewSpec,
     last_candles,
@@ -38,237 +41,7 @@ from .views import (
 
 log = logging.getLogger("liqheat.server.live")
 
-# Deltas buffered for a subscription while its snapshot is being built; more than this and it resyncs.
-SNAPSHOT_BUFFER = 512
-# Messages per frame at most, for connections that asked for batched frames.
-BATCH_MAX = 64
-_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
-# Close tasks of aborted connections (kept referenced until done).
-_background: set[asyncio.Task[None]] = set()
 _VIEW_IDS = itertools.count(1)
-
-
-@dataclass(eq=False)
-class Subscriber:
-    id: str
-    conn: Connection
-    channel: MarketChannel
-    view: View
-    seq: int = 0
-    # live: deltas flow | building: snapshot being computed, deltas buffered | resync: waiting for room
-    state: str = "building"
-    buffer: list[str] = field(default_factory=list)
-    buffer_bytes: int = 0
-    dropped: int = 0
-    closed: bool = False
-    # the id as JSON, serialised once: every delta carries it (a json.dumps per message per subscriber
-    # was a tenth of the fan-out's time with 1,000 clients)
-    id_json: str = field(init=False, repr=False, default="")
-
-    def __post_init__(self) -> None:
-        self.id_json = dumps(self.id)
-
-    def envelope(self, kind: str, body: str) -> str:
-        """``body`` is a serialised JSON object; prefix the routing fields without re-serialising it."""
-        self.seq += 1
-        head = f'{{"type":"{kind}","sub":{self.id_json},"seq":{self.seq}'
-        return head + ("}" if body == "{}" else "," + body[1:])
-
-
-class Connection:
-    """One WebSocket: a send queue bounded in messages (deltas) and in bytes (everything), and the
-    writer task that drains it. Deltas that do not fit are dropped and resynced later; a reply (pong,
-    error, ...) that does not fit means the client is not reading: the connection is closed (1008)."""
-
-    def __init__(self, ws: web.WebSocketResponse, queue_size: int, batch: bool = False, sock: Any = None,
-                 max_bytes: int = 16 * 1024 * 1024, hub: LiveHub | None = None, transport: Any = None,
-                 client: str = "") -> None:
-        self.ws = ws
-        self.sock = sock  # the connection's socket, to cork bursts (None: write frames as they come)
-        self.transport = transport  # to abort a client that will not even read a close frame
-        self.client = client  # peer address: whose work this connection's snapshots count as
-        self.queue_size = queue_size
-        self.max_bytes = max_bytes
-        self.hub = hub
-        self.queued_bytes = 0
-        # batch: everything waiting goes out as one frame holding a JSON array (fewer frames, wake-ups
-        # and syscalls on both ends when messages come in bursts); the client asked for it (?batch=1).
-        self.batch = batch
-        self._queue: deque[str] = deque()
-        self._ready = asyncio.Event()
-        self.subs: dict[str, Subscriber] = {}
-        self.need_resync: list[Subscriber] = []
-        self.sent = 0
-        self.closed = False
-
-    def _cork(self, on: bool) -> bool:
-        """TCP_CORK on/off (Linux); False where the socket or the option is not available."""
-        if self.sock is None or _TCP_CORK is None:
-            return False
-        try:
-            self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1 if on else 0)
-        except OSError:
-            return False
-        return True
-
-    def _fits(self, n: int) -> bool:
-        """Room for ``n`` more bytes here and in the process-wide total (one message always fits an
-        empty queue, so a big snapshot still reaches a client that reads). When the total is what is
-        full, the connection holding the most gives way (closed), not the one that asks."""
-        if not self._queue:
-            return True
-        if self.queued_bytes + n > self.max_bytes:
-            return False
-        hub = self.hub
-        if hub is None or hub.queued_bytes + n <= hub.max_bytes:
-            return True
-        greedy = max(hub.connections, key=lambda c: c.queued_bytes, default=self)
-        if greedy is self or greedy.queued_bytes <= self.queued_bytes:
-            return False
-        greedy.abort("send queue full: this client holds the most of the server's send budget")
-        return hub.queued_bytes + n <= hub.max_bytes
-
-    def _push(self, text: str) -> bool:
-        if self.closed:
-            return True
-        n = len(text)
-        if not self._fits(n):
-            return False
-        self._queue.append(text)
-        self.queued_bytes += n
-        if self.hub is not None:
-            self.hub.queued_bytes += n
-        self._ready.set()
-        return True
-
-    def _pop(self) -> str:
-        text = self._queue.popleft()
-        self.queued_bytes -= len(text)
-        if self.hub is not None:
-            self.hub.queued_bytes -= len(text)
-        return text
-
-    def send(self, text: str) -> None:
-        """A reply or notice; if it does not fit, the client stopped reading: close the connection."""
-        if not self._push(text):
-            self.abort("send queue full: the client is not reading")
-
-    def pending(self) -> int:
-        return len(self._queue)
-
-    def release(self) -> None:
-        """Drop everything queued (the socket is closing): its bytes go back to the budget now."""
-        self.closed = True
-        while self._queue:
-            self._pop()
-        self.need_resync.clear()
-        for sub in self.subs.values():
-            sub.buffer.clear()
-        self._ready.set()
-
-    def abort(self, reason: str) -> None:
-        """Close with 1008 (policy) and free the queue; a client that does not read the close frame
-        within 2 s loses the TCP connection."""
-        if self.closed:
-            return
-        log.info("closing a WebSocket client: %s", reason)
-        self.release()
-
-        async def close() -> None:
-            try:
-                async with asyncio.timeout(2.0):
-                    await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120])
-            except (TimeoutError, ConnectionError, RuntimeError):
-                if self.transport is not None:
-                    self.transport.abort()
-
-        task = asyncio.ensure_future(close())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-    def offer(self, sub: Subscriber, kind: str, body: str) -> None:
-        """A delta for ``sub``: queued, buffered (snapshot in progress) or dropped (slow client)."""
-        if sub.closed or self.closed:
-            return
-        if sub.state == "building":
-            if len(sub.buffer) >= SNAPSHOT_BUFFER or sub.buffer_bytes + len(body) > self.max_bytes // 4:
-                sub.buffer.clear()
-                sub.buffer_bytes = 0
-                self._overflow(sub)
-            else:
-                sub.buffer.append(kind + "\n" + body)
-                sub.buffer_bytes += len(body)
-            return
-        if sub.state == "resync":
-            sub.seq += 1  # the sequence keeps counting, so a gap is visible to anyone who looks
-            sub.dropped += 1
-            return
-        if len(self._queue) >= self.queue_size or not self._fits(len(body) + 64):
-            sub.seq += 1
-            sub.dropped += 1
-            self._overflow(sub)
-            return
-        self._push(sub.envelope(kind, body))
-
-    def _overflow(self, sub: Subscriber) -> None:
-        if sub.state != "resync":
-            sub.state = "resync"
-            self.need_resync.append(sub)
-
-    def deliver_snapshot(self, sub: Subscriber, reason: str, body: str) -> None:
-        """Snapshot then the deltas that arrived while it was built (upserts: applying one the snapshot
-        already contains is harmless)."""
-        if sub.closed or self.closed:
-            return
-        head = f'{{"type":"snapshot","sub":{sub.id_json},"seq":{sub.seq},"reason":"{reason}"'
-        buffered, sub.buffer, sub.buffer_bytes = sub.buffer, [], 0
-        if not self._push(head + "," + body[1:]):  # no room: the client gets it once it has read some
-            sub.state = "live"
-            self._overflow(sub)
-            return
-        sub.state = "live"
-        for item in buffered:
-            kind, _, payload = item.partition("\n")
-            self.offer(sub, kind, payload)
-
-    async def writer(self) -> None:
-        try:
-            while not self.closed:
-                if not self._queue:
-                    self._ready.clear()
-                    await self._ready.wait()
-                    continue
-                if self.batch:
-                    n = min(len(self._queue), BATCH_MAX)
-                    items = [self._pop() for _ in range(n)]
-                    await self.ws.send_str("[" + ",".join(items) + "]")
-                    self.sent += n
-                else:
-                    # One frame per message, but a burst goes out in as few TCP segments as fit: corked,
-                    # the kernel sends once instead of once per frame (on loopback with 1,000 clients, the
-                    # per-frame segments were half the fan-out's CPU, in the kernel, and each woke the client).
-                    n = min(len(self._queue), BATCH_MAX)
-                    corked = n > 1 and self._cork(True)
-                    try:
-                        for _ in range(n):
-                            if not self._queue:
-                                break
-                            await self.ws.send_str(self._pop())
-                            self.sent += 1
-                    finally:
-                        if corked:
-                            self._cork(False)
-                if self.need_resync and len(self._queue) <= self.queue_size // 2:
-                    subs, self.need_resync = self.need_resync, []
-                    for sub in subs:
-                        if sub.closed:
-                            continue
-                        self.send(dumps({"type": "resync", "sub": sub.id, "reason": "overflow", "dropped": sub.dropped}))
-                        sub.channel.request_snapshot(sub, "overflow")
-        except (ConnectionResetError, RuntimeError, asyncio.CancelledError):
-            # RuntimeError: aiohttp refuses to write to a closing socket; the reader side ends the connection.
-            self.closed = True
-            raise
 
 
 @dataclass(eq=False)
@@ -602,18 +375,14 @@ def _one_line(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
-class LiveHub:
-    """All market channels and open connections of the app."""
+class LiveHub(Sessions):
+    """All market channels and open connections of the app (their send queues bounded by the budget's
+    share for them)."""
 
     def __init__(self, markets: Markets, config: ServerConfig) -> None:
+        super().__init__(config, markets.budget.send_queues)
         self.markets = markets
-        self.config = config
         self.channels: dict[str, MarketChannel] = {}
-        self.connections: set[Connection] = set()
-        self._tasks: list[asyncio.Task[None]] = []
-        # Bytes waiting in all connections' send queues, and the budget's bound on them.
-        self.queued_bytes = 0
-        self.max_bytes = markets.budget.send_queues
         self.snapshots: ByteLRU[str] = ByteLRU("snapshots", markets.budget.snapshots)
 
     def cache_stats(self) -> dict[str, dict[str, int]]:
@@ -629,7 +398,7 @@ class LiveHub:
         for svc in self.markets.services():
             ch = self.channel(svc)
             self._tasks.append(asyncio.create_task(self._keep(ch), name=f"fan-out {svc.market.key}"))
-        self._tasks.append(asyncio.create_task(self._heartbeat(), name="ws heartbeat"))
+        self._tasks.append(asyncio.create_task(self.heartbeats(), name="ws heartbeat"))
 
     async def _keep(self, ch: MarketChannel) -> None:
         while True:
@@ -641,19 +410,3 @@ class LiveHub:
             except Exception as exc:  # keep streaming; subscribers resync from fresh snapshots
                 log.warning("%s: fan-out failed, restarting: %s", ch.svc.market.key, exc)
                 await asyncio.sleep(1.0)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat_s)
-            beat = dumps({"type": "heartbeat", "time": round(time.time(), 3)})
-            for conn in list(self.connections):
-                if conn.pending() == 0:  # a busy connection already shows it is alive
-                    conn.send(beat)
-
-    async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks.clear()

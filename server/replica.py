@@ -7,6 +7,12 @@ Per view the replica keeps the sequence number of the last log entry it forwarde
 ``last + 1`` (the log was trimmed under a slow replica, Redis restarted, the owner restarted with a new
 epoch) means something was missed: the view's clients get ``resync`` and wait for a fresh snapshot, which
 the replica asks the owner for - the protocol's own recovery, nothing new for clients.
+
+The last snapshot of each followed view stays in a byte-bounded cache with the deltas forwarded since, so
+a new subscriber (or a client's resync) starts from them: N clients opening the same chart cost the owner
+one request, not N. A gap or a new epoch drops the cached snapshot with everything else.
+
+Client sessions (limits, send queues, the send budget) are server/sessions.py's, as in the one-process server.
 """
 
 from __future__ import annotations
@@ -17,23 +23,25 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import web
 
-from engine.service import bus
+from engine.service import ByteLRU, bus
 
-from . import __version__, assets
-from .app import STATIC, cors, errors_as_json, example, index, vendor_missing
-from .config import API_TIMEFRAMES, ServerConfig
-from .live import Connection, Subscriber
+from . import __version__
+from .app import add_page, cors, errors_as_json, host_allowed
+from .budget import MemoryBudget, rss_bytes
+from .config import ServerConfig
+from .limits import Busy
 from .markets import dumps
 from .params import BadRequest
+from .sessions import Connection, Sessions, Subscriber, one_line, serve_session, subscription_id
 from .state import CONFIG, STARTED_AT
-from .ws import MAX_ERRORS, PROTOCOL, _one_line, origin_ok, subscription_id
 
 log = logging.getLogger("liqheat.replica")
 
@@ -42,6 +50,11 @@ SNAPSHOT_RETRY_S = 2.0
 REQUEST_TIMEOUT_S = 3.0
 # How long a subscription waits for a market's owner during a failover before it is refused.
 OWNER_WAIT_S = 20.0
+# Snapshots seen in the log, while a request for a new view is out, for views this replica does not follow
+# yet: the last few per market, so one that arrives just before the owner's answer is not lost.
+UNCLAIMED_MAX = 32
+# The header a replica names the client in when it forwards a request (the owner counts work per client).
+CLIENT_HEADER = "X-Liqheat-Client"
 
 
 @dataclass(eq=False)
@@ -55,6 +68,11 @@ class BusView:
     last_seq: int | None = None  # None: waiting for a snapshot
     waiting: dict[Subscriber, str] = field(default_factory=dict)  # sub -> the reason its snapshot will carry
     asked: float = 0.0  # when a snapshot was last asked for (monotonic)
+    # The newest snapshot in the log (its body in the hub's byte-bounded cache under this key) and the
+    # deltas forwarded since it: a new subscriber starts from them. None: ask the owner.
+    cached: tuple[str, str, int, int] | None = None
+    tail: list[str] = field(default_factory=list)  # "kind\nbody", as Subscriber.buffer holds them
+    tail_bytes: int = 0
 
 
 @dataclass(eq=False)
@@ -64,25 +82,42 @@ class BusMarket:
     epoch: int | None = None
     views: dict[str, BusView] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # view key -> (seq, cache key) of a snapshot seen for a view not followed yet (see UNCLAIMED_MAX)
+    unclaimed: dict[str, tuple[int, tuple[str, str, int, int]]] = field(default_factory=dict)
 
 
-class ReplicaHub:
-    """The replica's view of the cluster: owners, market logs, the views its clients watch."""
+class ReplicaHub(Sessions):
+    """The replica's view of the cluster: owners, market logs, the views its clients watch, and its clients'
+    sessions (send queues bounded by the budget's share for them, as in the one-process server)."""
 
     def __init__(self, redis: Any, config: ServerConfig) -> None:
+        budget = MemoryBudget(config.memory_budget)
+        super().__init__(config, budget.send_queues)
         self.redis = redis
-        self.config = config
         self.id = f"replica-{uuid.uuid4().hex[:10]}"
         self.workers: dict[str, dict[str, Any]] = {}
         self.owners: dict[str, str] = {}
         self.markets: dict[str, BusMarket] = {}
-        self.connections: set[Connection] = set()
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self.bus_ok = False
         self.resyncs = 0
         self.forwarded = 0
+        # Snapshots by (market, view, epoch, seq), and the deltas after them (all views' tails together at
+        # most a quarter of the snapshots' share; past it a view's cache is dropped, not grown).
+        self.snapshots: ByteLRU[str] = ByteLRU("snapshots", budget.snapshots)
+        self.tail_limit = budget.snapshots // 4
+        self.tail_bytes = 0
+        self.tail_max = max(8, config.queue_size // 2)  # deltas a new subscriber may be handed at once
+        # The owner's answer (view key, labels) per (market, subscribe fields), and asks in flight.
+        self.names: ByteLRU[dict[str, Any]] = ByteLRU("view names", max(1 << 20, budget.queries))
+        self._naming: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+        self.snapshot_hits = 0  # subscribers started from a cached snapshot
+        self.owner_asks = 0  # requests sent to owners
+        # REST/UDF requests being forwarded, per client: bounded like the one-process server's lanes
+        self.forwarding: Counter[str] = Counter()
+        self.forwarding_total = 0
+        self.forward_refused = 0
 
     # ---- cluster metadata -------------------------------------------------------------------------
     async def refresh(self) -> None:
@@ -141,6 +176,7 @@ class ReplicaHub:
                 fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
                 self._replies[rid] = fut
                 try:
+                    self.owner_asks += 1
                     listening = await self.redis.publish(bus.request_channel(wid), dumps(
                         {"rid": rid, "replica": self.id, "market": market, "fields": fields, "reason": reason}))
                     if listening:
@@ -155,20 +191,36 @@ class ReplicaHub:
             await self.refresh()
 
     async def _replies_loop(self) -> None:
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(bus.reply_channel(self.id))
-        try:
-            while True:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if msg is None:
-                    continue
-                answer = json.loads(msg["data"])
-                fut = self._replies.get(answer.get("rid"))
-                if fut is not None and not fut.done():
-                    fut.set_result(answer)
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+        async for data in bus.messages(self.redis, bus.reply_channel(self.id)):
+            answer = json.loads(data)
+            fut = self._replies.get(answer.get("rid"))
+            if fut is not None and not fut.done():
+                fut.set_result(answer)
+
+    async def view_info(self, market: str, fields: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """(the owner's name and labels for the view these fields ask for, whether a request for it went to
+        the owner just now - its answer puts a snapshot in the log). Known names are not asked again, and
+        clients asking for the same new view at once share one request."""
+        key = (market, bus.view_key(fields))
+        info = self.names.get(key)
+        if info is not None:
+            return info, False
+        task = self._naming.get(key)
+        if task is None:
+            async def name() -> dict[str, Any]:
+                try:
+                    answer = await self.ask(market, fields, "subscribe")
+                    if "error" in answer:
+                        raise BadRequest(str(answer["error"]))
+                    named: dict[str, Any] = answer["ok"]
+                    self.names.put(key, named, size=len(key[1]) + len(dumps(named)) + 200)
+                    return named
+                finally:
+                    self._naming.pop(key, None)
+
+            task = self._naming[key] = asyncio.ensure_future(name())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen even if all waiters left
+        return await asyncio.shield(task), True
 
     # ---- following the logs -----------------------------------------------------------------------
     async def follow(self, market: str) -> BusMarket:
@@ -212,16 +264,28 @@ class ReplicaHub:
         epoch = bus.split_id(entry_id)[0]
         if bm.epoch is not None and epoch != bm.epoch:
             # a new owner (restart or failover): its sequence numbers start again - every view resyncs
+            bm.unclaimed.clear()
             for view in bm.views.values():
                 self._resync(view, "owner restarted")
         bm.epoch = epoch
-        view = bm.views.get(raw[b"v"].decode())
-        if view is None:
-            return
+        vkey = raw[b"v"].decode()
         kind, seq, body = raw[b"t"].decode(), int(raw[b"s"]), raw[b"b"].decode()
+        view = bm.views.get(vkey)
+        if view is None:
+            if kind == "snapshot" and any(k[0] == bm.key for k in self._naming):
+                ckey = (bm.key, vkey, epoch, seq)
+                if self.snapshots.put(ckey, body, size=len(body)):
+                    bm.unclaimed.pop(vkey, None)
+                    bm.unclaimed[vkey] = (seq, ckey)
+                    while len(bm.unclaimed) > UNCLAIMED_MAX:
+                        self.snapshots.pop(bm.unclaimed.pop(next(iter(bm.unclaimed)))[1])
+            elif vkey in bm.unclaimed:  # a delta we do not keep: that snapshot would be incomplete now
+                self.snapshots.pop(bm.unclaimed.pop(vkey)[1])
+            return
         if kind == "snapshot":
             reason = raw.get(b"r", b"").decode()
             view.last_seq = seq
+            self._cache(view, (bm.key, vkey, epoch, seq), body)
             for sub, want in list(view.waiting.items()):
                 sub.conn.deliver_snapshot(sub, want, body)
             view.waiting.clear()
@@ -238,13 +302,56 @@ class ReplicaHub:
             return  # an older entry (a duplicate after a retry) is simply skipped
         view.last_seq = seq
         self.forwarded += 1
+        self._extend(view, kind, body)
         for sub in view.subs:
             if sub.state != "building":
                 sub.conn.offer(sub, kind, body)
 
+    # ---- the cached snapshot of each view ---------------------------------------------------------
+    def _cache(self, view: BusView, key: tuple[str, str, int, int], body: str) -> None:
+        self._uncache(view)
+        if self.snapshots.put(key, body, size=len(body)):
+            view.cached = key
+
+    def _uncache(self, view: BusView) -> None:
+        if view.cached is not None:
+            self.snapshots.pop(view.cached)
+            view.cached = None
+        self.tail_bytes -= view.tail_bytes
+        view.tail, view.tail_bytes = [], 0
+
+    def _extend(self, view: BusView, kind: str, body: str) -> None:
+        """A delta after the cached snapshot; past the view's or the replica's bound the cache is dropped
+        (the next subscriber asks the owner for a new snapshot)."""
+        if view.cached is None:
+            return
+        n = len(body) + len(kind) + 1
+        if len(view.tail) >= self.tail_max or self.tail_bytes + n > self.tail_limit:
+            self._uncache(view)
+            return
+        view.tail.append(kind + "\n" + body)
+        view.tail_bytes += n
+        self.tail_bytes += n
+
+    def _from_cache(self, sub: Subscriber, view: BusView, reason: str) -> bool:
+        """Start ``sub`` from the view's cached snapshot and the deltas since; False if there is none."""
+        body = self.snapshots.get(view.cached) if view.cached is not None else None
+        if body is None or view.last_seq is None:
+            if view.cached is not None:  # evicted meanwhile
+                self._uncache(view)
+            return False
+        self.snapshot_hits += 1
+        view.waiting.pop(sub, None)
+        sub.state = "building"
+        sub.buffer = list(view.tail)  # delivered after the snapshot, in order
+        sub.buffer_bytes = 0
+        sub.conn.deliver_snapshot(sub, reason, body)
+        return True
+
     def _resync(self, view: BusView, why: str) -> None:
         self.resyncs += 1
         view.last_seq = None
+        self._uncache(view)
         for sub in view.subs:
             if sub not in view.waiting:
                 sub.conn.send(dumps({"type": "resync", "sub": sub.id, "reason": "overflow", "detail": why, "dropped": 0}))
@@ -278,7 +385,7 @@ class ReplicaHub:
                     await self._renew_demand()
             except Exception as exc:  # noqa: BLE001 - Redis away: clients keep what they have; retry
                 self.bus_ok = False
-                log.warning("bus: %s", _one_line(exc))
+                log.warning("bus: %s", one_line(exc))
             await asyncio.sleep(0.5)
 
     async def _renew_demand(self) -> None:
@@ -289,24 +396,33 @@ class ReplicaHub:
                 pipe.hset(bus.demand_key(bm.key), view.key, dumps({"fields": view.fields, "until": until}))
         await pipe.execute()
 
-    # ---- subscriptions (the channel interface live.Connection calls) ------------------------------
+    # ---- subscriptions (the channel interface sessions.Connection calls) --------------------------
     def request_snapshot(self, sub: Subscriber, reason: str) -> None:
-        view: BusView = sub.view  # type: ignore[assignment]
+        self._start(sub, sub.view, reason)
+
+    def _start(self, sub: Subscriber, view: BusView, reason: str, asked: bool = False) -> None:
+        """A snapshot for ``sub``: from the cache, else the one on its way, else one asked for now."""
+        if self._from_cache(sub, view, reason):
+            return
         sub.state = "building"
         sub.buffer.clear()
+        on_its_way = bool(view.waiting) and time.monotonic() - view.asked < SNAPSHOT_RETRY_S
         view.waiting[sub] = reason
-        if time.monotonic() - view.asked > 0.2:  # many subscribers asking at once share one snapshot
+        if asked:  # this subscription's own request to the owner brings one
+            view.asked = time.monotonic()
+        elif not on_its_way:
             self._ask_snapshot(view, reason)
 
     def remove(self, sub: Subscriber) -> None:
         sub.closed = True
-        view: BusView = sub.view  # type: ignore[assignment]
+        view: BusView = sub.view
         view.subs.discard(sub)
         view.waiting.pop(sub, None)
         if not view.subs:
             bm = self.markets.get(view.market)
-            if bm is not None:
-                bm.views.pop(view.key, None)
+            if bm is not None and bm.views.get(view.key) is view:
+                del bm.views[view.key]
+            self._uncache(view)  # no longer followed: what it holds would go stale
 
     async def subscribe(self, conn: Connection, m: dict[str, Any]) -> None:
         sid = subscription_id(conn, m, self.config.max_subscriptions)
@@ -321,136 +437,65 @@ class ReplicaHub:
         market = self.resolve(fields["symbol"])
         fields["symbol"] = market
         bm = await self.follow(market)
-        answer = await self.ask(market, fields, "subscribe")
-        if "error" in answer:
-            raise BadRequest(str(answer["error"]))
-        info = answer["ok"]
+        info, asked = await self.view_info(market, fields)
+        if conn.closed or sid in conn.subs:
+            return  # the client left (or reused the id) while the owner answered
         view = bm.views.get(info["view"])
+        new_view = view is None
         if view is None:
             view = bm.views[info["view"]] = BusView(info["view"], market, fields)
-            view.asked = time.monotonic()
-        sub = Subscriber(sid, conn, self, view)  # type: ignore[arg-type]  # the replica is the channel
-        sub.state = "building"
+            seen = bm.unclaimed.pop(view.key, None)
+            if seen is not None:  # its snapshot came before the owner's answer
+                view.last_seq, view.cached = seen
+        sub = Subscriber(sid, conn, self, view)
         conn.subs[sid] = sub
         view.subs.add(sub)
-        view.waiting[sub] = "subscribe"
         conn.send(dumps({"type": "subscribed", "sub": sid, "symbol": info["symbol"], "timeframe": info["timeframe"],
                          "tier": info["tier"], "bins": info["bins"], "columns": info["columns"]}))
+        self._start(sub, view, "subscribe", asked)
         self._wake.set()
-        with contextlib.suppress(Exception):
-            await self._renew_demand()
+        if new_view:
+            with contextlib.suppress(Exception):
+                await self._renew_demand()
+
+    # ---- REST/UDF forwarding: bounded like the one-process server's lanes -------------------------
+    @contextlib.contextmanager
+    def forwarding_slot(self, client: str) -> Any:
+        cfg = self.config
+        if self.forwarding[client] >= cfg.light_per_client:
+            self.forward_refused += 1
+            raise Busy(f"too many requests from this client at once ({cfg.light_per_client}); retry later", 429, 1)
+        if self.forwarding_total >= cfg.light_waiting:
+            self.forward_refused += 1
+            raise Busy(f"the server is busy with {self.forwarding_total} requests; retry later", 503, 2)
+        self.forwarding[client] += 1
+        self.forwarding_total += 1
+        try:
+            yield
+        finally:
+            self.forwarding_total -= 1
+            self.forwarding[client] -= 1
+            if self.forwarding[client] <= 0:
+                del self.forwarding[client]
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         with contextlib.suppress(Exception):
             await self.refresh()
         for job, name in ((self._reader, "bus reader"), (self._replies_loop, "bus replies"), (self._upkeep, "bus upkeep")):
-            self._tasks.append(asyncio.create_task(self._keep(job), name=name))
-        self._tasks.append(asyncio.create_task(self._heartbeat(), name="ws heartbeat"))
+            self._tasks.append(asyncio.create_task(bus.keep_going(job, log, self._bus_failed), name=name))
+        self._tasks.append(asyncio.create_task(self.heartbeats(), name="ws heartbeat"))
 
-    async def _keep(self, job: Any) -> None:
-        while True:
-            try:
-                await job()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis restarting: read again from where we were
-                self.bus_ok = False
-                log.warning("bus: %s", _one_line(exc))
-                await asyncio.sleep(0.5)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat_s)
-            beat = dumps({"type": "heartbeat", "time": round(time.time(), 3)})
-            for conn in list(self.connections):
-                if conn.pending() == 0:
-                    conn.send(beat)
-
-    async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks.clear()
+    def _bus_failed(self) -> None:
+        self.bus_ok = False
 
 
 REPLICA: web.AppKey[ReplicaHub] = web.AppKey("replica")
 
 
 async def ws_handle(request: web.Request) -> web.StreamResponse:
-    if not origin_ok(request):
-        return web.Response(status=403, text=dumps({"error": "origin not allowed; start the server with --allow-origin"}),
-                            content_type="application/json")
-    cfg = request.app[CONFIG]
     hub = request.app[REPLICA]
-    ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s * 3, max_msg_size=64 * 1024)
-    if not ws.can_prepare(request).ok:
-        return web.Response(status=400, text=dumps({"error": "this endpoint expects a WebSocket upgrade"}),
-                            content_type="application/json")
-    batch = request.query.get("batch", "0") in ("1", "true", "yes")
-    await ws.prepare(request)
-    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
-    conn = Connection(ws, cfg.queue_size, batch=batch, sock=sock)
-    hub.connections.add(conn)
-    writer = asyncio.create_task(conn.writer(), name="ws writer")
-    conn.send(dumps({
-        "type": "hello", "protocol": PROTOCOL, "server": f"liqheat {__version__}", "heartbeat_s": cfg.heartbeat_s,
-        "markets": [m["key"] for m in hub.market_list()], "timeframes": list(API_TIMEFRAMES),
-        "max_subscriptions": cfg.max_subscriptions, "queue_size": cfg.queue_size, "batch": batch,
-    }))
-    errors = 0
-    try:
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                if msg.type == WSMsgType.BINARY:
-                    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"text JSON frames only")
-                break
-            m: Any = None
-            try:
-                m = json.loads(msg.data)
-                if not isinstance(m, dict):
-                    raise BadRequest("a message must be a JSON object")
-                op = m.get("op")
-                if op == "subscribe":
-                    await hub.subscribe(conn, m)
-                elif op in ("unsubscribe", "resync"):
-                    sid = m.get("sub")
-                    if not isinstance(sid, str) or sid not in conn.subs:
-                        raise BadRequest(f"no subscription {str(sid)[:40]!r} on this connection")
-                    sub = conn.subs[sid]
-                    if op == "unsubscribe":
-                        hub.remove(sub)
-                        del conn.subs[sid]
-                        conn.send(dumps({"type": "unsubscribed", "sub": sid}))
-                    else:
-                        hub.request_snapshot(sub, "resync")
-                elif op == "ping":
-                    conn.send(dumps({k: v for k, v in m.items() if k != "op"} | {"type": "pong"}))
-                else:
-                    raise BadRequest(f"unknown op {str(op)[:20]!r}; use subscribe, unsubscribe, resync or ping")
-            except (BadRequest, ValueError) as exc:
-                errors += 1
-                err = {"type": "error", "error": _one_line(exc)}
-                if isinstance(m, dict):
-                    for k in ("op", "id", "sub"):
-                        if isinstance(m.get(k), str):
-                            err[k] = m[k][:40]
-                conn.send(dumps(err))
-                if errors >= MAX_ERRORS:
-                    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many errors")
-                    break
-    finally:
-        conn.closed = True
-        for sub in list(conn.subs.values()):
-            hub.remove(sub)
-        conn.subs.clear()
-        hub.connections.discard(conn)
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await writer
-    return ws
+    return await serve_session(request, hub, lambda: [m["key"] for m in hub.market_list()], hub.subscribe)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -473,8 +518,15 @@ async def health(request: web.Request) -> web.Response:
         "status": "ok" if ok else "degraded", "role": "replica", "version": __version__, "replica": hub.id,
         "uptime_s": round(now - request.app[STARTED_AT], 3), "bus": {"ok": bus_ok},
         "workers": workers, "markets": markets, "unowned": orphans,
-        "live": {"connections": len(hub.connections), "views": sum(len(b.views) for b in hub.markets.values()),
-                 "forwarded": hub.forwarded, "resyncs": hub.resyncs},
+        "live": {"connections": len(hub.connections), "max_clients": hub.config.max_clients,
+                 "views": sum(len(b.views) for b in hub.markets.values()), "forwarded": hub.forwarded,
+                 "resyncs": hub.resyncs, "snapshot_hits": hub.snapshot_hits, "owner_asks": hub.owner_asks,
+                 "rest_in_flight": hub.forwarding_total, "rest_refused": hub.forward_refused},
+        # the replica's own accounting against its budget (the shares of server/budget.py it uses)
+        "memory": {"budget_bytes": hub.config.memory_budget, "send_queue_bytes": hub.queued_bytes,
+                   "send_queue_limit": hub.max_bytes, "tail_bytes": hub.tail_bytes,
+                   "caches": {"snapshots": hub.snapshots.stats(), "view names": hub.names.stats()},
+                   "rss_bytes": rss_bytes()},
     }
     return web.Response(text=dumps(body), content_type="application/json")
 
@@ -503,13 +555,23 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if target is None:
         raise web.HTTPServiceUnavailable(reason="no worker is running")
     session: aiohttp.ClientSession = request.app[SESSION]
-    try:
-        async with session.get(target["http"] + request.path_qs) as resp:
-            body = await resp.read()
-            return web.Response(status=resp.status, body=body, content_type=resp.content_type,
-                                headers={k: v for k, v in resp.headers.items() if k in ("Cache-Control", "ETag")})
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise web.HTTPServiceUnavailable(reason=f"the owning worker did not answer ({_one_line(exc)})") from None
+    client = request.remote or "?"
+    # the owner admits work per client (429 for one client's flood, 503 when it is full): it is told whom
+    # for, else every client of this replica would share one share
+    headers = {CLIENT_HEADER: client}
+    if "If-None-Match" in request.headers:
+        headers["If-None-Match"] = request.headers["If-None-Match"]
+    with hub.forwarding_slot(client):
+        try:
+            async with session.get(target["http"] + request.path_qs, headers=headers) as resp:
+                body = await resp.read()
+                return web.Response(status=resp.status, body=body, content_type=resp.content_type,
+                                    headers={k: v for k, v in resp.headers.items() if k in _PASSED_ON})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise web.HTTPServiceUnavailable(reason=f"the owning worker did not answer ({one_line(exc)})") from None
+
+
+_PASSED_ON = ("Cache-Control", "ETag", "Retry-After")
 
 
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("forward_session")
@@ -519,7 +581,9 @@ def create_replica_app(bus_url: str, config: ServerConfig | None = None) -> web.
     import redis.asyncio as aioredis
 
     config = config or ServerConfig()
-    app = web.Application(middlewares=[cors, errors_as_json], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[host_allowed, cors, errors_as_json], client_max_size=64 * 1024,
+                          handler_args={"keepalive_timeout": config.request_timeout_s,
+                                        "lingering_time": min(config.request_timeout_s, 5.0)})
     app[CONFIG] = config
     app[STARTED_AT] = time.time()
     redis = aioredis.from_url(bus_url, socket_timeout=5, socket_connect_timeout=5)
@@ -536,19 +600,13 @@ def create_replica_app(bus_url: str, config: ServerConfig | None = None) -> web.
     app.cleanup_ctx.append(run)
 
     async def close_sockets(app: web.Application) -> None:
-        for conn in list(app[REPLICA].connections):
-            conn.closed = True
-            await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+        await app[REPLICA].close_all()
 
     app.on_shutdown.append(close_sockets)
-    app.router.add_get("/", index)
-    app.router.add_get("/example", example)
     app.router.add_get("/api/v1/ws", ws_handle)
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/symbols", symbols)
     app.router.add_get("/api/v1/{tail:.*}", forward)
     app.router.add_get("/udf/{tail:.*}", forward)
-    if not assets.script_path().is_file():
-        app.router.add_get(f"/static/vendor/{assets.SCRIPT_NAME}", vendor_missing)
-    app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
+    add_page(app)
     return app

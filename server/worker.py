@@ -43,9 +43,10 @@ from engine.service import (
 from .api import view_spec
 from .app import FeedSpec, create_app
 from .config import ServerConfig
-from .live import SNAPSHOT_BUFFER, LiveHub, MarketChannel, Subscriber
+from .live import LiveHub, MarketChannel
 from .markets import dumps
 from .params import BadRequest, Query
+from .sessions import SNAPSHOT_BUFFER, Subscriber
 from .state import CONFIG, LIVE, MARKETS
 
 log = logging.getLogger("liqheat.worker")
@@ -162,6 +163,7 @@ class Worker:
         self.publisher = Publisher(redis, self.epoch_ms)
         self.conns: dict[str, BusConnection] = {}
         self.started = time.time()
+        self.demands = 0  # replicas' requests answered (a replica asks once per new view, not per client)
 
     @property
     def live(self) -> LiveHub:
@@ -203,27 +205,19 @@ class Worker:
 
     async def _requests(self) -> None:
         """Answer replicas: a view (subscribe fields -> view key + a snapshot in the log) or a snapshot."""
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(bus.request_channel(self.id))
-        try:
-            while True:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if msg is None:
-                    continue
+        async for data in bus.messages(self.redis, bus.request_channel(self.id)):
+            try:
+                req = json.loads(data)
+                answer = {"rid": req.get("rid")}
+                self.demands += 1
                 try:
-                    req = json.loads(msg["data"])
-                    answer = {"rid": req.get("rid")}
-                    try:
-                        answer["ok"] = self.demand(str(req["market"]), dict(req["fields"]), str(req.get("reason", "resync")))
-                    except (BadRequest, ViewError, BarsError, LadderError, FeedError, UnknownSymbol, ValueError, KeyError) as exc:
-                        answer["error"] = _one_line(exc)
-                    if req.get("replica"):
-                        await self.redis.publish(bus.reply_channel(str(req["replica"])), dumps(answer))
-                except (ValueError, TypeError) as exc:
-                    log.warning("bad request on the bus: %s", _one_line(exc))
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                    answer["ok"] = self.demand(str(req["market"]), dict(req["fields"]), str(req.get("reason", "resync")))
+                except (BadRequest, ViewError, BarsError, LadderError, FeedError, UnknownSymbol, ValueError, KeyError) as exc:
+                    answer["error"] = _one_line(exc)
+                if req.get("replica"):
+                    await self.redis.publish(bus.reply_channel(str(req["replica"])), dumps(answer))
+            except (ValueError, TypeError) as exc:
+                log.warning("bad request on the bus: %s", _one_line(exc))
 
     async def _restore_demand(self) -> None:
         """After a (re)start: the views replicas still demand are computed again without waiting for them."""
@@ -257,7 +251,7 @@ class Worker:
                     "http": self.http, "heartbeat": time.time(), "pid": os.getpid(),
                     "markets": [{"key": svc.market.key, "exchange": svc.market.exchange, "symbol": svc.market.symbol,
                                  "coin": svc.market.coin, **svc.health_info()} for svc in self.app[MARKETS].services()],
-                    "views": sum(len(c.subs) for c in self.conns.values()),
+                    "views": sum(len(c.subs) for c in self.conns.values()), "demands": self.demands,
                     "recording": [h.feed.stats() for h in self.app[MARKETS].hubs if hasattr(h.feed, "stats")],
                     "published": self.publisher.published, "dropped": self.publisher.dropped,
                     "waiting": len(self.publisher.pending),
@@ -282,7 +276,7 @@ class Worker:
             await self._restore_demand()
         except Exception as exc:  # noqa: BLE001
             log.warning("bus: cannot read the demanded views yet: %s", _one_line(exc))
-        tasks.append(asyncio.create_task(self._keep(self._requests), name="bus requests"))
+        tasks.append(asyncio.create_task(bus.keep_going(self._requests, log), name="bus requests"))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -294,16 +288,6 @@ class Worker:
                 mine = [k for k, wid in owners.items() if wid == self.id]
                 if mine:
                     await self.redis.hdel(bus.OWNERS, *mine)
-
-    async def _keep(self, job: Any) -> None:
-        while True:
-            try:
-                await job()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis restarted: subscribe again
-                log.warning("bus: %s", _one_line(exc))
-                await asyncio.sleep(0.5)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -412,7 +396,7 @@ async def serve_worker(args: argparse.Namespace) -> int:
     for hub in hubs:
         await hub.start()
     host, _, port = args.listen.rpartition(":")
-    app = create_app(hubs, ServerConfig(host=host or "127.0.0.1", port=int(port or 0)))
+    app = create_app(hubs, ServerConfig(host=host or "127.0.0.1", port=int(port or 0), trust_client_header=True))
     runner = web.AppRunner(app, access_log=None, handle_signals=True)
     await runner.setup()
     site = web.TCPSite(runner, host or "127.0.0.1", int(port or 0))

@@ -391,7 +391,7 @@ class _Unread:
 
 
 async def test_when_the_total_send_budget_is_full_the_greediest_client_gives_way():
-    from server.live import Connection
+    from server.sessions import Connection
 
     class Hub:
         queued_bytes = 0

@@ -13,7 +13,7 @@ import pytest
 
 from engine.feeds.base import Health, HealthChange
 from server.encoding import decode_sqrt_u8
-from server.live import Connection
+from server.sessions import Connection
 
 SUB = {"op": "subscribe", "id": "main", "symbol": "BTC", "timeframe": "5m", "bins": 60, "columns": 40}
 
