@@ -11,6 +11,7 @@ absent file is fine (the defaults below).
     ladder = "default"       # preset, JSON or a JSON file
     history_days = 30
     timeframe = "5m"
+    store = "postgresql://liqheat@db/liqheat"  # `serve`: history from (and live bars into) this store
 
     [alerts]
     within_pct = 1.0         # price within this % of a zone ...
@@ -101,7 +102,7 @@ def config_path() -> Path:
 
 _DEFAULT_KEYS: dict[str, type | tuple[type, ...]] = {
     "feed": str, "symbols": list, "symbol": str, "ladder": str, "history_days": (int, float),
-    "timeframe": str, "speed": (int, float), "colors": str, "refresh": (int, float),
+    "timeframe": str, "speed": (int, float), "colors": str, "refresh": (int, float), "store": str,
 }
 _ALERT_KEYS: dict[str, type | tuple[type, ...]] = {
     "within_pct": (int, float), "min_grade": str, "min_usd": (int, float), "upgrades": bool,

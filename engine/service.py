@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from engine.alerts import WebhookSender
     from engine.analytics import MarketAnalytics
     from engine.config import AlertSettings
+    from engine.store import Store
 
 log = logging.getLogger("liqheat.service")
 
@@ -999,11 +1000,13 @@ def open_hub(
     now: float | None = None,
     alerts: AlertSettings | None = None,
     webhook: str | None = None,
+    store: Store | None = None,
 ) -> Hub:
     """The one way the commands open markets (``serve``, ``tui``): a feed by name (or a Feed object), the
     model with ``--ladder`` (preset, JSON, or a JSON file — engine/ladderfile.py), alert thresholds and a
     webhook. Not started: ``await hub.start()``. LadderError / FeedError (one line) on bad input, before
-    anything runs."""
+    anything runs. With an open ``store`` the markets read their history from it first and record what
+    they stream into it, as a cluster worker's do (engine/worker.py)."""
     params = ModelParams(ladder=load_ladder(ladder)) if ladder else ModelParams()
     if isinstance(feed, str):
         opts: dict[str, Any] = {"history_days": history_days}  # the demo backfills only this much
@@ -1011,6 +1014,8 @@ def open_hub(
             if value is not None:
                 opts[name] = value
         feed = open_feed(feed, **opts)
+    if store is not None:
+        feed = RecordingFeed(feed, store)
     return Hub(feed, symbols=list(symbols) if symbols else None, params=params, history_days=history_days,
                alerts=alerts, webhook=webhook)
 

@@ -61,13 +61,15 @@ class FeedSpec:
     seed: int | None = None
     alerts: AlertSettings | None = None  # thresholds from the config file (None: the defaults)
     webhook: str | None = None  # alerts are POSTed here too
+    store: Any = None  # an open Store (engine/stores.py): history read from it first, live bars recorded into it
 
     def params(self) -> ModelParams:
         return ModelParams(ladder=load_ladder(self.ladder)) if self.ladder else ModelParams()
 
     def build_hubs(self) -> list[Hub]:
         return [open_hub(spec, self.symbols, ladder=self.ladder, history_days=self.history_days, speed=self.speed,
-                         seed=self.seed, alerts=self.alerts, webhook=self.webhook) for spec in self.feeds]
+                         seed=self.seed, alerts=self.alerts, webhook=self.webhook, store=self.store)
+                for spec in self.feeds]
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -13,7 +14,7 @@ import sys
 from aiohttp import web
 
 from engine.config import Config, ConfigError, load_config
-from engine.service import FeedError, LadderError, load_ladder
+from engine.service import FeedError, LadderError, StoreError, load_ladder, open_store
 
 from . import assets
 from .app import FeedSpec, create_app
@@ -85,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="another Host name to answer on loopback (default: localhost, 127.0.0.1, [::1])")
     parser.add_argument("--bus", default=None, metavar="redis://HOST:PORT/DB",
                         help="run as a stateless replica of a cluster: views from this Redis, written by `liqheat worker`s")
+    parser.add_argument("--store", default=None, metavar="DB|postgresql://...",
+                        help="read each market's history from this store first (only the missing tail from the feed) "
+                             "and record what the feed streams into it: a SQLite file or a PostgreSQL URL")
     parser.add_argument("--verbose", action="store_true", help="log requests")
 
 
@@ -183,6 +187,17 @@ def run(args: argparse.Namespace) -> int:
         except assets.AssetError as exc:
             print(f"liqheat serve: the chart library is missing and could not be installed: {exc}\n"
                   "  run `python -m server.assets` once with network access; the API works without it.", file=sys.stderr)
+    # the config file's store is the single server's (a replica never opens one); the flag with --bus is a mistake
+    store_target = args.store or (None if args.bus else file_config.default("store"))
+    if store_target and args.bus:
+        print("liqheat serve: --store is for a single server; with --bus the workers own the store", file=sys.stderr)
+        return 2
+    if store_target:
+        try:  # a store that cannot be opened is one line before any market loads, not a traceback after
+            spec = dataclasses.replace(spec, store=open_store(store_target))
+        except StoreError as exc:
+            print(f"liqheat serve: {exc}", file=sys.stderr)
+            return 2
     try:
         return asyncio.run(serve(spec, config, args.verbose, args.bus))
     except FeedError as exc:
@@ -193,6 +208,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        if spec.store is not None:
+            spec.store.close()
 
 
 command = sys.modules[__name__]  # the entry point `server.cli:command` names this module
