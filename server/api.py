@@ -183,6 +183,10 @@ async def health(request: web.Request) -> web.Response:
         },
         "memory": memory_info(request),
     }
+    # `serve --store`: bars taken from the store, written, queued, dropped, and the store's last error
+    recording = [h.feed.stats() for h in request.app[MARKETS].hubs if hasattr(h.feed, "stats")]
+    if recording:
+        body["recording"] = recording
     return json_response(dumps(body))
 
 

@@ -78,7 +78,10 @@ def test_serve_answers_from_the_stored_history_and_records_the_tail(store_target
         recent = _get(port, "/api/v1/candles?symbol=BTC&timeframe=1m&limit=10")
         assert recent is not None and recent["t"][-1] > time.time() - 600
         assert abs(recent["c"][-1] - 12_345.0) > 1_000
-        # What the feed sends is recorded: the store now reaches past the stored end, with no bar twice.
+        # The health endpoint says how much came from the store; what the feed sends is recorded: the store
+        # now reaches past the stored end, with no bar twice.
+        rec = (_get(port, "/api/v1/health") or {}).get("recording")
+        assert rec and rec[0]["from_store"] >= n - 3 * 60 - 1 and not rec[0]["error"], rec
         with open_store(store_target) as s:
             deadline = time.monotonic() + 30
             while (s.last_time(KEY, 60) or 0) < time.time() - 600:
@@ -109,3 +112,11 @@ def test_a_store_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path):
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith("liqheat serve: ") and "cannot connect" in r.stderr
         assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr and "pw@" not in r.stderr
+
+
+def test_a_replica_refuses_a_store(tmp_path):
+    """``--bus`` makes serve a stateless replica: the workers own the store, so both flags together is a mistake."""
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--bus", "redis://127.0.0.1:1/0",
+                        "--store", tmp_path / "h.sqlite"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("liqheat serve: --store") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "h.sqlite").exists()
