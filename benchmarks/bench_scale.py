@@ -262,6 +262,7 @@ async def recovery(redis: RedisServer, tmp: Path) -> dict[str, float]:
     async def snapshot_after(url: str) -> float:
         """Seconds from connecting until a live candle delta arrives (after the snapshot); nan past 60 s."""
         t = time.monotonic()
+        seen: list[str] = []  # what came instead, said when no live view came (a stall's cause, not just nan)
         while time.monotonic() - t < 60:
             try:
                 async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
@@ -269,11 +270,16 @@ async def recovery(redis: RedisServer, tmp: Path) -> dict[str, float]:
                     while time.monotonic() - t < 60:
                         msg = await ws.receive(timeout=60)
                         if msg.type != aiohttp.WSMsgType.TEXT:
+                            seen.append(f"{time.monotonic() - t:.1f}s socket {msg.type.name}")
                             break
-                        if json.loads(msg.data)["type"] == "bar":  # a live delta after the snapshot
+                        m = json.loads(msg.data)
+                        if m["type"] == "bar":  # a live delta after the snapshot
                             return time.monotonic() - t
-            except (aiohttp.ClientError, TimeoutError):
+                        seen.append(f"{time.monotonic() - t:.1f}s {m['type']} {str(m.get('error') or m.get('reason') or '')[:100]}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                seen.append(f"{time.monotonic() - t:.1f}s {type(exc).__name__}")
                 await asyncio.sleep(0.1)  # not up yet: a client retries
+        print(f"  no live view in 60 s on {url} (logs in {tmp}); the client got: {'; '.join(seen[-8:])}", file=sys.stderr)
         return float("nan")
 
     try:
@@ -379,8 +385,25 @@ async def run_replicas(clients: int = 60) -> None:
         redis.close()
 
 
+async def run_recovery(rounds: int = 1) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="liqheat-bench-scale-"))
+    redis = RedisServer()
+    redis.start()
+    try:
+        print(f"\nrecovery to a live view (seconds; goal <= 5; load average {os.getloadavg()[0]:.2f})")
+        for i in range(rounds):
+            logs = tmp / f"round{i + 1}"  # each round's process logs apart, to read after a stall
+            logs.mkdir()
+            for what, secs in (await recovery(redis, logs)).items():
+                print(f"  {what:<52} {secs:>6.2f}")
+    finally:
+        redis.close()
+
+
 def main() -> None:
-    if sys.argv[1:2] == ["replicas"]:  # python -m benchmarks.bench_scale replicas: only the 1 -> 2 replicas table
+    if sys.argv[1:2] == ["recovery"]:  # python -m benchmarks.bench_scale recovery [ROUNDS]: only the recovery times
+        asyncio.run(run_recovery(int(sys.argv[2]) if sys.argv[2:3] else 1))
+    elif sys.argv[1:2] == ["replicas"]:  # python -m benchmarks.bench_scale replicas: only the 1 -> 2 replicas table
         asyncio.run(run_replicas())
     elif sys.argv[1:2] == ["workers"]:  # python -m benchmarks.bench_scale workers: only the 1 -> 2 workers table
         asyncio.run(scaling_only())

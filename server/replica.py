@@ -156,6 +156,23 @@ class ReplicaHub(Sessions):
         names = ", ".join(m["key"] for m in known) or "none (no worker is running)"
         raise BadRequest(f"unknown symbol {name[:60]!r}; the cluster has {names}")
 
+    async def resolve_waiting(self, name: str) -> str:
+        """``resolve``, but while the cluster lists no market at all (Redis just restarted empty, or the
+        workers are starting) it waits up to OWNER_WAIT_S for the workers' next heartbeat to register them
+        instead of refusing: a chart opened in that second gets its view, not "unknown symbol". A name
+        the registered markets do not have is refused at once."""
+        deadline = time.monotonic() + OWNER_WAIT_S
+        if not self.owners:
+            await self.refresh()
+        while True:
+            try:
+                return self.resolve(name)
+            except BadRequest:
+                if self.market_list() or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.25)
+            await self.refresh()
+
     def owner(self, market: str) -> dict[str, Any] | None:
         wid = self.owners.get(market)
         return self.workers.get(wid) if wid else None
@@ -432,9 +449,7 @@ class ReplicaHub(Sessions):
                 raise BadRequest(f"{k} must be a string or a number")
         if not isinstance(fields.get("symbol"), str):
             raise BadRequest("symbol is required")
-        if not self.owners:
-            await self.refresh()
-        market = self.resolve(fields["symbol"])
+        market = await self.resolve_waiting(fields["symbol"])
         fields["symbol"] = market
         bm = await self.follow(market)
         info, asked = await self.view_info(market, fields)
