@@ -362,17 +362,19 @@ async def serve_worker(args: argparse.Namespace) -> int:
 
     shard = bus.parse_shard(args.shard)
     try:
-        spec = _spec(args, load_config(args.config))
+        file_config = load_config(args.config)
+        spec = _spec(args, file_config)
     except (ConfigError, LadderError, ValueError) as exc:
         print(f"liqheat worker: {exc}", file=sys.stderr)
         return 2
     store = None
-    if args.store:
+    store_target = args.store or file_config.default("store")  # as `serve` reads it: the flag wins
+    if store_target:
         try:
-            store = open_store(args.store)
-        except StoreError as exc:
+            store = open_store(store_target)
+        except StoreError as exc:  # a bad store is a bad argument, as for serve: one line, exit 2
             print(f"liqheat worker: {exc}", file=sys.stderr)
-            return 1
+            return 2
     if args.rest_budget is not None and not (0 < args.rest_budget < 1e6):
         print("liqheat worker: --rest-budget must be a positive weight per second", file=sys.stderr)
         return 2

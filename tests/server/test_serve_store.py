@@ -114,6 +114,21 @@ def test_a_store_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path):
         assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr and "pw@" not in r.stderr
 
 
+def test_a_worker_reads_its_store_from_the_config_file_and_a_bad_one_is_exit_2(tmp_path):
+    """The worker reads ``store`` as serve does (flag, else config file) and refuses a bad one the same way,
+    before it reaches for the bus."""
+    from real_servers import free_port
+
+    url = f"postgresql://trader:pw@127.0.0.1:{free_port()}/none"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[defaults]\nstore = "{url}"\n')
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "worker", "--bus", "redis://127.0.0.1:1/0", "--feed", "demo",
+                        "--config", config], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("liqheat worker: ") and "cannot connect" in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr and "pw@" not in r.stderr
+
+
 def test_a_replica_refuses_a_store(tmp_path):
     """``--bus`` makes serve a stateless replica: the workers own the store, so both flags together is a mistake."""
     r = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--bus", "redis://127.0.0.1:1/0",
