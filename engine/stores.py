@@ -4,8 +4,11 @@ PostgreSQL one (engine/store_pg.py). Commands call ``open_store`` so every one o
 from __future__ import annotations
 
 import os
+import re
 
-from engine.store import Store, default_db_path
+from engine.store import Store, StoreError, default_db_path
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def is_store_url(target: object) -> bool:
@@ -21,4 +24,7 @@ def open_store(target: str | os.PathLike[str] | None = None, *, create: bool = T
         from engine.store_pg import PgStore
 
         return PgStore(str(target), create=create)
+    if isinstance(target, str) and _SCHEME.match(target):
+        # a URL we do not speak (redis://, sqlite://, a typo) would otherwise become a folder named "redis:"
+        raise StoreError(f"{target.split('://')[0]}:// is not a store; give a SQLite file path or postgresql://...")
     return Store(target, create=create)

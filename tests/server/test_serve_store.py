@@ -135,3 +135,13 @@ def test_a_replica_refuses_a_store(tmp_path):
                         "--store", tmp_path / "h.sqlite"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("liqheat serve: --store") and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "h.sqlite").exists()
+
+
+def test_a_store_url_of_another_kind_is_refused_not_made_into_a_folder(tmp_path):
+    """``redis://…`` (or a typo of a scheme) is not a store: one line and exit 2, and no folder named after it."""
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--store", "redis://127.0.0.1:1/0"],
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("liqheat serve: redis:// is not a store") and r.stderr.strip().count("\n") == 0, r.stderr
+    assert not (tmp_path / "redis:").exists()
