@@ -140,7 +140,10 @@ def test_no_horizontal_striping_from_the_level_grid(server_url, offline):
     page.wait_for_function(READY, timeout=30_000)
     s = page.evaluate(STRIPES)
     assert s["counted"] >= 40, s
-    assert s["spikes"] + s["dips"] <= 0.03 * s["counted"], s
+    # measured on the demo markets' live columns at 200-400 bins: all of a level's USD in one bin (the
+    # aliasing) flags 27-40% of BTC's bins; split over the bins (the fix) 0-4%, and a real book's own
+    # texture up to ~10% (ETH). 3% was at the edge of BTC's texture and failed on a later date's path.
+    assert s["spikes"] + s["dips"] <= 0.10 * s["counted"], s
     shot(page, "no-stripes.png")
 
 
