@@ -27,6 +27,7 @@ import numpy as np
 # Several machines: server/worker.py and server/replica.py reach these through the service (re-exported):
 # the Redis bus's names and shard ownership, the store a worker records into, the feed wrapper that records.
 from engine import bus  # noqa: F401
+from engine.columns import ClosedColumns
 from engine.feeds.base import (
     BarUpdate,
     Feed,
@@ -208,7 +209,7 @@ class MarketService:
         self._zones_key: tuple[Any, ...] = ()
         self._books: OrderedDict[int, LevelBook] = OrderedDict()  # book at recent 5m closes
         self._recent_books: OrderedDict[int, LevelBook] = OrderedDict()  # book at the last few bar closes
-        self._closed_hm: ByteLRU[Heatmap] = ByteLRU(f"{market.key} closed columns", DEFAULT_CACHE_BYTES * 2 // 3)
+        self._closed_hm: ByteLRU[ClosedColumns] = ByteLRU(f"{market.key} closed columns", DEFAULT_CACHE_BYTES * 2 // 3)
         self._zones_running = False
         self.load_phase = "loading"  # then "recent" (recent window only, backfilling) and "complete"
         self.loaded = asyncio.Event()  # the views work (the recent window at least)
@@ -680,34 +681,30 @@ class MarketService:
     def _closed_columns(self, times: np.ndarray, edges: np.ndarray, grid_key: tuple[Any, ...], keep: bool = True) -> Heatmap:
         """Columns at closed candle times. Closed columns never change (no look-ahead), so the newest set
         for this grid is kept and only columns it lacks are added — from the book snapshots when they
-        are at the end, else from one batch estimate."""
-        prev = self._closed_hm.get(grid_key)
-        if prev is not None and len(prev.times):
-            missing = times[~np.isin(times, prev.times)]
-            only_newer = not len(missing) or missing[0] > prev.times[-1]
-            if only_newer and all(self._book_at(int(m)) is not None for m in missing):
+        are at the end, else from one batch estimate. A close appends its one column to the kept set
+        (engine/columns.py): the work per close does not grow with the columns kept."""
+        kept = self._closed_hm.get(grid_key)
+        if kept is not None and len(kept):
+            missing = kept.missing(times)
+            only_newer = not len(missing) or missing[0] > kept.newest
+            books = [self._book_at(int(m)) for m in missing] if only_newer else []
+            if only_newer and all(b is not None for b in books):
                 if len(missing):
                     # Keep every column known for this grid (up to _CLOSED_KEPT), not only the ones asked
                     # for: the live fan-out asks for the last 2 columns of a grid that a 300-column view
                     # shares, and keeping only those would send the next big request to the batch path.
-                    binned = [self._book_at(int(m)).binned(edges, spread=grid_key[-1]) for m in missing]  # type: ignore[union-attr]
-                    prev = Heatmap(
-                        owned(np.concatenate([prev.times, missing])[-_CLOSED_KEPT:]),
-                        edges,
-                        owned(np.concatenate([prev.long_usd, np.stack([lb for lb, _ in binned])])[-_CLOSED_KEPT:]),
-                        owned(np.concatenate([prev.short_usd, np.stack([sb for _, sb in binned])])[-_CLOSED_KEPT:]),
-                        prev.tiers,
-                    )
-                    self._closed_hm.put(grid_key, prev)
-                sel = np.isin(prev.times, times)
-                if sel.sum() == len(times):  # else the request reaches past what is kept: batch below
-                    return Heatmap(times, edges, prev.long_usd[sel], prev.short_usd[sel], prev.tiers)
+                    binned = [b.binned(edges, spread=grid_key[-1]) for b in books]  # type: ignore[union-attr]
+                    if kept.append(missing, np.stack([lb for lb, _ in binned]), np.stack([sb for _, sb in binned])):
+                        self._closed_hm.put(grid_key, kept, kept.nbytes())  # reallocated: its new size
+                hit = kept.select(times)
+                if hit is not None:  # else the request reaches past what is kept: batch below
+                    return hit
         est = self._current_estimate(int(times[-1]))
         out = est.heatmap(times=times, edges=edges, spread=grid_key[-1])
         if not keep:
             return out
-        self._closed_hm.put(grid_key, Heatmap(owned(out.times), owned(out.edges), owned(out.long_usd),
-                                              owned(out.short_usd), out.tiers))
+        cols = ClosedColumns(out, _CLOSED_KEPT)
+        self._closed_hm.put(grid_key, cols, cols.nbytes())
         return out
 
     def liquidation_map(self, bins: int = 200, span: float = 0.25, log: bool = False, spread: bool = False) -> LiquidationMap:
@@ -728,6 +725,12 @@ class MarketService:
         with self._lock:
             assert self._engine is not None
             r = self._engine.realised
+        if since is not None:
+            # only the rows from ``since`` on: a bucket starting at or after it holds no earlier row, and
+            # one starting before it is dropped below anyway (the live fan-out asks for the last bucket
+            # every bar: O(that bucket), not O(history))
+            a = int(np.searchsorted(r.time, since, side="left"))
+            r = Realised(r.time[a:], r.long_usd[a:], r.short_usd[a:])
         bucket = bucket_start(r.time, tf)
         starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if len(bucket) else np.zeros(0, dtype=np.int64)
         if len(starts) == 0:
