@@ -353,6 +353,7 @@ async def run(proc: subprocess.Popen[str], port: int, minutes: float, budget: st
                     whole = await r.json()
                     health = whole["memory"]
                     out["live_stats"].append((health.get("loop_late_ms"), whole["live"]["markets"]))
+                    out.setdefault("gc_full_ms", []).append(health.get("gc_full_ms") or 0.0)
                     out["peak_cache_bytes"] = max(out.get("peak_cache_bytes", 0), health["cache_bytes"])
                     out["peak_send_queue_bytes"] = max(out.get("peak_send_queue_bytes", 0), health["send_queue_bytes"])
         out["load_during"] = os.getloadavg()
@@ -439,7 +440,8 @@ def report(r: dict[str, Any], minutes: float, pin: bool) -> None:
     print(f"server, sampled every 5 s during the attack: event-loop lateness (worst of 2 s) max {max(late, default=0):.0f} ms, "
           f"median {pct(late, 0.5):.0f} ms; live compute p99 (last 512) max {max(comp, default=0):.0f} ms (page-sized "
           f"views; batch-sized ones after them: {max(heavy, default=0):.0f} ms); "
-          f"fan-out p99 max {max(fan, default=0):.0f} ms")
+          f"fan-out p99 max {max(fan, default=0):.0f} ms; full garbage-collector pass (stops every thread) "
+          f"max {max(r.get('gc_full_ms', []), default=0):.0f} ms")
     print("HTTP statuses:", dict(sorted((int(k), v) for k, v in r["statuses"].items())))
     print("WebSocket closes seen by attackers:", dict(r["ws_closes"]))
     print("attack counters:", dict(r["counts"]))

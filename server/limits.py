@@ -12,6 +12,7 @@ Three lanes of threads, so one kind of work never queues behind another:
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
 from collections import Counter, deque
@@ -40,10 +41,23 @@ class LoopWatch:
         self.every_s = every_s
         self.late_ms: deque[float] = deque(maxlen=window)
         self._task: asyncio.Task[None] | None = None
+        # The cyclic garbage collector's passes over the oldest generation stop every thread (the loop
+        # too) for as long as they walk the heap: one cause of lateness, measured apart (health).
+        self.gc_full_ms: deque[float] = deque(maxlen=window)
+        self._gc_started = 0.0
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started:
+            self.gc_full_ms.append((time.perf_counter() - self._gc_started) * 1000)
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="loop watch")
+            gc.callbacks.append(self._gc)
 
     async def _run(self) -> None:
         while True:
@@ -58,6 +72,8 @@ class LoopWatch:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+            if self._gc in gc.callbacks:
+                gc.callbacks.remove(self._gc)
 
 
 class Busy(Exception):

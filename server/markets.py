@@ -105,7 +105,8 @@ class Markets:
                 caches[f"{svc.market.key} {name}"] = st
         return {"caches": caches, "cache_bytes": sum(c["bytes"] for c in caches.values()),
                 "lanes": {lane.name: lane.stats() for lane in (self.live, self.light, self.heavy)},
-                "loop_late_ms": round(max(self.loop_watch.late_ms, default=0.0), 1)}
+                "loop_late_ms": round(max(self.loop_watch.late_ms, default=0.0), 1),
+                "gc_full_ms": round(max(self.loop_watch.gc_full_ms, default=0.0), 1)}
 
     # ---- lookup -------------------------------------------------------------------------------------
     def services(self) -> list[MarketService]:

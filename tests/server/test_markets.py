@@ -61,3 +61,30 @@ async def test_previous_answer_while_the_new_one_is_computed(hub):
             assert await markets.cached(svc, "k", slow) == "new"
         finally:
             markets.close()
+
+
+async def test_the_loop_watch_measures_full_garbage_collector_passes_and_lets_go_of_the_collector() -> None:
+    """A full collection stops every thread (the loop too): health reports its length apart from the
+    loop's lateness. The watch's hook leaves the collector when the watch stops."""
+    import gc
+
+    from server.limits import LoopWatch
+
+    watch = LoopWatch()
+    watch.start()
+    was_enabled = gc.isenabled()
+    gc.disable()  # only the passes this test asks for
+    try:
+        junk = [[i] for i in range(200_000)]  # something for the pass to walk
+        gc.collect(1)  # a younger generation: not counted
+        assert not watch.gc_full_ms
+        gc.collect()
+        del junk
+        assert len(watch.gc_full_ms) == 1 and watch.gc_full_ms[0] > 0.0
+    finally:
+        watch.stop()
+        if was_enabled:
+            gc.enable()
+    assert all(getattr(cb, "__self__", None) is not watch for cb in gc.callbacks)
+    gc.collect()
+    assert len(watch.gc_full_ms) == 1

@@ -397,3 +397,37 @@ async def test_weekly_deltas_land_on_the_snapshots_monday_candle(client, feed):
     times = {m["type"]: m["time"] for m in msgs if m["type"] in ("bar", "column", "realised")}
     assert times and set(times.values()) == {week}, times
     await ws.close()
+
+
+async def test_a_batch_sized_view_does_not_hold_up_the_pages_bars(client, feed, monkeypatch):
+    """A client holding a batch-sized view (here 400 bins x 400 columns) must not delay what the page
+    views get each bar: theirs are computed and sent first. The big view's computation is held at a
+    gate; the page's bar arrives while it is still held, the big view's once it is let go."""
+    import threading
+
+    import server.live as live
+    from server.limits import HEAVY_CELLS
+
+    gate = threading.Event()
+    real = live._view_deltas
+
+    def gated(svc, specs, *args):  # type: ignore[no-untyped-def]
+        if any(spec.bins * spec.columns > HEAVY_CELLS for spec, *_ in specs):
+            gate.wait(10.0)
+        return real(svc, specs, *args)
+
+    big_sub = SUB | {"id": "big", "timeframe": "1m", "bins": 400, "columns": 400}
+    assert 400 * 400 > HEAVY_CELLS
+    page, _ = await subscribed(client)
+    big, _ = await subscribed(client, big_sub)
+    monkeypatch.setattr(live, "_view_deltas", gated)
+    try:
+        feed.push_forming()
+        bars = await recv_until(page, lambda m: m["type"] == "bar", within=5.0)
+        assert not gate.is_set() and bars[-1]["sub"] == "main"
+    finally:
+        gate.set()
+    got = await recv_until(big, lambda m: m["type"] == "bar", within=5.0)
+    assert got[-1]["sub"] == "big"
+    await page.close()
+    await big.close()
