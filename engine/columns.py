@@ -4,7 +4,7 @@ A closed column never changes (no look-ahead), so the service keeps the newest o
 candle's close only adds the new column. Kept as one array rebuilt per close, that close copied every
 kept column (2,000 x bins x tiers, both sides: tens of MB per close at the API's largest grids). Here a
 close writes its column into spare room at the end; the oldest columns past ``keep`` drop off by moving
-the window's start; the buffer is reallocated only when the spare room runs out (after a quarter of
+the window's start; the buffer is reallocated only when the spare room runs out (after an eighth of
 the kept columns' count of appends), so a close costs O(one column) amortised.
 
 What :meth:`select` hands out are views of the buffer, and they stay valid: rows a view covers are
@@ -36,10 +36,10 @@ class ClosedColumns:
         self._start, self._end = 0, n
 
     def _alloc(self, rows: int) -> None:
-        """Buffers for ``rows`` rows plus spare room: a quarter of that (at least 16), so a
-        reallocation copies at most 4 kept columns per appended one, and the spare room is at most a
-        quarter more memory (counted: :meth:`nbytes`)."""
-        cap = rows + max(16, rows // 4)
+        """Buffers for ``rows`` rows plus spare room: an eighth of that (at least 16), so a
+        reallocation copies about 8 kept columns per appended one (instead of all of them per close),
+        and the spare room is an eighth more memory (counted: :meth:`nbytes`)."""
+        cap = rows + max(16, rows // 8)
         bins, tiers = len(self.edges) - 1, len(self.tiers)
         self._times = np.zeros(cap, dtype=np.int64)
         self._long = np.zeros((cap, bins, tiers))

@@ -596,6 +596,14 @@ class MarketService:
         if closed is None:
             closed = bars.resample(tf)
             self._cache.put(key, closed)
+        if forming is not None and until is None and len(closed):
+            # Only the rows the window can keep take part in the merge (the live views ask for the last
+            # few candles every update: O(limit), not a copy of the whole history). The merge looks at
+            # the last closed row only, which the cut keeps.
+            lo = 0 if since is None else int(np.searchsorted(closed.time, since, side="left"))
+            if limit is not None:
+                lo = max(lo, len(closed) - max(1, limit))
+            closed = closed.slice(min(lo, len(closed) - 1))
         out = closed if forming is None else _merge_forming(closed, forming.resample(tf))
         return _window(out, since, until, limit)
 

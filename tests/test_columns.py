@@ -54,14 +54,14 @@ def test_closes_keep_the_newest_columns_and_every_view_handed_out_stays_as_it_wa
         np.testing.assert_array_equal(got.short_usd, copy.short_usd)
 
 
-def test_memory_stays_within_a_quarter_over_the_kept_columns() -> None:
-    keep = 40
+def test_memory_stays_within_an_eighth_over_the_kept_columns() -> None:
+    keep = 400
     kept = ClosedColumns(grid([60]), keep)
     per_column = BINS * TIERS * 8 * 2 + 8
-    for i in range(2, 500):
+    for i in range(2, 1500):
         append(kept, [60 * i])
         assert len(kept) == min(i, keep)
-        assert kept.nbytes() <= (len(kept) + max(16, len(kept) // 4) + 1) * per_column + EDGES.nbytes + 256
+        assert kept.nbytes() <= (len(kept) + max(16, len(kept) // 8) + 1) * per_column + EDGES.nbytes + 256
 
 
 def test_missing_and_select_answer_for_the_times_asked() -> None:

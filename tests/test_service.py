@@ -213,3 +213,27 @@ async def test_a_live_charts_two_column_refreshes_keep_the_full_heatmap_off_the_
     assert n > len(first.times), "the closed candles since the first view are columns too"
     assert np.allclose(live.long_usd[:n], fresh.long_usd, rtol=1e-6, atol=1e-3)
     assert np.allclose(live.short_usd[:n], fresh.short_usd, rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("tf", ["1m", "5m"])
+async def test_candles_with_a_forming_bar_are_the_whole_history_merged_then_windowed(tf):
+    """The forming bar is merged only into the candles a request can get back (the live views ask for
+    the last few every update); every window must equal the whole history merged, then cut."""
+    from engine.service import MarketService, _merge_forming, _window
+
+    feed = ScriptedFeed()
+    svc = MarketService(feed, (await feed.markets())[0], ModelParams(), history_days=0)
+    await svc.load()
+    for j in range(N_HISTORY, N_HISTORY + 7):  # the 5m candle is part-way through its bars
+        svc.ingest(BarUpdate(feed.all.slice(j, j + 1), closed=True))
+    bar = feed.all.slice(N_HISTORY + 7, N_HISTORY + 8)
+    svc.ingest(BarUpdate(bar.with_columns(close=bar.open), closed=False))
+    whole = _merge_forming(svc.bars.resample(tf), svc._forming.resample(tf))
+    last = int(whole.time[-1])
+    for since, limit in [(None, 3), (None, 1), (None, 300), (None, None), (last, 2), (last - 600, 5),
+                         (last + 60, 3), (int(whole.time[0]), None)]:
+        got, want = svc.candles(tf, since=since, limit=limit), _window(whole, since, None, limit)
+        np.testing.assert_array_equal(got.time, want.time)
+        for col in ("open", "high", "low", "close", "volume", "oi_usd"):
+            np.testing.assert_array_equal(getattr(got, col), getattr(want, col))
+    assert float(svc.candles(tf, limit=1).close[-1]) == float(bar.open[0])  # the forming bar is in
