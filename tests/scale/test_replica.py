@@ -60,7 +60,9 @@ async def test_twenty_clients_on_one_view_cost_the_owner_one_request_and_a_gap_r
         h = await health(port)
         assert h is not None and h["live"]["snapshot_hits"] >= 10 and h["live"]["owner_asks"] == 1, h["live"]
         snap = h["memory"]["caches"]["snapshots"]
-        assert 0 < snap["bytes"] <= snap["limit"]
+        # served from it (snapshot_hits above) and within its limit; it may be empty by now: the cached
+        # snapshot is dropped once the deltas after it pass what a new subscriber may be handed
+        assert 0 <= snap["bytes"] <= snap["limit"] and snap["refused"] == 0, snap
         # a client started from the cache shows the same candles as one started from the owner's snapshot
         # (the cached snapshot plus the deltas replayed after it, none missing, none out of order)
         one, cached = first[0], later[-1]
