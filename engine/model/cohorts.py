@@ -88,9 +88,10 @@ def seed_exposure(bars: Bars, params: ModelParams, carry: SeedCarry) -> Seeds:
         d_oi = np.where(known, oi - np.where(known, prev, 0.0), 0.0)
         new_oi = np.maximum(d_oi, 0.0)
         if params.shrink_on_oi_drop:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(known & (d_oi < 0) & (prev > 0), oi / np.where(prev > 0, prev, 1.0), 1.0)
-            log_shrink = np.log(np.clip(ratio, 1e-12, 1.0))
+            # log of the surviving share where OI fell; 0 (log 1) elsewhere, without taking it
+            drop = np.flatnonzero(known & (d_oi < 0) & (prev > 0))
+            log_shrink = np.zeros(n)
+            log_shrink[drop] = np.log(np.clip(oi[drop] / prev[drop], 1e-12, 1.0))
         else:
             log_shrink = np.zeros(n)
         if np.isfinite(oi).any():
@@ -138,8 +139,10 @@ def seed_exposure(bars: Bars, params: ModelParams, carry: SeedCarry) -> Seeds:
         buy = np.nan_to_num(bars.taker_buy_volume, nan=0.0)  # type: ignore[arg-type]
         sell = np.nan_to_num(bars.taker_sell_volume, nan=0.0)  # type: ignore[arg-type]
         tot = buy + sell
-        candle = _candle_direction(bars)
-        imb = np.where(tot > 0, (buy - sell) / np.where(tot > 0, tot, 1.0), candle)
+        flow = tot > 0
+        imb = (buy - sell) / np.where(flow, tot, 1.0)
+        if not flow.all():  # the candle's direction where no taker volume is known
+            imb = np.where(flow, imb, _candle_direction(bars))
     else:
         imb = _candle_direction(bars)
     tilt = params.side_tilt * np.clip(imb, -1.0, 1.0)
@@ -255,7 +258,7 @@ def _side_cohorts(
     np.take(usd.ravel(), kept, out=out.usd[pos:end])
     np.take(levels.ravel(), kept, out=out.level[pos:end])
     np.take(np.tile(rows.astype(np.int32), t * e), kept, out=out.birth[pos:end])
-    per_tier = keep.reshape(t, -1).sum(axis=1)
+    per_tier = np.diff(np.searchsorted(kept, np.arange(t + 1) * (e * len(rows))))  # kept cohorts per tier
     out.tier[pos:end] = np.repeat(np.arange(t, dtype=np.int8), per_tier)
     out.side[pos:end] = side
     return end

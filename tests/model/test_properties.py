@@ -127,8 +127,6 @@ def test_first_touch_equals_a_plain_scan(reach, queries):
     want = [next((j for j in range(s, len(reach)) if reach[j] <= k), len(reach)) for s, k in queries]
     assert ft.first(start, q).tolist() == want
     assert ft.first_by_table(start, q).tolist() == want
-    ft.per_level_min = 0  # the per-level search over run starts even for a handful of queries
-    assert ft.first(start, q).tolist() == want
     out = np.full(len(q), -1, dtype=np.int32)
     ft.first(start.astype(np.int32), q.astype(np.int32), out=out)
     assert out.tolist() == want
