@@ -70,11 +70,12 @@ def _peer_bars() -> Any:
 
 # ---- children ---------------------------------------------------------------------------------------
 def child_peer(runs: int) -> dict[str, Any]:
+    from benchmarks.estimate_before import before
     from engine.model import ModelParams, estimate, price_edges
 
     bars, what = _peer_bars()
     edges = price_edges(float(bars.low.min()) * 0.9, float(bars.high.max()) * 1.1, BINS)
-    walls, cpus, hm_cpu = [], [], []
+    walls, cpus, hm_cpu, est_cpu, est_before = [], [], [], [], []
     for _ in range(runs):
         w0, c0 = time.perf_counter(), _cpu()
         est = estimate(bars, ModelParams())
@@ -83,10 +84,17 @@ def child_peer(runs: int) -> dict[str, Any]:
         walls.append(time.perf_counter() - w0)
         cpus.append(_cpu() - c0)
         hm_cpu.append(_cpu() - c1)
+        est_cpu.append(c1 - c0)
         assert hm.long_usd.shape == (len(bars), BINS, 1)
-        del est, hm
+        with before():  # the estimate's code paths before issue 12's estimate round, same bars
+            c2 = _cpu()
+            old = estimate(bars, ModelParams())
+            est_before.append(_cpu() - c2)
+        assert np.array_equal(old.death, est.death)
+        del est, hm, old
     return {"what": what, "bars": len(bars), "wall": statistics.median(walls), "cpu": statistics.median(cpus),
-            "best_cpu": min(cpus), "heatmap_cpu": statistics.median(hm_cpu),
+            "best_cpu": min(cpus), "heatmap_cpu": statistics.median(hm_cpu), "estimate_cpu": statistics.median(est_cpu),
+            "estimate_before_cpu": statistics.median(est_before),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -176,9 +184,10 @@ def child_close(n: int, closes: int) -> dict[str, Any]:
 
 def child_export_stages(path: str) -> dict[str, Any]:
     """Where an export's CPU goes, stage by stage (what `liqheat export --what heatmap --step 1d --bins
-    400` does), and the CSV writer beside the cell-by-cell writer it replaced, on the same table."""
+    400` does), and the CSV writer and the estimate beside the code they replaced, on the same input."""
     import io
 
+    from benchmarks.estimate_before import before
     from engine.commands.export import _heatmap_table
     from engine.formats import _csv_cells, read_bars_file, write_csv_stream
     from engine.model import ModelParams, estimate, price_edges
@@ -194,6 +203,21 @@ def child_export_stages(path: str) -> dict[str, Any]:
     table = _heatmap_table(hm)
     write_csv_stream(io.StringIO(), table.columns, table.formats)
     c4 = _cpu()
+    write = c4 - c3
+    after_s, before_s = [], []
+    for _ in range(2):  # the estimate again, and before issue 12's estimate round, alternately
+        del est
+        a0 = _cpu()
+        est = estimate(bars, ModelParams())
+        a1 = _cpu()
+        with before():
+            old = estimate(bars, ModelParams())
+        a2 = _cpu()
+        assert np.array_equal(old.death, est.death)
+        del old
+        after_s.append(a1 - a0)
+        before_s.append(a2 - a1)
+    c4 = _cpu()
     out = io.StringIO()  # the writer before: every cell formatted and joined on its own
     names = list(table.columns)
     out.write(",".join(names) + "\n")
@@ -201,8 +225,8 @@ def child_export_stages(path: str) -> dict[str, Any]:
         cells = [_csv_cells(table.columns[k][lo : lo + 50_000], table.formats.get(k)) for k in names]
         out.write("".join(",".join(row) + "\n" for row in zip(*cells, strict=True)))
     c5 = _cpu()
-    return {"read": c1 - c0, "estimate": c2 - c1, "heatmap": c3 - c2, "write": c4 - c3, "write_before": c5 - c4,
-            "rows": len(table)}
+    return {"read": c1 - c0, "estimate": c2 - c1, "heatmap": c3 - c2, "write": write, "write_before": c5 - c4,
+            "rows": len(table), "estimate_again": min(after_s), "estimate_before": min(before_s)}
 
 
 def child_backtest_stages(runs: int) -> dict[str, Any]:
@@ -312,6 +336,9 @@ def batch_commands(path: str) -> None:
     start, _ = _command_cpu(["-c", "import engine.cli, engine.commands.export, engine.formats, engine.ladderfile, engine.model"])
     print(_row("  of which: start-up (python, numpy, pyarrow, the command) CPU", f"{start:.2f} s"))
     print(_row("    read CSV / estimate / heatmap binning CPU", f"{st['read']:.2f} / {st['estimate']:.2f} / {st['heatmap']:.2f} s"))
+    print(_row("    the estimate again / the estimate before (warm process), CPU best of 2",
+               f"{st['estimate_again']:.2f} / {st['estimate_before']:.2f} s",
+               f"x{st['estimate_before'] / max(st['estimate_again'], 1e-9):.2f}"))
     print(_row(f"    table + CSV writer ({st['rows']:,} rows) / the writer before, CPU",
                f"{st['write']:.3f} / {st['write_before']:.3f} s", f"x{st['write_before'] / max(st['write'], 1e-9):.1f}"))
     if not (BYBIT_15M.exists() and BYBIT_LIQ.exists()):
@@ -347,6 +374,9 @@ def main() -> None:
     print(_row("  liqheat estimate + heatmap, CPU median (best)", f"{peer['cpu'] * 1000:.0f} ({peer['best_cpu'] * 1000:.0f}) ms",
                f"<= {goal_s * 1000:.0f} ms (liqmap/5)", peer["cpu"] <= goal_s))
     print(_row("    of which the heatmap binning (CPU median)", f"{peer['heatmap_cpu'] * 1000:.0f} ms"))
+    print(_row("    of which the estimate / the estimate before (CPU median)",
+               f"{peer['estimate_cpu'] * 1000:.1f} / {peer['estimate_before_cpu'] * 1000:.1f} ms",
+               f"x{peer['estimate_before_cpu'] / max(peer['estimate_cpu'], 1e-9):.1f}"))
     print(_row("  liqheat wall median", f"{peer['wall'] * 1000:.0f} ms"))
     print(_row("  liqheat peak RSS (whole process)", f"{peer['peak_rss_mb']:.0f} MB", f"<= {LIQMAP_RSS_MB:.0f} MB (liqmap)",
                peer["peak_rss_mb"] <= LIQMAP_RSS_MB))

@@ -109,7 +109,8 @@ def log_factor(bars: Bars, params: ModelParams, log_shrink: np.ndarray) -> np.nd
     """F[tier, j]: cumulative log survival up to and including bar j (time measured from the first close)."""
     rates = params.decay_rates()
     t = (bars.close_time - bars.close_time[0]).astype(np.float64)
-    return np.cumsum(log_shrink)[None, :] - rates[:, None] * t[None, :]
+    F = np.multiply.outer(rates, t)  # (T, n), then the survival minus it in place: no (T, n) temporaries
+    return np.subtract(np.cumsum(log_shrink), F, out=F)
 
 
 def daily_volume_usd(bars: Bars, days: float = 30.0) -> float | None:
