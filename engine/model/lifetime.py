@@ -163,9 +163,9 @@ def _first_by_runs(reach: np.ndarray, keys: np.ndarray, kmin: int, start: np.nda
         packed <<= bits
         packed |= np.arange(m)  # the query's own index below its key: unique, and the way back after sorting
         packed.sort()
-        # how many run keys lie strictly below each sorted query (its answer is the next one): a run key
-        # with all index bits set sorts after every query of its own (level, bar), so it counts only for
-        # the queries above it
+        # run key j lands after the sorted queries at or below it (its index bits all set: a query of
+        # the same (level, bar) counts as below); so the run keys landing at or before position i are
+        # those strictly below query i, and query i's answer is the next run key
         below = np.bincount(np.searchsorted(packed, (keys << bits) | low, side="right"), minlength=m + 1)[:m]
         np.cumsum(below, out=below)
         packed &= low
