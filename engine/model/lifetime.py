@@ -61,8 +61,8 @@ class FirstTouch:
         return self._table
 
     def first(self, start: np.ndarray, q: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """First index j >= start with reach[j] <= q; ``n`` when there is none. Written into ``out``
-        (any integer dtype that holds n) when given."""
+        """First index j >= start with reach[j] <= q (start >= 0); ``n`` when there is none. Written into
+        ``out`` (any integer dtype that holds n) when given."""
         start = np.asarray(start)
         q = np.asarray(q)
         if out is None:
