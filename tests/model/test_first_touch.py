@@ -4,8 +4,10 @@ run-start merge, its chunking, and the sparse-table fallback, on random price pa
 import numpy as np
 import pytest
 
-from engine.model import lifetime
+from benchmarks.estimate_before import before
+from engine.model import ModelParams, estimate, lifetime
 from engine.model.lifetime import FirstTouch
+from engine.model.synthetic import synthetic_bars
 
 
 def scan(reach: np.ndarray, start: np.ndarray, q: np.ndarray) -> list[int]:
@@ -72,3 +74,16 @@ def test_levels_too_wide_for_the_packed_keys_go_to_the_table():
 def test_no_bars_or_no_queries():
     assert FirstTouch(np.array([], dtype=np.int64)).first(np.array([0, 1]), np.array([3, 4])).tolist() == [0, 0]
     assert FirstTouch(np.array([1, 2])).first(np.array([], dtype=np.int64), np.array([], dtype=np.int64)).tolist() == []
+
+
+@pytest.mark.parametrize("params", [ModelParams(), ModelParams(wick_clear=0.5, resolution=0.0002)])
+def test_the_estimate_equals_the_one_before_the_merge_to_the_bit(params):
+    """benchmarks/estimate_before.py (the per-level search and the seeding it replaced, which the
+    benchmarks time beside today's) makes the very same cohorts, deaths and survival."""
+    bars = synthetic_bars(3000, seed=4, timeframe=300)
+    now = estimate(bars, params)
+    with before():
+        then = estimate(bars, params)
+    assert len(now.cohorts) > 5000
+    assert np.array_equal(now.death, then.death) and np.array_equal(now.F, then.F)
+    assert np.array_equal(now.cohorts.usd, then.cohorts.usd) and np.array_equal(now.cohorts.level, then.cohorts.level)
