@@ -69,13 +69,25 @@ def _peer_bars() -> Any:
 
 
 # ---- children ---------------------------------------------------------------------------------------
-def child_peer(runs: int) -> dict[str, Any]:
+def child_peer(runs: int, numpy_only: bool = False) -> dict[str, Any]:
+    """The peers' job ``runs`` times. Big grids take the compiled walk when numba is there; with
+    ``numpy_only`` every grid stays on the numpy blocks (the side-by-side figure, its own process so its
+    peak memory is its own)."""
     from benchmarks.estimate_before import before
-    from engine.model import ModelParams, estimate, price_edges
+    from engine.model import ModelParams, binning, estimate, price_edges
 
     bars, what = _peer_bars()
     edges = price_edges(float(bars.low.min()) * 0.9, float(bars.high.max()) * 1.1, BINS)
     walls, cpus, hm_cpu, est_cpu, est_before = [], [], [], [], []
+    if numpy_only:
+        binning.KERNEL_CELLS = 10**18
+    compiled = binning.kernel_on() and len(bars) * 2 * BINS * 5 >= binning.KERNEL_CELLS
+    c0 = _cpu()  # the compiled walk's once-per-process cost: importing numba, loading its machine code
+    if compiled:
+        from engine.model.binning_kernel import walk
+
+        walk(np.zeros((1, 2)), np.array([0, 2]), np.array([0]), np.array([0]), np.array([1.0]), np.zeros(1, np.int8), 1, False, 1e-9)
+    first_cpu = _cpu() - c0
     for _ in range(runs):
         w0, c0 = time.perf_counter(), _cpu()
         est = estimate(bars, ModelParams())
@@ -86,15 +98,18 @@ def child_peer(runs: int) -> dict[str, Any]:
         hm_cpu.append(_cpu() - c1)
         est_cpu.append(c1 - c0)
         assert hm.long_usd.shape == (len(bars), BINS, 1)
+        grid_sum = float(hm.long_usd.sum(dtype=np.float64) + hm.short_usd.sum(dtype=np.float64))
+        del hm  # (the estimate before is timed without the grid alive: peak memory is the job's own)
         with before():  # the estimate's code paths before issue 12's estimate round, same bars
             c2 = _cpu()
             old = estimate(bars, ModelParams())
             est_before.append(_cpu() - c2)
         assert np.array_equal(old.death, est.death)
-        del est, hm, old
+        del est, old
     return {"what": what, "bars": len(bars), "wall": statistics.median(walls), "cpu": statistics.median(cpus),
             "best_cpu": min(cpus), "heatmap_cpu": statistics.median(hm_cpu), "estimate_cpu": statistics.median(est_cpu),
-            "estimate_before_cpu": statistics.median(est_before),
+            "estimate_before_cpu": statistics.median(est_before), "compiled": compiled, "first_cpu": first_cpu,
+            "grid_sum": grid_sum,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -366,6 +381,7 @@ def main() -> None:
           "peers' figures measured outside this repo")
     print(_row("measure", "value", "goal / peer"))
     peer = _spawn("peer", runs=5)
+    peer_numpy = _spawn("peer", runs=5, numpy_only=True) if peer["compiled"] else None
     goal_s = LIQMAP_S[0] / 5
     print(_row(f"{peer['bars']:,} 5m bars, 1 column per bar x {BINS:,} bins ({peer['what']})", ""))
     print(_row("  liqmap (TypeScript) time / peak RSS [outside]", f"{LIQMAP_S[0]}-{LIQMAP_S[1]} s / {LIQMAP_RSS_MB:.0f} MB"))
@@ -373,7 +389,15 @@ def main() -> None:
     print(_row("  liqheat before (issue 12) time / peak RSS", f"{BEFORE_S[0]}-{BEFORE_S[1]} s / {BEFORE_RSS_MB:.0f} MB"))
     print(_row("  liqheat estimate + heatmap, CPU median (best)", f"{peer['cpu'] * 1000:.0f} ({peer['best_cpu'] * 1000:.0f}) ms",
                f"<= {goal_s * 1000:.0f} ms (liqmap/5)", peer["cpu"] <= goal_s))
-    print(_row("    of which the heatmap binning (CPU median)", f"{peer['heatmap_cpu'] * 1000:.0f} ms"))
+    print(_row("    of which the heatmap binning (CPU median)", f"{peer['heatmap_cpu'] * 1000:.0f} ms",
+               "compiled walk" if peer["compiled"] else "numpy blocks (numba absent)"))
+    if peer_numpy is not None:
+        same = abs(peer_numpy["grid_sum"] - peer["grid_sum"]) <= 1e-6 * peer["grid_sum"]
+        print(_row("      the numpy blocks on the same job (CPU median; total / binning / peak RSS)",
+                   f"{peer_numpy['cpu'] * 1000:.0f} / {peer_numpy['heatmap_cpu'] * 1000:.0f} ms / {peer_numpy['peak_rss_mb']:.0f} MB",
+                   f"binning x{peer_numpy['heatmap_cpu'] / max(peer['heatmap_cpu'], 1e-9):.1f}, "
+                   + ("same USD total" if same else "USD TOTALS DIFFER")))
+        print(_row("      once per process: import numba, load the compiled walk (CPU)", f"{peer['first_cpu']:.2f} s"))
     print(_row("    of which the estimate / the estimate before (CPU median)",
                f"{peer['estimate_cpu'] * 1000:.1f} / {peer['estimate_before_cpu'] * 1000:.1f} ms",
                f"x{peer['estimate_before_cpu'] / max(peer['estimate_cpu'], 1e-9):.1f}"))

@@ -24,6 +24,9 @@ The tiers' different half-lives are why the sum over tiers cannot be taken befor
 Cohorts may come in chunks (``Binning.add``): a year of 1m bars has millions, and each chunk keeps only
 its events' slot, column in block and weight.
 
+Big grids (KERNEL_CELLS) take the same cohorts through a compiled walk over the columns instead
+(binning_kernel.py): equal to float32 precision, dead cells exactly zero, and the past never changes.
+
 Exactness: a cohort's death removes what its birth added only up to rounding, so every (tier, cell)
 also counts its alive cohorts (integers), and a pair whose cohorts have all died is exactly zero. Every
 column's value reads nothing after that column, so appending history never changes a past column.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from functools import cache
+from importlib.util import find_spec
 
 import numpy as np
 
@@ -48,6 +52,20 @@ BLOCK_COLUMNS = 64  # columns per block: fewer blocks cost Python calls, wider o
 # (which then would pass ~64 MB): very narrow blocks (survival falling by SPAN e-folds within a few
 # columns) or the largest grids the views allow.
 TABLE_LIMIT = 1 << 24
+# Grids of at least this many (column, cell, tier) values go through the compiled column walk
+# (binning_kernel, numba) when numba is installed: 2-3x faster there (python -m benchmarks peers prints
+# both). The first such grid in a process pays ~1 s of CPU and ~170 MB of memory to import numba and
+# load the compiled code (a few seconds more the first time on a machine, to compile it), so smaller
+# grids stay on numpy: the page's largest view (2,000 x 1,100 bins x 2 sides x 5 tiers = 22M) takes
+# under a second there, and a server never loads numba for the page's views.
+KERNEL_CELLS = 40_000_000
+
+
+@cache
+def kernel_on() -> bool:
+    """Whether big grids can go through the compiled walk: numba is installed (a core dependency; a
+    source install without it keeps every grid on numpy)."""
+    return find_spec("numba") is not None
 
 
 @cache
@@ -104,8 +122,11 @@ class Binning:
         self.slot_base = block_of.astype(self.index) * self.nkeys  # per column: its block's first (block, key) slot
         self.pos_of = (np.arange(ncol) - self.starts[:-1][block_of]).astype(np.int32)  # column within its block
         self.h0 = h[:, self.starts[:-1]][:, block_of].ravel()  # (T * C): H at each column's block start
-        self.seen = np.zeros(self.nslots, dtype=bool) if self.nslots <= TABLE_LIMIT else None
+        # the compiled walk (big grids): events kept as column, (tier, cell), weight, sign
+        self.kernel = ncol * ncells * t >= KERNEL_CELLS and kernel_on()
+        self.seen = np.zeros(self.nslots, dtype=bool) if self.nslots <= TABLE_LIMIT and not self.kernel else None
         self.events: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []  # slot, column in block, weight, sign
+        self.walk_events: list[tuple[np.ndarray, ...]] = []  # column, tier * ncells + cell, weight, death (0/1)
 
     def add(
         self, appear: np.ndarray, gone: np.ndarray, cell: np.ndarray, tier: np.ndarray, usd: np.ndarray,
@@ -129,6 +150,11 @@ class Binning:
             weight -= log_birth if sign > 0 else log_birth[ends]
             np.exp(weight, out=weight)
             weight *= usd if sign > 0 else usd[ends]
+            if self.kernel:
+                on = (tier if sign > 0 else tier[ends]).astype(np.int64) * self.ncells
+                on += cell if sign > 0 else cell[ends]
+                self.walk_events.append((col, on, weight, np.full(len(col), sign < 0, dtype=np.int8)))
+                continue
             slot = self.slot_base[col] + k
             if self.seen is not None:
                 self.seen[slot] = True
@@ -198,8 +224,14 @@ class Binning:
         """Float32 (C, ncells, T), or (C, ncells, 1) summed over tiers when ``split_tiers`` is False."""
         h, ncells, split_tiers = self.h, self.ncells, self.split_tiers
         t, ncol = h.shape
-        if ncol == 0 or not self.events:
+        if ncol == 0 or not (self.walk_events if self.kernel else self.events):
             return np.zeros((ncol, ncells, t if split_tiers else 1), dtype=np.float32)
+        if self.kernel:
+            from .binning_kernel import walk
+
+            col, key, weight, dead = (np.concatenate(x) for x in zip(*self.walk_events, strict=True))
+            self.walk_events = []
+            return walk(h, self.starts, col, key, weight, dead, ncells, split_tiers, TINY)
         out = np.empty((ncol, ncells, t if split_tiers else 1), dtype=np.float32)  # every cell is written below
         starts, wide, nkeys = self.starts, self.wide, self.nkeys
         nblocks = len(starts) - 1

@@ -1,7 +1,8 @@
 """The heatmap binning on real prices against the per-bar reference (benchmarks/reference.py): real
 Binance 5m BTC bars (../shared/data) with a seeded open-interest walk (the file has none intraday), decay
 on, one column per bar and coarse columns, per tier, summed over tiers and one tier alone. Also the
-binning's own paths (cohorts in chunks, the sorted fallback for very narrow blocks) give the same grid."""
+binning's own paths (cohorts in chunks, the sorted fallback for very narrow blocks) give the same grid;
+each test runs on the numpy blocks and on the compiled walk big grids take."""
 
 import numpy as np
 import pytest
@@ -36,8 +37,17 @@ def real(shared_data):
                         for name, times in (("per bar", per_bar), ("coarse", coarse))}
 
 
+@pytest.fixture(params=["numpy", "compiled"])
+def path(request, monkeypatch):
+    """Both ways the binning can go: numpy blocks, and the compiled walk that big grids take."""
+    from engine.model import binning
+
+    monkeypatch.setattr(binning, "KERNEL_CELLS", 10**18 if request.param == "numpy" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize("columns", ["per bar", "coarse"])
-def test_real_bars_per_tier_summed_and_one_tier_equal_the_reference(real, columns):
+def test_real_bars_per_tier_summed_and_one_tier_equal_the_reference(real, columns, path):
     est, edges, cases = real
     times, want = cases[columns]
     top = want.max()
@@ -62,7 +72,7 @@ def test_real_bars_per_tier_summed_and_one_tier_equal_the_reference(real, column
         assert np.array_equal(got > 0, want[:, side, :, 3] > 0)
 
 
-def test_chunks_and_narrow_blocks_give_the_same_grid(real, monkeypatch):
+def test_chunks_and_narrow_blocks_give_the_same_grid(real, monkeypatch, path):
     """Cohorts binned in chunks of a few hundred, and the sorted fallback for blocks too narrow for the
     table of touched slots (with blocks of one column), equal the one-shot grid."""
     import sys
