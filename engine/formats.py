@@ -475,7 +475,12 @@ def read_bars_file(
     the rows of ``market``, EXCHANGE:SYMBOL). Raises BadFile with one line naming the row on anything
     untrustworthy."""
     table, _, _ = _filter_market(read_table(path), venue, coin, market)
-    return _bars_from_table(table, timeframe)
+    bars = _bars_from_table(table, timeframe)
+    del table
+    # Arrow's allocator keeps what the parse freed for later parses; a command reads its file once, and
+    # the bars are numpy copies, so give it back (~8 MB on 5 months of 5m bars, more on a year of 1m)
+    pa.default_memory_pool().release_unused()
+    return bars
 
 
 def _bars_from_table(t: _Table, timeframe: int | None) -> Bars:
