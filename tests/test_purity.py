@@ -35,3 +35,11 @@ def test_engine_never_imports_a_face():
     for f in sorted(ENGINE.rglob("*.py")):
         bad = _imports(f) & FACES
         assert not bad, f"{f.relative_to(ENGINE)} imports {sorted(bad)}"
+
+
+def test_numba_only_in_the_compiled_walk():
+    """numba costs ~1 s and ~170 MB to import: one module may, and only big grids load it."""
+    root = ENGINE.parent
+    users = [f.relative_to(root).as_posix() for d in ("engine", "server", "tui") for f in sorted((root / d).rglob("*.py"))
+             if "numba" in _imports(f)]
+    assert users == ["engine/model/binning_kernel.py"]
